@@ -1,0 +1,242 @@
+//! `diffusion-scope generate`: one run, streamed through the worker, saved as a trace folder.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use diffusion_scope::engine::{Event, ModelRequest, Worker};
+use diffusion_scope::model::unet::CaptureMode;
+use diffusion_scope::model::{DTypeChoice, DeviceChoice};
+use diffusion_scope::sampling::denoise::RunConfig;
+use diffusion_scope::sampling::{ExpVariant, SamplerKind, TimestepSpacing};
+use diffusion_scope::trace::{Run, RunStatus, save_run};
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// A diffusers folder or a hub id (owner/name[@revision]); default: the bundled model.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Classifier-free guidance scale; <= 1 disables guidance (and the negative prompt).
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f32,
+    /// ddim, ddpm, euler, euler-a, dpm++2m, pndm, lms, heun
+    #[arg(long, default_value = "ddim")]
+    scheduler: SamplerKind,
+    /// Karras sigmas (euler, dpm++2m, lms, heun).
+    #[arg(long)]
+    karras: bool,
+    /// Override the config's timestep spacing: leading, linspace, trailing, exp-early, exp-latter.
+    #[arg(long)]
+    spacing: Option<String>,
+    /// gamma of the exponential spacing (arXiv 2402.10404).
+    #[arg(long, default_value_t = 60.0)]
+    gamma: f64,
+    /// DDIM eta.
+    #[arg(long, default_value_t = 0.0)]
+    eta: f32,
+    /// Seed of the torch-compatible generator; random when omitted (recorded in trace.json).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    height: Option<usize>,
+    #[arg(long)]
+    width: Option<usize>,
+    /// safetensors file with one tensor `latents` [1, C, h, w] (unit-variance noise).
+    #[arg(long)]
+    init_latents: Option<PathBuf>,
+    #[arg(long, default_value = "aggregate")]
+    attention: CaptureMode,
+    #[arg(long, default_value = "f32")]
+    dtype: DTypeChoice,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    #[arg(long)]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_spacing(s: &str, gamma: f64) -> anyhow::Result<TimestepSpacing> {
+    Ok(match s {
+        "leading" => TimestepSpacing::Leading,
+        "linspace" => TimestepSpacing::Linspace,
+        "trailing" => TimestepSpacing::Trailing,
+        "exp-early" => TimestepSpacing::Exponential { variant: ExpVariant::Early, gamma },
+        "exp-latter" => TimestepSpacing::Exponential { variant: ExpVariant::Latter, gamma },
+        other => bail!("unknown --spacing '{other}' (expected leading, linspace, trailing, exp-early or exp-latter)"),
+    })
+}
+
+/// Validated settings: flags first become this, then objects are built from it.
+struct GenerateConfig {
+    model: ModelRequest,
+    run: RunConfig,
+    out: PathBuf,
+    quiet: bool,
+}
+
+impl GenerateConfig {
+    fn from_args(a: GenerateArgs) -> anyhow::Result<Self> {
+        let spec = match a.model {
+            Some(m) => m,
+            None => {
+                let p = diffusion_scope::bundled_model_path();
+                if !p.join("model_index.json").is_file() {
+                    bail!("no --model given and the bundled model is not present at {}; pass --model FOLDER_OR_HUB_ID", p.display());
+                }
+                p.display().to_string()
+            }
+        };
+        if a.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        if a.init_latents.as_ref().is_some_and(|p| !p.is_file()) {
+            bail!("--init-latents {}: no such file", a.init_latents.unwrap_or_default().display());
+        }
+        let spacing = a.spacing.as_deref().map(|s| parse_spacing(s, a.gamma)).transpose()?;
+        let seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % (1 << 32)).unwrap_or(0));
+        Ok(Self {
+            model: ModelRequest { spec, device: a.device, dtype: a.dtype },
+            run: RunConfig {
+                prompt: a.prompt,
+                negative_prompt: a.negative_prompt,
+                steps: a.steps,
+                guidance: a.guidance,
+                sampler: a.scheduler,
+                karras: a.karras,
+                spacing,
+                eta: a.eta,
+                seed,
+                height: a.height,
+                width: a.width,
+                init_latents: a.init_latents,
+                attention: a.attention,
+            },
+            out: a.out,
+            quiet: a.quiet,
+        })
+    }
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let cfg = GenerateConfig::from_args(args)?;
+    let worker = Worker::spawn(Box::new(|| {})).context("starting the worker thread")?;
+    let cancel = worker.cancel_flag();
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        // A second Ctrl-C exits at once.
+        let _ = ctrlc::set_handler(move || {
+            if interrupted.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            cancel.store(true, Ordering::SeqCst);
+        });
+    }
+    worker.generate(cfg.model.clone(), cfg.run.clone());
+
+    let bar = if cfg.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    let t0 = Instant::now();
+    let mut run: Option<Run> = None;
+    let outcome: Result<(), String>;
+    loop {
+        let Ok(ev) = worker.events().recv() else {
+            outcome = Err("the worker thread stopped unexpectedly".into());
+            break;
+        };
+        match ev {
+            Event::LoadingModel { spec } => bar.set_message(format!("loading {spec}")),
+            Event::ModelLoaded(info) => {
+                bar.println(format!("loaded {} in {:.2}s", info.path, info.load_secs));
+            }
+            Event::Started(meta) => {
+                if !meta.truncated_words.is_empty() {
+                    bar.println(format!(
+                        "warning: the prompt is longer than the tokenizer's {} tokens; dropped: {}",
+                        meta.token_ids.len(),
+                        meta.truncated_words.join(" ")
+                    ));
+                }
+                bar.set_length(meta.timesteps.len() as u64);
+                bar.set_style(
+                    ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar.set_message("");
+                run = Some(Run { meta: *meta, steps: Vec::new(), image: None });
+            }
+            Event::Step(rec) => {
+                bar.inc(1);
+                if let Some(r) = run.as_mut() {
+                    r.meta.step_secs.push(rec.elapsed_secs);
+                    r.steps.push(*rec);
+                }
+            }
+            Event::Decoding => bar.set_message("decoding"),
+            Event::Finished { image, .. } => {
+                if let Some(r) = run.as_mut() {
+                    r.image = Some(image);
+                    r.meta.status = RunStatus::Complete;
+                }
+                outcome = Ok(());
+                break;
+            }
+            Event::Cancelled { completed, total } => {
+                if let Some(r) = run.as_mut() {
+                    r.meta.status = RunStatus::Cancelled;
+                }
+                outcome = Err(format!("cancelled after {completed} of {total} steps"));
+                break;
+            }
+            Event::Failed { error } => {
+                if let Some(r) = run.as_mut() {
+                    r.meta.status = RunStatus::Failed;
+                    r.meta.error = Some(error.clone());
+                }
+                outcome = Err(error);
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    drop(worker);
+
+    // Whatever was computed is saved, also for a cancelled or failed run.
+    if let Some(r) = run.as_mut() {
+        r.meta.total_secs = t0.elapsed().as_secs_f64();
+        save_run(r, &cfg.out).with_context(|| format!("writing {}", cfg.out.display()))?;
+    }
+    match outcome {
+        Ok(()) => {
+            let r = run.as_ref();
+            let n = r.map_or(0, |r| r.steps.len());
+            let secs: f64 = r.map_or(0.0, |r| r.meta.step_secs.iter().sum());
+            println!(
+                "wrote {} ({} steps, {:.2} s sampling, {:.2} steps/s, {:.2} s total)",
+                cfg.out.display(),
+                n,
+                secs,
+                n as f64 / secs.max(1e-9),
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let saved = if run.as_ref().is_some_and(|r| !r.steps.is_empty()) { format!(" (partial trace saved to {})", cfg.out.display()) } else { String::new() };
+            eprintln!("error: {e}{saved}");
+            Ok(if interrupted.load(Ordering::SeqCst) { ExitCode::from(130) } else { ExitCode::FAILURE })
+        }
+    }
+}

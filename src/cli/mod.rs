@@ -1,0 +1,5 @@
+//! Headless subcommands. They parse flags into the same plain config structs the app uses and
+//! drive the same worker.
+
+pub mod bench;
+pub mod generate;

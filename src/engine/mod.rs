@@ -1,0 +1,190 @@
+//! The worker thread that owns the device, the loaded model and the sampler. Commands go in
+//! and events come out over bounded channels; the UI and the CLI are both clients.
+//!
+//! Architecture invariant: nothing outside this module and `model`/`sampling` touches candle;
+//! events carry plain data ([`StepRecord`], [`RunMeta`], [`RgbImage`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::model::hub::{self, ModelSource};
+use crate::model::{DTypeChoice, DeviceChoice, ModelError, StableDiffusion};
+use crate::sampling::denoise::{self, RunConfig, RunError, RunEvent};
+use crate::trace::{RgbImage, RunMeta, StepRecord};
+
+/// Capacity of the event channel. Step records are data and are never dropped: when the
+/// consumer is slow the worker waits (backpressure).
+pub const EVENT_CAPACITY: usize = 64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRequest {
+    /// A folder or a hub id.
+    pub spec: String,
+    pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
+}
+
+pub enum Command {
+    Generate { model: ModelRequest, config: Box<RunConfig> },
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelInfo {
+    pub spec: String,
+    pub path: String,
+    pub default_size: usize,
+    pub vae_scale_factor: usize,
+    pub attn_layers: usize,
+    pub load_secs: f64,
+}
+
+pub enum Event {
+    LoadingModel { spec: String },
+    ModelLoaded(ModelInfo),
+    Started(Box<RunMeta>),
+    Step(Box<StepRecord>),
+    Decoding,
+    Finished { image: RgbImage, total_secs: f64 },
+    Cancelled { completed: usize, total: usize },
+    /// The run (or the model load) failed; the worker stays usable.
+    Failed { error: String },
+}
+
+/// Handle to the worker thread. Dropping it cancels any run, shuts the thread down and joins it.
+pub struct Worker {
+    commands: Sender<Command>,
+    events: Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// `wake` is called after every event is queued (the UI passes `ctx.request_repaint`).
+    pub fn spawn(wake: Box<dyn Fn() + Send>) -> std::io::Result<Self> {
+        let (cmd_tx, cmd_rx) = bounded::<Command>(8);
+        let (ev_tx, ev_rx) = bounded::<Event>(EVENT_CAPACITY);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel_w = cancel.clone();
+        let handle = std::thread::Builder::new().name("diffusion-worker".into()).spawn(move || worker_loop(cmd_rx, ev_tx, cancel_w, wake))?;
+        Ok(Self { commands: cmd_tx, events: ev_rx, cancel, handle: Some(handle) })
+    }
+
+    pub fn generate(&self, model: ModelRequest, config: RunConfig) {
+        self.cancel.store(false, Ordering::SeqCst);
+        let _ = self.commands.send(Command::Generate { model, config: Box::new(config) });
+    }
+
+    /// Asks the running generation to stop after the current UNet evaluation.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// A flag that cancels the current run when set (for signal handlers).
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        let _ = self.commands.try_send(Command::Shutdown);
+        // Dropping our receiver makes any blocked or later `send` in the worker fail, which
+        // ends its loop even mid-run.
+        drop(std::mem::replace(&mut self.events, crossbeam_channel::never()));
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Loaded {
+    request: ModelRequest,
+    model: StableDiffusion,
+}
+
+fn load(request: &ModelRequest) -> Result<StableDiffusion, ModelError> {
+    let source = ModelSource::parse(&request.spec)?;
+    let root = hub::resolve(&source, request.dtype == DTypeChoice::F16)?;
+    let device = request.device.device()?;
+    StableDiffusion::load(&root, &device, request.dtype.dtype())
+}
+
+fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, cancel: Arc<AtomicBool>, wake: Box<dyn Fn() + Send>) {
+    let send = |e: Event| -> bool {
+        let ok = events.send(e).is_ok();
+        wake();
+        ok
+    };
+    let mut loaded: Option<Loaded> = None;
+    while let Ok(cmd) = commands.recv() {
+        match cmd {
+            Command::Shutdown => break,
+            Command::Generate { model, config } => {
+                if loaded.as_ref().is_none_or(|l| l.request != model) {
+                    loaded = None;
+                    if !send(Event::LoadingModel { spec: model.spec.clone() }) {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    match load(&model) {
+                        Ok(sd) => {
+                            let info = ModelInfo {
+                                spec: model.spec.clone(),
+                                path: sd.root.display().to_string(),
+                                default_size: sd.default_size(),
+                                vae_scale_factor: sd.vae_scale_factor(),
+                                attn_layers: sd.unet.attn_layers().len(),
+                                load_secs: t0.elapsed().as_secs_f64(),
+                            };
+                            loaded = Some(Loaded { request: model.clone(), model: sd });
+                            if !send(Event::ModelLoaded(info)) {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            if !send(Event::Failed { error: format!("loading model '{}': {e}", model.spec) }) {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                let Some(l) = &loaded else { continue };
+                let t0 = Instant::now();
+                let mut alive = true;
+                let result = denoise::run(&l.model, &model.spec, &config, &cancel, &mut |ev| {
+                    let e = match ev {
+                        RunEvent::Started(meta) => Event::Started(meta),
+                        RunEvent::Step(rec) => Event::Step(rec),
+                        RunEvent::Decoding => Event::Decoding,
+                    };
+                    if alive && !send(e) {
+                        alive = false;
+                        cancel.store(true, Ordering::SeqCst);
+                    }
+                });
+                if !alive {
+                    break;
+                }
+                let ev = match result {
+                    Ok(image) => Event::Finished { image, total_secs: t0.elapsed().as_secs_f64() },
+                    Err(RunError::Cancelled { completed, total }) => Event::Cancelled { completed, total },
+                    Err(e) => Event::Failed { error: e.to_string() },
+                };
+                if !send(ev) {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,39 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "diffusion-scope", version, about = "A microscope for text-to-image diffusion models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an image headless and write image.png, trace.json and trace.safetensors.
+    Generate(cli::generate::GenerateArgs),
+    /// Time the UNet on the SD 1.5 config: capture off / aggregate / full, ours vs candle-transformers'.
+    Bench(cli::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Generate(args)) => cli::generate::run(args),
+        Some(Command::Bench(args)) => cli::bench::run(args),
+        None => {
+            eprintln!("diffusion-scope: the interactive app is not part of this build yet; use a subcommand (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

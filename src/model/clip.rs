@@ -1,0 +1,128 @@
+//! The CLIP text encoder (transformers' `CLIPTextModel`), built from `text_encoder/config.json`.
+//! Weight names follow the checkpoint: `text_model.embeddings.token_embedding.weight`, ...
+//! candle-transformers' CLIP cannot be used: its config is closed to the few checkpoints it
+//! names and its "gelu" is the tanh approximation, where transformers' "gelu" is exact (erf).
+
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+
+use super::config::TextEncoderConfig;
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    QuickGelu,
+    GeluErf,
+    GeluTanh,
+}
+
+impl Activation {
+    fn forward(self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702f64)?)?,
+            Activation::GeluErf => xs.gelu_erf(),
+            Activation::GeluTanh => xs.gelu(),
+        }
+    }
+}
+
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+pub struct ClipTextEncoder {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    heads: usize,
+    activation: Activation,
+    pub config: TextEncoderConfig,
+}
+
+fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    candle_nn::layer_norm(dim, candle_nn::LayerNormConfig { eps, ..Default::default() }, vb)
+}
+
+impl ClipTextEncoder {
+    pub fn new(vb: VarBuilder, config: &TextEncoderConfig) -> Result<Self> {
+        // transformers 4 saved `text_model.`-prefixed keys (what SD hub repos have);
+        // transformers 5 saves them without the prefix. Both load.
+        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
+        let d = config.hidden_size;
+        let emb = vb.pp("embeddings");
+        let token_embedding = candle_nn::embedding(config.vocab_size, d, emb.pp("token_embedding"))?;
+        let position_embedding = candle_nn::embedding(config.max_position_embeddings, d, emb.pp("position_embedding"))?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let vl = vb.pp("encoder").pp("layers");
+        for i in 0..config.num_hidden_layers {
+            let v = vl.pp(i);
+            let attn = v.pp("self_attn");
+            layers.push(EncoderLayer {
+                layer_norm1: layer_norm(d, config.layer_norm_eps, v.pp("layer_norm1"))?,
+                q_proj: candle_nn::linear(d, d, attn.pp("q_proj"))?,
+                k_proj: candle_nn::linear(d, d, attn.pp("k_proj"))?,
+                v_proj: candle_nn::linear(d, d, attn.pp("v_proj"))?,
+                out_proj: candle_nn::linear(d, d, attn.pp("out_proj"))?,
+                layer_norm2: layer_norm(d, config.layer_norm_eps, v.pp("layer_norm2"))?,
+                fc1: candle_nn::linear(d, config.intermediate_size, v.pp("mlp").pp("fc1"))?,
+                fc2: candle_nn::linear(config.intermediate_size, d, v.pp("mlp").pp("fc2"))?,
+            });
+        }
+        let final_layer_norm = layer_norm(d, config.layer_norm_eps, vb.pp("final_layer_norm"))?;
+        let activation = match config.hidden_act.as_str() {
+            "quick_gelu" => Activation::QuickGelu,
+            "gelu" => Activation::GeluErf,
+            _ => Activation::GeluTanh,
+        };
+        Ok(Self {
+            token_embedding,
+            position_embedding,
+            layers,
+            final_layer_norm,
+            heads: config.num_attention_heads,
+            activation,
+            config: config.clone(),
+        })
+    }
+
+    /// `last_hidden_state` for a batch of token ids [B, L] (u32): what diffusers' SD pipelines
+    /// use as `prompt_embeds` (no attention mask, causal self-attention).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, l as u32, ids.device())?.unsqueeze(0)?;
+        let mut xs = self.token_embedding.forward(ids)?.broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = causal_mask(l, xs.dtype(), ids.device())?;
+        let d = self.config.hidden_size;
+        let hd = d / self.heads;
+        let scale = (hd as f64).powf(-0.5);
+        for layer in &self.layers {
+            let residual = xs.clone();
+            let h = layer.layer_norm1.forward(&xs)?;
+            let split = |t: Tensor| -> Result<Tensor> { t.reshape((b, l, self.heads, hd))?.transpose(1, 2)?.contiguous() };
+            let q = split((layer.q_proj.forward(&h)? * scale)?)?;
+            let k = split(layer.k_proj.forward(&h)?)?;
+            let v = split(layer.v_proj.forward(&h)?)?;
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let h = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+            xs = (residual + layer.out_proj.forward(&h)?)?;
+            let residual = xs.clone();
+            let h = layer.layer_norm2.forward(&xs)?;
+            let h = layer.fc2.forward(&self.activation.forward(&layer.fc1.forward(&h)?)?)?;
+            xs = (residual + h)?;
+        }
+        self.final_layer_norm.forward(&xs)
+    }
+}
+
+fn causal_mask(l: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_slice(&mask, (l, l), device)?.to_dtype(dtype)?.unsqueeze(0)?.unsqueeze(0)?.contiguous()?.narrow(D::Minus1, 0, l)
+}

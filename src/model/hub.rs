@@ -1,0 +1,134 @@
+//! Resolving a model argument to a local diffusers folder: an existing path, or a hub id
+//! (`owner/name`) fetched with hf-hub into the standard Hugging Face cache
+//! (`HF_HUB_CACHE` / `$HF_HOME/hub` / `~/.cache/huggingface/hub`, shared with Python users).
+//! A cache hit makes no network request when `HF_HUB_OFFLINE=1`.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::{HFClientSync, HFError};
+
+use super::ModelError;
+
+/// Where a model comes from, as the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Local(PathBuf),
+    Hub { owner: String, name: String, revision: Option<String> },
+}
+
+impl ModelSource {
+    /// An existing path is a local folder; `owner/name[@revision]` that is not a path on disk
+    /// is a hub id; anything else is an error that says which.
+    pub fn parse(spec: &str) -> Result<Self, ModelError> {
+        let path = Path::new(spec);
+        if path.exists() {
+            return Ok(Self::Local(path.to_owned()));
+        }
+        let (id, revision) = match spec.split_once('@') {
+            Some((id, rev)) => (id, Some(rev.to_owned())),
+            None => (spec, None),
+        };
+        let valid = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        match id.split_once('/') {
+            Some((owner, name)) if valid(owner) && valid(name) && !spec.starts_with('.') => {
+                Ok(Self::Hub { owner: owner.to_owned(), name: name.to_owned(), revision })
+            }
+            _ if spec.contains('/') || spec.contains('\\') || spec.starts_with('.') => Err(ModelError::NoSuchFolder(path.to_owned())),
+            _ => Err(ModelError::BadModelSpec(spec.to_owned())),
+        }
+    }
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// The files of a diffusers repo this app reads, besides weights.
+const CONFIG_FILES: &[&str] = &[
+    "model_index.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+];
+
+const WEIGHT_FILES: &[(&str, &str)] = &[("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")];
+
+/// Makes the model available as a local folder and returns it. For a hub id this downloads
+/// what is missing from the cache (or only looks in the cache when `HF_HUB_OFFLINE` is set)
+/// and returns the cache's snapshot folder, which has the repo's layout.
+pub fn resolve(source: &ModelSource, prefer_fp16: bool) -> Result<PathBuf, ModelError> {
+    match source {
+        ModelSource::Local(p) => {
+            if p.is_dir() {
+                Ok(p.clone())
+            } else {
+                Err(ModelError::NoSuchFolder(p.clone()))
+            }
+        }
+        ModelSource::Hub { owner, name, revision } => {
+            let client = HFClientSync::new().map_err(|e| ModelError::Hub(e.to_string()))?;
+            let repo = client.model(owner.as_str(), name.as_str());
+            let local_only = offline();
+            let fetch = |file: &str| -> Result<Option<PathBuf>, ModelError> {
+                let res = repo.download_file().filename(file).maybe_revision(revision.clone()).local_files_only(local_only).send();
+                match res {
+                    Ok(p) => Ok(Some(p)),
+                    Err(HFError::EntryNotFound { .. }) => Ok(None),
+                    Err(HFError::LocalEntryNotFound { .. }) if local_only => Err(ModelError::Hub(format!(
+                        "{owner}/{name}: {file} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+                    ))),
+                    Err(e) => Err(ModelError::Hub(format!("{owner}/{name}: {file}: {e}"))),
+                }
+            };
+            let index = fetch("model_index.json")?.ok_or_else(|| ModelError::Hub(format!("{owner}/{name} has no model_index.json (not a diffusers pipeline repo)")))?;
+            for f in &CONFIG_FILES[1..] {
+                fetch(f)?;
+            }
+            for (dir, stem) in WEIGHT_FILES {
+                let variants: &[&str] = if prefer_fp16 { &[".fp16", ""] } else { &["", ".fp16"] };
+                let mut found = false;
+                for v in variants {
+                    if fetch(&format!("{dir}/{stem}{v}.safetensors"))?.is_some() {
+                        found = true;
+                        break;
+                    }
+                }
+                if !found {
+                    return Err(ModelError::Hub(format!("{owner}/{name}: no safetensors weights for {dir}")));
+                }
+            }
+            let root = index.parent().map(Path::to_path_buf).ok_or_else(|| ModelError::Hub("cache path has no parent".into()))?;
+            Ok(root)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(spec: &str, expected: Result<ModelSource, &str>) {
+        let got = ModelSource::parse(spec);
+        match (got, expected) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{spec}"),
+            (Err(e), Err(msg)) => assert!(e.to_string().contains(msg), "{spec}: {e}"),
+            (a, b) => panic!("{spec}: got {a:?}, expected {b:?}"),
+        }
+    }
+
+    #[test]
+    fn model_specs() {
+        let hub = |o: &str, n: &str, r: Option<&str>| ModelSource::Hub { owner: o.into(), name: n.into(), revision: r.map(String::from) };
+        check("stabilityai/stable-diffusion-2-1-base", Ok(hub("stabilityai", "stable-diffusion-2-1-base", None)));
+        check("stable-diffusion-v1-5/stable-diffusion-v1-5@main", Ok(hub("stable-diffusion-v1-5", "stable-diffusion-v1-5", Some("main"))));
+        check("./no/such/folder", Err("does not exist"));
+        check("/no/such/folder", Err("does not exist"));
+        check("justaname", Err("neither an existing folder"));
+        check(env!("CARGO_MANIFEST_DIR"), Ok(ModelSource::Local(PathBuf::from(env!("CARGO_MANIFEST_DIR")))));
+    }
+}

@@ -1,0 +1,221 @@
+//! Loading a diffusers-format Stable Diffusion folder into candle modules.
+//!
+//! Architecture invariant: every size comes from the folder's own config files; nothing here
+//! assumes a particular checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use super::ModelError;
+use super::clip::ClipTextEncoder;
+use super::config::{ModelIndex, TextEncoderConfig, UNetConfig, VaeConfig};
+use super::tokenizer::ClipTokenizer;
+use super::unet::UNet;
+use super::vae::Vae;
+use crate::sampling::config::SchedulerConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DTypeChoice {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl std::str::FromStr for DTypeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "f16" | "fp16" | "float16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(format!("unknown dtype '{other}' (expected f32, f16 or bf16)")),
+        }
+    }
+}
+
+impl DTypeChoice {
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda),
+            other => Err(format!("unknown device '{other}' (expected cpu or cuda)")),
+        }
+    }
+}
+
+impl DeviceChoice {
+    pub fn device(self) -> Result<Device, ModelError> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda => Device::new_cuda(0).map_err(ModelError::Candle),
+        }
+    }
+}
+
+/// The loaded pipeline components. Owned by the worker thread.
+pub struct StableDiffusion {
+    pub root: PathBuf,
+    pub name: String,
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextEncoder,
+    pub unet: UNet,
+    pub vae: Vae,
+    pub scheduler_config: SchedulerConfig,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// The safetensors files holding one component's weights, preferring the variant that matches
+/// the requested dtype (`*.fp16.safetensors` for f16) and falling back to the plain file.
+pub fn weight_files(dir: &Path, stem: &str, dtype: DType) -> Result<Vec<PathBuf>, ModelError> {
+    let variants: &[&str] = if dtype == DType::F16 { &[".fp16", ""] } else { &["", ".fp16"] };
+    for v in variants {
+        let single = dir.join(format!("{stem}{v}.safetensors"));
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let index = dir.join(format!("{stem}{v}.safetensors.index.json"));
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io { path: index.clone(), source })?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: index.clone(), message: e.to_string() })?;
+            let mut files: Vec<PathBuf> = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::Json { path: index.clone(), message: "no weight_map".into() })?
+                .values()
+                .filter_map(|v| v.as_str())
+                .map(|f| dir.join(f))
+                .collect();
+            files.sort();
+            files.dedup();
+            return Ok(files);
+        }
+    }
+    let bin = dir.join(format!("{stem}.bin"));
+    if bin.is_file() {
+        return Err(ModelError::Unsupported {
+            file: bin.display().to_string(),
+            key: "weights format".into(),
+            value: "PyTorch pickle (.bin); only safetensors weights are loaded — convert the model with diffusers' save_pretrained(safe_serialization=True)".into(),
+        });
+    }
+    Err(ModelError::MissingFile(dir.join(format!("{stem}.safetensors"))))
+}
+
+fn var_builder(dir: &Path, stem: &str, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, ModelError> {
+    let files = weight_files(dir, stem, dtype)?;
+    for f in &files {
+        if !f.is_file() {
+            return Err(ModelError::MissingFile(f.clone()));
+        }
+    }
+    // SAFETY: the files are memory-mapped read-only; like every safetensors loader we rely on
+    // nobody truncating them while the model is loaded.
+    unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| ModelError::Weights {
+        component: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        message: e.to_string(),
+    })
+}
+
+fn weights_err(component: &str) -> impl Fn(candle_core::Error) -> ModelError + '_ {
+    move |e| ModelError::Weights { component: component.to_owned(), message: e.to_string() }
+}
+
+fn require(path: PathBuf) -> Result<PathBuf, ModelError> {
+    if path.is_file() { Ok(path) } else { Err(ModelError::MissingFile(path)) }
+}
+
+impl StableDiffusion {
+    /// Loads a diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
+    /// `tokenizer/`, `scheduler/`).
+    pub fn load(root: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        if !root.is_dir() {
+            return Err(ModelError::NoSuchFolder(root.to_owned()));
+        }
+        let index = ModelIndex::from_file(&require(root.join("model_index.json"))?)?;
+        index.check_supported()?;
+
+        let unet_cfg = UNetConfig::from_file(&require(root.join("unet/config.json"))?)?;
+        let vae_cfg = VaeConfig::from_file(&require(root.join("vae/config.json"))?)?;
+        let te_cfg = TextEncoderConfig::from_file(&require(root.join("text_encoder/config.json"))?)?;
+        let sched_path = require(root.join("scheduler/scheduler_config.json"))?;
+        let scheduler_config = SchedulerConfig::from_file(&sched_path).map_err(|e| ModelError::Scheduler(e.to_string()))?;
+        let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer"))?;
+
+        if unet_cfg.in_channels != vae_cfg.latent_channels {
+            return Err(ModelError::Unsupported {
+                file: "unet/config.json".into(),
+                key: "in_channels".into(),
+                value: format!("{} (the VAE has {} latent channels)", unet_cfg.in_channels, vae_cfg.latent_channels),
+            });
+        }
+        if unet_cfg.cross_attention_dim.get(0) != te_cfg.hidden_size {
+            return Err(ModelError::Unsupported {
+                file: "unet/config.json".into(),
+                key: "cross_attention_dim".into(),
+                value: format!("{:?} (the text encoder's hidden_size is {})", unet_cfg.cross_attention_dim, te_cfg.hidden_size),
+            });
+        }
+        if tokenizer.vocab_size() > te_cfg.vocab_size {
+            return Err(ModelError::Unsupported {
+                file: "text_encoder/config.json".into(),
+                key: "vocab_size".into(),
+                value: format!("{} (the tokenizer has {} tokens)", te_cfg.vocab_size, tokenizer.vocab_size()),
+            });
+        }
+
+        let te_vb = var_builder(&root.join("text_encoder"), "model", dtype, device)?;
+        let text_encoder = ClipTextEncoder::new(te_vb, &te_cfg).map_err(weights_err("text_encoder"))?;
+        let unet_vb = var_builder(&root.join("unet"), "diffusion_pytorch_model", dtype, device)?;
+        let unet = UNet::new(unet_vb, &unet_cfg).map_err(weights_err("unet"))?;
+        let vae_vb = var_builder(&root.join("vae"), "diffusion_pytorch_model", dtype, device)?;
+        let vae = Vae::new(vae_vb, &vae_cfg).map_err(weights_err("vae"))?;
+
+        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| root.display().to_string());
+        Ok(Self { root: root.to_owned(), name, tokenizer, text_encoder, unet, vae, scheduler_config, device: device.clone(), dtype })
+    }
+
+    /// Pixels per latent cell (2^(len(vae.block_out_channels) - 1)).
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae.config.scale_factor()
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        self.unet.config.in_channels
+    }
+
+    /// The default image size: unet.sample_size * vae factor, as diffusers' pipelines.
+    pub fn default_size(&self) -> usize {
+        self.unet.config.sample_size.unwrap_or(64) * self.vae_scale_factor()
+    }
+}

@@ -1,0 +1,534 @@
+//! Our own `UNet2DConditionModel`, weight-compatible with diffusers' key names
+//! (`down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q.weight`, ...), built from
+//! `unet/config.json`. It exists because attention capture needs the softmax probabilities of
+//! every cross-attention layer, which candle-transformers' UNet keeps to itself.
+//!
+//! Architecture invariant: the attention probe only *reads* the probabilities the forward pass
+//! computes anyway; with capture on or off the same ops run on the same values, so the output
+//! is bit-identical (tested).
+
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+
+use super::config::UNetConfig;
+
+/// What to keep of the cross-attention probabilities during a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// Nothing: the probe is a no-op.
+    None,
+    /// Per step, per resolution: the mean over the attn2 layers of that resolution of the
+    /// head-averaged maps (conditional branch). Bounded memory.
+    #[default]
+    Aggregate,
+    /// Every attn2 layer at every step (head-averaged, conditional branch).
+    Full,
+}
+
+impl std::str::FromStr for CaptureMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "aggregate" => Ok(Self::Aggregate),
+            "full" => Ok(Self::Full),
+            other => Err(format!("unknown attention capture mode '{other}' (expected none, aggregate or full)")),
+        }
+    }
+}
+
+impl CaptureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Aggregate => "aggregate",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// One cross-attention layer of the UNet, in diffusers' module order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttnLayerInfo {
+    /// diffusers module path, e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn2`.
+    pub path: String,
+    pub heads: usize,
+    /// How many times the latent was halved before this layer (0 = full latent resolution).
+    pub level: usize,
+}
+
+/// The head-averaged attention probabilities of one attn2 call: [h*w, tokens] at `height` x
+/// `width` (the layer's own resolution), still on the model's device.
+pub struct CapturedMap {
+    pub layer: usize,
+    pub height: usize,
+    pub width: usize,
+    pub probs: Tensor,
+}
+
+/// Collects cross-attention maps during one UNet forward pass.
+pub struct AttnProbe {
+    mode: CaptureMode,
+    /// Index in the batch of the conditional (positive prompt) item: 1 with CFG ([uncond, cond]), 0 without.
+    cond_index: usize,
+    pub maps: Vec<CapturedMap>,
+}
+
+impl AttnProbe {
+    pub fn off() -> Self {
+        Self { mode: CaptureMode::None, cond_index: 0, maps: Vec::new() }
+    }
+
+    pub fn new(mode: CaptureMode, cond_index: usize) -> Self {
+        Self { mode, cond_index, maps: Vec::new() }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.mode != CaptureMode::None
+    }
+
+    fn record(&mut self, layer: usize, heads: usize, height: usize, width: usize, probs: &Tensor) -> Result<()> {
+        if !self.is_on() {
+            return Ok(());
+        }
+        let (bh, lq, lk) = probs.dims3()?;
+        let batch = bh / heads;
+        let map = probs.reshape((batch, heads, lq, lk))?.narrow(0, self.cond_index, 1)?.squeeze(0)?.mean(0)?;
+        self.maps.push(CapturedMap { layer, height, width, probs: map });
+        Ok(())
+    }
+}
+
+fn conv2d(cin: usize, cout: usize, k: usize, padding: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+    candle_nn::conv2d(cin, cout, k, Conv2dConfig { padding, stride, ..Default::default() }, vb)
+}
+
+fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    candle_nn::group_norm(groups, channels, eps, vb)
+}
+
+fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    candle_nn::layer_norm(dim, candle_nn::LayerNormConfig { eps: 1e-5, ..Default::default() }, vb)
+}
+
+struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f64,
+}
+
+impl ResnetBlock {
+    fn new(vb: VarBuilder, cin: usize, cout: usize, temb: usize, groups: usize, eps: f64, output_scale_factor: f64) -> Result<Self> {
+        Ok(Self {
+            norm1: group_norm(groups, cin, eps, vb.pp("norm1"))?,
+            conv1: conv2d(cin, cout, 3, 1, 1, vb.pp("conv1"))?,
+            time_emb_proj: candle_nn::linear(temb, cout, vb.pp("time_emb_proj"))?,
+            norm2: group_norm(groups, cout, eps, vb.pp("norm2"))?,
+            conv2: conv2d(cout, cout, 3, 1, 1, vb.pp("conv2"))?,
+            conv_shortcut: if cin != cout { Some(conv2d(cin, cout, 1, 0, 1, vb.pp("conv_shortcut"))?) } else { None },
+            output_scale_factor,
+        })
+    }
+
+    /// `temb_act` is silu(temb), shared by all resnets of the UNet.
+    fn forward(&self, xs: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
+        let t = self.time_emb_proj.forward(temb_act)?.unsqueeze(2)?.unsqueeze(3)?;
+        let h = h.broadcast_add(&t)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(c) => c.forward(xs)?,
+            None => xs.clone(),
+        };
+        let out = (shortcut + h)?;
+        if self.output_scale_factor == 1.0 { Ok(out) } else { out / self.output_scale_factor }
+    }
+}
+
+struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, query_dim: usize, context_dim: usize, heads: usize, dim_head: usize) -> Result<Self> {
+        let inner = heads * dim_head;
+        Ok(Self {
+            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
+            heads,
+            scale: (dim_head as f64).powf(-0.5),
+        })
+    }
+
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, l, d) = xs.dims3()?;
+        xs.reshape((b, l, self.heads, d / self.heads))?.transpose(1, 2)?.reshape((b * self.heads, l, d / self.heads))
+    }
+
+    /// `probe` is given for cross-attention only: (probe, layer index, height, width).
+    fn forward(&self, xs: &Tensor, context: Option<&Tensor>, probe: Option<(&mut AttnProbe, usize, usize, usize)>) -> Result<Tensor> {
+        let (b, l, _) = xs.dims3()?;
+        let context = context.unwrap_or(xs);
+        let in_dtype = xs.dtype();
+        let q = self.split_heads(&self.to_q.forward(xs)?)?.to_dtype(DType::F32)?;
+        let k = self.split_heads(&self.to_k.forward(context)?)?.to_dtype(DType::F32)?;
+        let v = self.split_heads(&self.to_v.forward(context)?)?.to_dtype(DType::F32)?;
+        let scores = q.matmul(&(k.t()? * self.scale)?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        if let Some((probe, layer, h, w)) = probe {
+            probe.record(layer, self.heads, h, w, &probs)?;
+        }
+        let out = probs.matmul(&v)?.to_dtype(in_dtype)?;
+        let dh = out.dim(D::Minus1)?;
+        let out = out.reshape((b, self.heads, l, dh))?.transpose(1, 2)?.reshape((b, l, self.heads * dh))?;
+        self.to_out.forward(&out)
+    }
+}
+
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+    inner: usize,
+}
+
+impl FeedForward {
+    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        let inner = dim * 4;
+        let net = vb.pp("net");
+        Ok(Self { proj: candle_nn::linear(dim, inner * 2, net.pp("0").pp("proj"))?, out: candle_nn::linear(inner, dim, net.pp("2"))?, inner })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let h = self.proj.forward(xs)?;
+        let hidden = h.narrow(D::Minus1, 0, self.inner)?;
+        let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
+        self.out.forward(&(hidden * gate.gelu_erf()?)?)
+    }
+}
+
+struct TransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+    /// Index of attn2 in [`UNet::attn_layers`].
+    layer: usize,
+}
+
+enum Proj {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+struct Transformer2D {
+    norm: GroupNorm,
+    proj_in: Proj,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Proj,
+}
+
+struct TransformerSpec<'a> {
+    channels: usize,
+    heads: usize,
+    layers: usize,
+    context_dim: usize,
+    groups: usize,
+    linear: bool,
+    path: &'a str,
+    level: usize,
+}
+
+impl Transformer2D {
+    fn new(vb: VarBuilder, spec: TransformerSpec, registry: &mut Vec<AttnLayerInfo>) -> Result<Self> {
+        let c = spec.channels;
+        let dim_head = c / spec.heads;
+        let proj = |name: &str| -> Result<Proj> {
+            if spec.linear { Ok(Proj::Linear(candle_nn::linear(c, c, vb.pp(name))?)) } else { Ok(Proj::Conv(conv2d(c, c, 1, 0, 1, vb.pp(name))?)) }
+        };
+        let proj_in = proj("proj_in")?;
+        let proj_out = proj("proj_out")?;
+        let mut blocks = Vec::with_capacity(spec.layers);
+        for i in 0..spec.layers {
+            let v = vb.pp("transformer_blocks").pp(i);
+            let layer = registry.len();
+            registry.push(AttnLayerInfo { path: format!("{}.transformer_blocks.{i}.attn2", spec.path), heads: spec.heads, level: spec.level });
+            blocks.push(TransformerBlock {
+                norm1: layer_norm(c, v.pp("norm1"))?,
+                attn1: Attention::new(v.pp("attn1"), c, c, spec.heads, dim_head)?,
+                norm2: layer_norm(c, v.pp("norm2"))?,
+                attn2: Attention::new(v.pp("attn2"), c, spec.context_dim, spec.heads, dim_head)?,
+                norm3: layer_norm(c, v.pp("norm3"))?,
+                ff: FeedForward::new(v.pp("ff"), c)?,
+                layer,
+            });
+        }
+        Ok(Self { norm: group_norm(spec.groups, c, 1e-6, vb.pp("norm"))?, proj_in, blocks, proj_out })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor, probe: &mut AttnProbe) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let residual = xs;
+        let x = self.norm.forward(xs)?;
+        let mut x = match &self.proj_in {
+            Proj::Conv(conv) => conv.forward(&x)?.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?,
+            Proj::Linear(lin) => lin.forward(&x.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)?,
+        };
+        for blk in &self.blocks {
+            x = (blk.attn1.forward(&blk.norm1.forward(&x)?, None, None)? + &x)?;
+            let p = if probe.is_on() { Some((&mut *probe, blk.layer, h, w)) } else { None };
+            x = (blk.attn2.forward(&blk.norm2.forward(&x)?, Some(context), p)? + &x)?;
+            x = (blk.ff.forward(&blk.norm3.forward(&x)?)? + &x)?;
+        }
+        let x = match &self.proj_out {
+            Proj::Conv(conv) => conv.forward(&x.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()?)?,
+            Proj::Linear(lin) => lin.forward(&x)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?,
+        };
+        x + residual
+    }
+}
+
+struct DownBlock {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<Transformer2D>,
+    downsampler: Option<Conv2d>,
+}
+
+struct UpBlock {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<Transformer2D>,
+    upsampler: Option<Conv2d>,
+}
+
+struct MidBlock {
+    resnet0: ResnetBlock,
+    attention: Transformer2D,
+    resnet1: ResnetBlock,
+}
+
+pub struct UNet {
+    conv_in: Conv2d,
+    time_linear_1: Linear,
+    time_linear_2: Linear,
+    down: Vec<DownBlock>,
+    mid: MidBlock,
+    up: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    attn_layers: Vec<AttnLayerInfo>,
+    pub config: UNetConfig,
+}
+
+impl UNet {
+    pub fn new(vb: VarBuilder, config: &UNetConfig) -> Result<Self> {
+        let cfg = config;
+        let n = cfg.block_out_channels.len();
+        let ch = &cfg.block_out_channels;
+        let temb = ch[0] * 4;
+        let groups = cfg.norm_num_groups;
+        let eps = cfg.norm_eps;
+        let mut registry = Vec::new();
+
+        let conv_in = conv2d(cfg.in_channels, ch[0], 3, 1, 1, vb.pp("conv_in"))?;
+        let te = vb.pp("time_embedding");
+        let time_linear_1 = candle_nn::linear(ch[0], temb, te.pp("linear_1"))?;
+        let time_linear_2 = candle_nn::linear(temb, temb, te.pp("linear_2"))?;
+
+        let mut down = Vec::with_capacity(n);
+        let mut out_ch = ch[0];
+        for i in 0..n {
+            let in_ch = out_ch;
+            out_ch = ch[i];
+            let vbd = vb.pp("down_blocks").pp(i);
+            let cross = UNetConfig::has_cross_attention(&cfg.down_block_types[i]);
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..cfg.layers_per_block {
+                let cin = if j == 0 { in_ch } else { out_ch };
+                resnets.push(ResnetBlock::new(vbd.pp("resnets").pp(j), cin, out_ch, temb, groups, eps, 1.0)?);
+                if cross {
+                    let path = format!("down_blocks.{i}.attentions.{j}");
+                    let spec = TransformerSpec {
+                        channels: out_ch,
+                        heads: cfg.heads(i),
+                        layers: cfg.transformer_layers_per_block.get(i),
+                        context_dim: cfg.cross_attention_dim.get(i),
+                        groups,
+                        linear: cfg.use_linear_projection,
+                        path: &path,
+                        level: i,
+                    };
+                    attentions.push(Transformer2D::new(vbd.pp("attentions").pp(j), spec, &mut registry)?);
+                }
+            }
+            let downsampler = if i + 1 < n {
+                Some(conv2d(out_ch, out_ch, 3, cfg.downsample_padding, 2, vbd.pp("downsamplers").pp("0").pp("conv"))?)
+            } else {
+                None
+            };
+            down.push(DownBlock { resnets, attentions, downsampler });
+        }
+
+        let last = ch[n - 1];
+        let vbm = vb.pp("mid_block");
+        let mid_scale = cfg.mid_block_scale_factor;
+        let mid = MidBlock {
+            resnet0: ResnetBlock::new(vbm.pp("resnets").pp("0"), last, last, temb, groups, eps, mid_scale)?,
+            attention: Transformer2D::new(
+                vbm.pp("attentions").pp("0"),
+                TransformerSpec {
+                    channels: last,
+                    heads: cfg.heads(n - 1),
+                    layers: cfg.transformer_layers_per_block.get(n - 1),
+                    context_dim: cfg.cross_attention_dim.get(n - 1),
+                    groups,
+                    linear: cfg.use_linear_projection,
+                    path: "mid_block.attentions.0",
+                    level: n - 1,
+                },
+                &mut registry,
+            )?,
+            resnet1: ResnetBlock::new(vbm.pp("resnets").pp("1"), last, last, temb, groups, eps, mid_scale)?,
+        };
+
+        let mut up = Vec::with_capacity(n);
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut prev_out = rev[0];
+        for i in 0..n {
+            let block = n - 1 - i; // the down block this up block mirrors
+            let out_c = rev[i];
+            let in_c = rev[(i + 1).min(n - 1)];
+            let vbu = vb.pp("up_blocks").pp(i);
+            let cross = UNetConfig::has_cross_attention(&cfg.up_block_types[i]);
+            let layers = cfg.layers_per_block + 1;
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..layers {
+                let skip = if j == layers - 1 { in_c } else { out_c };
+                let rin = if j == 0 { prev_out } else { out_c };
+                resnets.push(ResnetBlock::new(vbu.pp("resnets").pp(j), rin + skip, out_c, temb, groups, eps, 1.0)?);
+                if cross {
+                    let path = format!("up_blocks.{i}.attentions.{j}");
+                    let spec = TransformerSpec {
+                        channels: out_c,
+                        heads: cfg.heads(block),
+                        layers: cfg.transformer_layers_per_block.get(block),
+                        context_dim: cfg.cross_attention_dim.get(block),
+                        groups,
+                        linear: cfg.use_linear_projection,
+                        path: &path,
+                        level: block,
+                    };
+                    attentions.push(Transformer2D::new(vbu.pp("attentions").pp(j), spec, &mut registry)?);
+                }
+            }
+            let upsampler = if i + 1 < n { Some(conv2d(out_c, out_c, 3, 1, 1, vbu.pp("upsamplers").pp("0").pp("conv"))?) } else { None };
+            up.push(UpBlock { resnets, attentions, upsampler });
+            prev_out = out_c;
+        }
+
+        Ok(Self {
+            conv_in,
+            time_linear_1,
+            time_linear_2,
+            down,
+            mid,
+            up,
+            conv_norm_out: group_norm(groups, ch[0], eps, vb.pp("conv_norm_out"))?,
+            conv_out: conv2d(ch[0], cfg.out_channels, 3, 1, 1, vb.pp("conv_out"))?,
+            attn_layers: registry,
+            config: config.clone(),
+        })
+    }
+
+    /// The cross-attention layers in diffusers' module order (down, mid, up).
+    pub fn attn_layers(&self) -> &[AttnLayerInfo] {
+        &self.attn_layers
+    }
+
+    /// diffusers' `get_timestep_embedding` in float32 (same op order, so the rounding matches).
+    fn timestep_embedding(&self, timestep: f64, batch: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+        let dim = self.config.block_out_channels[0];
+        let half = dim / 2;
+        let t = timestep as f32;
+        let shift = self.config.freq_shift as f32;
+        let log_period = -(10000f64.ln() as f32);
+        let mut emb = vec![0f32; dim];
+        for i in 0..half {
+            let exponent = log_period * i as f32 / (half as f32 - shift);
+            let arg = t * exponent.exp();
+            let (s, c) = (arg.sin(), arg.cos());
+            if self.config.flip_sin_to_cos {
+                emb[i] = c;
+                emb[half + i] = s;
+            } else {
+                emb[i] = s;
+                emb[half + i] = c;
+            }
+        }
+        let one = Tensor::from_vec(emb, (1, dim), device)?;
+        one.repeat((batch, 1))?.to_dtype(dtype)
+    }
+
+    /// One UNet evaluation: `sample` [B, C, h, w], the same `timestep` for the whole batch,
+    /// `context` [B, 77, D]. Cross-attention maps go to `probe` when it is on.
+    pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor, probe: &mut AttnProbe) -> Result<Tensor> {
+        let (b, _, _, _) = sample.dims4()?;
+        let dtype = sample.dtype();
+        let t_emb = self.timestep_embedding(timestep, b, sample.device(), dtype)?;
+        let emb = self.time_linear_2.forward(&self.time_linear_1.forward(&t_emb)?.silu()?)?;
+        let emb_act = emb.silu()?;
+
+        let mut xs = self.conv_in.forward(sample)?;
+        let mut skips = vec![xs.clone()];
+        for blk in &self.down {
+            for (j, resnet) in blk.resnets.iter().enumerate() {
+                xs = resnet.forward(&xs, &emb_act)?;
+                if let Some(attn) = blk.attentions.get(j) {
+                    xs = attn.forward(&xs, context, probe)?;
+                }
+                skips.push(xs.clone());
+            }
+            if let Some(ds) = &blk.downsampler {
+                xs = ds.forward(&xs)?;
+                skips.push(xs.clone());
+            }
+        }
+
+        xs = self.mid.resnet0.forward(&xs, &emb_act)?;
+        xs = self.mid.attention.forward(&xs, context, probe)?;
+        xs = self.mid.resnet1.forward(&xs, &emb_act)?;
+
+        for blk in &self.up {
+            for (j, resnet) in blk.resnets.iter().enumerate() {
+                let skip = skips.pop().ok_or_else(|| candle_core::Error::Msg("UNet skip connections exhausted".into()))?;
+                xs = Tensor::cat(&[&xs, &skip], 1)?;
+                xs = resnet.forward(&xs, &emb_act)?;
+                if let Some(attn) = blk.attentions.get(j) {
+                    xs = attn.forward(&xs, context, probe)?;
+                }
+            }
+            if let Some(us) = &blk.upsampler {
+                // Upsample to the spatial size of the next skip connection: 2x when the latent
+                // size divides evenly, and what diffusers' `upsample_size` does otherwise.
+                let (_, _, th, tw) = skips.last().map(|s| s.dims4()).transpose()?.unwrap_or((0, 0, 0, 0));
+                xs = us.forward(&xs.upsample_nearest2d(th, tw)?)?;
+            }
+        }
+        let xs = self.conv_norm_out.forward(&xs)?.silu()?;
+        self.conv_out.forward(&xs)
+    }
+}

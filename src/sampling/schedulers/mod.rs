@@ -1,0 +1,225 @@
+//! One file per sampler; [`build`] resolves the config for the chosen class and constructs it.
+
+mod ddim;
+mod ddpm;
+mod dpmpp_2m;
+mod euler;
+mod euler_ancestral;
+mod heun;
+mod lms;
+mod pndm;
+#[cfg(test)]
+mod tests;
+
+use serde_json::{Value, json};
+
+use super::config::{PredictionType, ResolvedConfig};
+use super::{SamplerError, SamplerKind, SamplerOptions, SchedulerConfig, TimestepSpacing};
+use super::{Sampler, schedule};
+
+pub use ddim::Ddim;
+pub use ddpm::Ddpm;
+pub use dpmpp_2m::DpmPP2M;
+pub use euler::Euler;
+pub use euler_ancestral::EulerAncestral;
+pub use heun::Heun;
+pub use lms::Lms;
+pub use pndm::Pndm;
+
+/// Resolves `config` for `kind` with the options applied, as diffusers'
+/// `Class.from_config(config, use_karras_sigmas=..., timestep_spacing=...)` would.
+pub fn resolve(kind: SamplerKind, config: &SchedulerConfig, options: &SamplerOptions) -> Result<ResolvedConfig, SamplerError> {
+    if options.karras && !kind.supports_karras() {
+        return Err(SamplerError::InvalidOption(format!(
+            "karras sigmas are not supported by {kind} (supported: euler, dpm++2m, lms, heun)"
+        )));
+    }
+    if !(options.eta.is_finite() && options.eta >= 0.0) {
+        return Err(SamplerError::InvalidOption(format!("eta must be >= 0, got {}", options.eta)));
+    }
+    if options.eta != 0.0 && kind != SamplerKind::Ddim {
+        return Err(SamplerError::InvalidOption(format!("eta is a DDIM option; {kind} does not take it")));
+    }
+    let mut map = config.effective_map(kind);
+    if options.karras {
+        map.insert("use_karras_sigmas".into(), json!(true));
+    }
+    let exp = match options.spacing {
+        Some(s @ TimestepSpacing::Exponential { .. }) => Some(s),
+        Some(s) => {
+            map.insert("timestep_spacing".into(), json!(s.name()));
+            None
+        }
+        None => None,
+    };
+    let mut rc = ResolvedConfig::from_effective(kind, map)?;
+    if let Some(s) = exp {
+        if rc.use_karras_sigmas {
+            return Err(SamplerError::InvalidOption(
+                "the exponential timestep spacing cannot be combined with karras sigmas (diffusers rejects custom timesteps with use_karras_sigmas)".into(),
+            ));
+        }
+        if kind == SamplerKind::Pndm {
+            return Err(SamplerError::InvalidOption(
+                "the exponential timestep spacing is not supported by pndm (its multistep formulas assume uniform steps)".into(),
+            ));
+        }
+        rc.timestep_spacing = s;
+        rc.effective.insert("timestep_spacing".into(), json!(s.name()));
+    }
+    Ok(rc)
+}
+
+pub fn build(
+    kind: SamplerKind,
+    config: &SchedulerConfig,
+    num_inference_steps: usize,
+    options: &SamplerOptions,
+) -> Result<Box<dyn Sampler>, SamplerError> {
+    let rc = resolve(kind, config, options)?;
+    schedule::check_steps(num_inference_steps, rc.num_train_timesteps)?;
+    let common = Common::new(&rc, num_inference_steps, options);
+    Ok(match kind {
+        SamplerKind::Ddim => Box::new(Ddim::new(rc, common, options.eta)),
+        SamplerKind::Ddpm => Box::new(Ddpm::new(rc, common)),
+        SamplerKind::Euler => Box::new(Euler::new(rc, common)),
+        SamplerKind::EulerAncestral => Box::new(EulerAncestral::new(rc, common)),
+        SamplerKind::DpmPP2M => Box::new(DpmPP2M::new(rc, common)),
+        SamplerKind::Pndm => Box::new(Pndm::new(rc, common)),
+        SamplerKind::Lms => Box::new(Lms::new(rc, common)),
+        SamplerKind::Heun => Box::new(Heun::new(rc, common)),
+    })
+}
+
+/// What every sampler keeps: the effective config, alphas_cumprod and the step bookkeeping.
+pub(crate) struct Common {
+    pub config: SchedulerConfig,
+    pub settings: Value,
+    pub alphas_cumprod: Vec<f32>,
+    pub n: usize,
+    pub next_index: usize,
+}
+
+impl Common {
+    fn new(rc: &ResolvedConfig, n: usize, options: &SamplerOptions) -> Self {
+        let mut eff = rc.effective.clone();
+        eff.insert("_class_name".into(), json!(rc.kind.diffusers_class()));
+        let config = SchedulerConfig::from_map(eff.clone());
+        eff.remove("_class_name");
+        let settings = json!({
+            "class_name": rc.kind.diffusers_class(),
+            "sampler": rc.kind.as_str(),
+            "num_inference_steps": n,
+            "config": Value::Object(eff),
+            "options": {
+                "karras": options.karras,
+                "timestep_spacing": rc.timestep_spacing.name(),
+                "eta": options.eta,
+            },
+        });
+        Self { config, settings, alphas_cumprod: schedule::alphas_cumprod(rc), n, next_index: 0 }
+    }
+
+    /// Checks lengths and that steps come in order; returns nothing, advances the counter.
+    pub fn begin_step(&mut self, index: usize, len: usize, model_output: &[f32], sample: &[f32]) -> Result<(), SamplerError> {
+        if model_output.len() != sample.len() {
+            return Err(SamplerError::LengthMismatch {
+                what: "model_output vs sample".into(),
+                expected: sample.len(),
+                got: model_output.len(),
+            });
+        }
+        if index != self.next_index || index >= len {
+            return Err(SamplerError::StepOrder { index, expected: self.next_index, len });
+        }
+        self.next_index += 1;
+        Ok(())
+    }
+
+    /// sigma = sqrt((1 - alpha_bar_t) / alpha_bar_t) for an integer timestep (t < 0: final alpha 1 -> 0).
+    pub fn sigma_at(&self, t: i64) -> f32 {
+        if t < 0 {
+            return 0.0;
+        }
+        let a = self.alphas_cumprod[t as usize];
+        ((1.0 - a) / a).sqrt()
+    }
+}
+
+/// The standard x0 estimate of an alpha-parameterised sampler at alpha_bar `a` (float32 as diffusers).
+pub(crate) fn x0_from_alpha(pt: PredictionType, a: f32, model_output: &[f32], sample: &[f32]) -> Vec<f32> {
+    let sa = a.sqrt();
+    let sb = (1.0 - a).sqrt();
+    match pt {
+        PredictionType::Epsilon => sample.iter().zip(model_output).map(|(&s, &m)| (s - sb * m) / sa).collect(),
+        PredictionType::VPrediction => sample.iter().zip(model_output).map(|(&s, &m)| sa * s - sb * m).collect(),
+        PredictionType::Sample => model_output.to_vec(),
+    }
+}
+
+/// x0 of the sigma-parameterised (k-diffusion style) samplers: Euler, Euler-a, LMS, Heun.
+pub(crate) fn x0_from_sigma(pt: PredictionType, sigma: f32, model_output: &[f32], sample: &[f32]) -> Vec<f32> {
+    match pt {
+        PredictionType::Epsilon => sample.iter().zip(model_output).map(|(&s, &m)| s - sigma * m).collect(),
+        PredictionType::VPrediction => {
+            let c_out = -sigma / (sigma * sigma + 1.0).sqrt();
+            let c_skip = sigma * sigma + 1.0;
+            sample.iter().zip(model_output).map(|(&s, &m)| m * c_out + s / c_skip).collect()
+        }
+        PredictionType::Sample => model_output.to_vec(),
+    }
+}
+
+/// `sample / sqrt(sigma^2 + 1)`.
+pub(crate) fn scale_by_sigma(sample: &[f32], sigma: f32) -> Vec<f32> {
+    let d = (sigma * sigma + 1.0).sqrt();
+    sample.iter().map(|&x| x / d).collect()
+}
+
+pub(crate) fn clamp_all(v: &mut [f32], range: f64) {
+    let r = range as f32;
+    for x in v {
+        *x = x.clamp(-r, r);
+    }
+}
+
+/// Sigma-based samplers' schedule: float32 timesteps and the float32 sigmas (len n + 1), as
+/// EulerDiscrete / EulerAncestral / LMS / Heun (before Heun's interleaving) compute them.
+pub(crate) struct SigmaSchedule {
+    pub timesteps: Vec<f32>,
+    pub sigmas: Vec<f32>,
+}
+
+/// `set_timesteps` of the k-diffusion family. `final_sigma_zero`: append 0 (else sigma_min of
+/// `alphas_cumprod[0]`); `karras_from_f32`: DPM-style Karras bounds (the float32 table) instead
+/// of the interpolated float64 sigmas.
+pub(crate) fn sigma_schedule(rc: &ResolvedConfig, ac: &[f32], n: usize) -> SigmaSchedule {
+    let base = schedule::sigmas_from_alphas_cumprod(ac);
+    let log_sigmas = schedule::log_sigmas(&base);
+    let ts: Vec<f32> = schedule::spaced_timesteps(rc.timestep_spacing, rc.num_train_timesteps, n, rc.steps_offset, false)
+        .into_iter()
+        .map(|t| t as f32)
+        .collect();
+    let mut sig: Vec<f64> = ts.iter().map(|&t| schedule::interp_index(t as f64, &base)).collect();
+    let mut ts64: Vec<f64> = ts.iter().map(|&t| t as f64).collect();
+    if rc.use_karras_sigmas {
+        let smin = rc.sigma_min.unwrap_or(sig[sig.len() - 1]);
+        let smax = rc.sigma_max.unwrap_or(sig[0]);
+        sig = schedule::karras_sigmas(smin, smax, n);
+        ts64 = sig.iter().map(|&s| schedule::sigma_to_t(s, &log_sigmas)).collect();
+    }
+    let last = if rc.final_sigma_zero { 0.0 } else { base[0] };
+    let mut sigmas: Vec<f32> = sig.iter().map(|&s| s as f32).collect();
+    sigmas.push(last);
+    SigmaSchedule { timesteps: ts64.iter().map(|&t| t as f32).collect(), sigmas }
+}
+
+/// init_noise_sigma of the sigma-based classes: max sigma for linspace/trailing (and our
+/// exponential spacing, which starts at T-1), sqrt(max^2 + 1) for leading.
+pub(crate) fn init_sigma(spacing: TimestepSpacing, sigmas: &[f32]) -> f32 {
+    let max = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    match spacing {
+        TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
+        _ => max,
+    }
+}

@@ -1,0 +1,164 @@
+//! Saving and loading a run folder: `trace.json`, `trace.safetensors`, `image.png`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+
+use super::{AttnMap, RgbImage, Run, RunMeta, StepRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TraceError + '_ {
+    move |source| TraceError::Io { path: path.to_owned(), source }
+}
+
+fn fmt_err(path: &Path, message: impl std::fmt::Display) -> TraceError {
+    TraceError::Format { path: path.to_owned(), message: message.to_string() }
+}
+
+fn f32_bytes(values: impl Iterator<Item = f32>) -> Vec<u8> {
+    values.flat_map(f32::to_le_bytes).collect()
+}
+
+/// Writes `trace.json`, `trace.safetensors` and (if there is one) `image.png` into `dir`,
+/// creating it. Steps already recorded are written even for a cancelled or failed run.
+pub fn save_run(run: &Run, dir: &Path) -> Result<(), TraceError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let meta_path = dir.join("trace.json");
+    let json = serde_json::to_string_pretty(&run.meta).map_err(|e| fmt_err(&meta_path, e))?;
+    std::fs::write(&meta_path, json).map_err(io_err(&meta_path))?;
+
+    let n = run.steps.len();
+    let [c, h, w] = run.meta.latent_shape;
+    let mut buffers: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    buffers.insert("timesteps".into(), (vec![n], f32_bytes(run.steps.iter().map(|s| s.timestep as f32))));
+    buffers.insert("sigmas".into(), (vec![n], f32_bytes(run.steps.iter().map(|s| s.sigma))));
+    if n > 0 {
+        let stack = |get: fn(&StepRecord) -> &Vec<f32>| f32_bytes(run.steps.iter().flat_map(|s| get(s).iter().copied()));
+        buffers.insert("latents".into(), (vec![n, c, h, w], stack(|s| &s.latents)));
+        buffers.insert("x0".into(), (vec![n, c, h, w], stack(|s| &s.x0)));
+        buffers.insert("model_output".into(), (vec![n, c, h, w], stack(|s| &s.model_output)));
+        // Attention: one tensor per key, stacked over steps; every step has the same keys.
+        for (k, first) in run.steps[0].attention.iter().enumerate() {
+            let mut bytes = Vec::with_capacity(n * first.data.len() * 4);
+            for s in &run.steps {
+                let m = s.attention.get(k).filter(|m| m.key == first.key).ok_or_else(|| fmt_err(dir, format!("step {} lacks {}", s.index, first.key)))?;
+                bytes.extend(f32_bytes(m.data.iter().copied()));
+            }
+            buffers.insert(first.key.clone(), (vec![n, first.height * first.width, first.tokens], bytes));
+        }
+    }
+    let views: Vec<(String, TensorView)> = buffers
+        .iter()
+        .map(|(k, (shape, bytes))| TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (k.clone(), v)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| fmt_err(dir, e))?;
+    let st_path = dir.join("trace.safetensors");
+    safetensors::serialize_to_file(views, None, &st_path).map_err(|e| fmt_err(&st_path, e))?;
+
+    if let Some(img) = &run.image {
+        save_png(img, &dir.join("image.png"))?;
+    }
+    Ok(())
+}
+
+pub fn save_png(img: &RgbImage, path: &Path) -> Result<(), TraceError> {
+    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels.clone())
+        .ok_or_else(|| fmt_err(path, "pixel buffer does not match the image size"))?;
+    buf.save(path).map_err(|e| fmt_err(path, e))
+}
+
+/// Reads a run folder written by [`save_run`] (by this app or another tool writing the same
+/// format), without recomputing anything.
+pub fn load_run(dir: &Path) -> Result<Run, TraceError> {
+    let meta_path = dir.join("trace.json");
+    let text = std::fs::read_to_string(&meta_path).map_err(io_err(&meta_path))?;
+    let meta: RunMeta = serde_json::from_str(&text).map_err(|e| fmt_err(&meta_path, e))?;
+    let st_path = dir.join("trace.safetensors");
+    let bytes = std::fs::read(&st_path).map_err(io_err(&st_path))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| fmt_err(&st_path, e))?;
+    let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>), TraceError> {
+        let t = st.tensor(name).map_err(|e| fmt_err(&st_path, format!("{name}: {e}")))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(fmt_err(&st_path, format!("{name}: expected F32, found {:?}", t.dtype())));
+        }
+        let v = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        Ok((t.shape().to_vec(), v))
+    };
+    let (_, timesteps) = read("timesteps")?;
+    let n = timesteps.len();
+    let sigmas = read("sigmas").map(|(_, v)| v).unwrap_or_else(|_| vec![0.0; n]);
+    let mut steps: Vec<StepRecord> = (0..n)
+        .map(|i| StepRecord {
+            index: i,
+            timestep: meta.timesteps.get(i).copied().unwrap_or(timesteps[i] as f64),
+            sigma: sigmas.get(i).copied().unwrap_or(0.0),
+            latents: Vec::new(),
+            x0: Vec::new(),
+            x0_from_scheduler: false,
+            model_output: Vec::new(),
+            attention: Vec::new(),
+            elapsed_secs: meta.step_secs.get(i).copied().unwrap_or(0.0),
+        })
+        .collect();
+    if n > 0 {
+        let per = |name: &str| -> Result<Vec<Vec<f32>>, TraceError> {
+            let (shape, v) = read(name)?;
+            if shape.first() != Some(&n) {
+                return Err(fmt_err(&st_path, format!("{name}: shape {shape:?} does not start with {n} steps")));
+            }
+            let chunk = v.len() / n;
+            Ok(v.chunks_exact(chunk).map(<[f32]>::to_vec).collect())
+        };
+        for (i, v) in per("latents")?.into_iter().enumerate() {
+            steps[i].latents = v;
+        }
+        for (i, v) in per("x0")?.into_iter().enumerate() {
+            steps[i].x0 = v;
+        }
+        for (i, v) in per("model_output")?.into_iter().enumerate() {
+            steps[i].model_output = v;
+        }
+        let mut names: Vec<String> = st.names().into_iter().filter(|k| k.starts_with("attn")).map(String::from).collect();
+        names.sort_by_key(|k| attn_order(&meta, k));
+        for name in names {
+            let (shape, v) = read(&name)?;
+            let [_, hw, tokens] = shape[..] else { return Err(fmt_err(&st_path, format!("{name}: expected [N, h*w, tokens], found {shape:?}"))) };
+            let (height, width) = attn_size(&meta, &name).unwrap_or((hw, 1));
+            for (i, chunk) in v.chunks_exact(hw * tokens).enumerate().take(n) {
+                steps[i].attention.push(AttnMap { key: name.clone(), height, width, tokens, data: chunk.to_vec() });
+            }
+        }
+    }
+    let img_path = dir.join("image.png");
+    let image = if img_path.is_file() {
+        let img = image::open(&img_path).map_err(|e| fmt_err(&img_path, e))?.to_rgb8();
+        Some(RgbImage { width: img.width() as usize, height: img.height() as usize, pixels: img.into_raw() })
+    } else {
+        None
+    };
+    Ok(Run { meta, steps, image })
+}
+
+fn attn_size(meta: &RunMeta, key: &str) -> Option<(usize, usize)> {
+    if let Some(path) = key.strip_prefix("attn.") {
+        return meta.attn_layers.iter().find(|l| l.path == path).map(|l| (l.height, l.width));
+    }
+    let (h, w) = key.strip_prefix("attn_res.")?.split_once('x')?;
+    Some((h.parse().ok()?, w.parse().ok()?))
+}
+
+/// Layers in UNet order; resolutions from the finest down.
+fn attn_order(meta: &RunMeta, key: &str) -> (usize, usize) {
+    if let Some(path) = key.strip_prefix("attn.") {
+        return (0, meta.attn_layers.iter().position(|l| l.path == path).unwrap_or(usize::MAX));
+    }
+    (1, usize::MAX - attn_size(meta, key).map(|(h, w)| h * w).unwrap_or(0))
+}

@@ -1,0 +1,127 @@
+//! Bad input gets a one-line error and a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::fixtures;
+use crate::parity::tempdir;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
+}
+
+/// Runs `generate` with `args` and returns stderr, asserting a clean failure.
+fn fails(args: &[&str]) -> String {
+    let out_dir = tempdir("err-out");
+    let out = bin().arg("generate").args(args).args(["--out", out_dir.to_str().unwrap(), "--quiet"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "expected failure for {args:?}, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
+    stderr
+}
+
+fn check(args: &[&str], expected: &[&str]) {
+    let stderr = fails(args);
+    for e in expected {
+        assert!(stderr.contains(e), "{args:?}: expected {e:?} in stderr:\n{stderr}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A copy of tiny-sd1 with `edit` applied to one JSON file.
+fn model_with(name: &str, file: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let dir = tempdir(name).join("model");
+    copy_dir(&fixtures().join("tiny-sd1"), &dir);
+    let path = dir.join(file);
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    dir
+}
+
+fn tiny() -> String {
+    fixtures().join("tiny-sd1").display().to_string()
+}
+
+#[test]
+fn missing_model_folder() {
+    check(&["--model", "/no/such/model", "--prompt", "x"], &["does not exist"]);
+}
+
+#[test]
+fn unknown_scheduler_lists_the_valid_ones() {
+    check(&["--model", &tiny(), "--prompt", "x", "--scheduler", "magic"], &["magic", "euler-a"]);
+}
+
+#[test]
+fn size_not_a_multiple_of_the_vae_factor() {
+    check(&["--model", &tiny(), "--prompt", "x", "--height", "33", "--steps", "2"], &["height 33", "VAE factor 2"]);
+}
+
+#[test]
+fn unsupported_config_value_names_key_and_value() {
+    let m = model_with("act", "unet/config.json", |v| v["act_fn"] = "mish".into());
+    check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["act_fn", "mish"]);
+    let m = model_with("beta", "scheduler/scheduler_config.json", |v| v["beta_schedule"] = "exotic".into());
+    check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["beta_schedule", "exotic"]);
+}
+
+#[test]
+fn missing_weight_names_the_key() {
+    let m = model_with("layers", "unet/config.json", |v| v["layers_per_block"] = 2.into());
+    check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["unet", "down_blocks.0.resnets.1"]);
+}
+
+#[test]
+fn wrong_weight_shape_names_the_key() {
+    let m = model_with("shape", "unet/config.json", |v| v["block_out_channels"] = serde_json::json!([32, 64, 128]));
+    check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["unet", "down_blocks.2", "shape"]);
+}
+
+#[test]
+fn missing_tokenizer_file_is_named() {
+    let m = model_with("tok", "model_index.json", |_| {});
+    std::fs::remove_file(m.join("tokenizer/vocab.json")).unwrap();
+    check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["vocab.json"]);
+}
+
+#[test]
+fn init_latents_of_the_wrong_shape() {
+    let dir = tempdir("bad-latents");
+    let path = dir.join("l.safetensors");
+    let t = candle_core::Tensor::zeros((1, 4, 8, 8), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), t)]), &path).unwrap();
+    check(&["--model", &tiny(), "--prompt", "x", "--init-latents", path.to_str().unwrap()], &["[1, 4, 16, 16]"]);
+    check(&["--model", &tiny(), "--prompt", "x", "--init-latents", "/no/such.safetensors"], &["no such file"]);
+}
+
+#[test]
+fn nan_mid_run_names_the_step_and_keeps_the_partial_trace() {
+    // Poison the UNet's output bias: the first model evaluation produces NaN.
+    let m = model_with("nan", "model_index.json", |_| {});
+    let wpath = m.join("unet/diffusion_pytorch_model.safetensors");
+    let mut ts = candle_core::safetensors::load(&wpath, &candle_core::Device::Cpu).unwrap();
+    let b = ts["conv_out.bias"].clone();
+    ts.insert("conv_out.bias".into(), (b + f64::NAN).unwrap());
+    candle_core::safetensors::save(&ts, &wpath).unwrap();
+    check(&["--model", m.to_str().unwrap(), "--prompt", "x", "--steps", "3"], &["NaN", "step 1 of 3"]);
+}
+
+#[test]
+fn bad_flag_values() {
+    check(&["--model", &tiny(), "--prompt", "x", "--attention", "some"], &["some"]);
+    check(&["--model", &tiny(), "--prompt", "x", "--steps", "0"], &["steps"]);
+    check(&["--model", &tiny(), "--prompt", "x", "--spacing", "odd"], &["odd", "trailing"]);
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the engine: parity with diffusers on tiny models, the trace format,
+//! and the CLI's handling of bad input. One binary, a module per area.
+
+mod common;
+mod components;
+mod errors;
+mod parity;
+mod trace_io;

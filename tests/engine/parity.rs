@@ -1,0 +1,165 @@
+//! Parity with diffusers on the tiny random-weight models in tests/fixtures (written by
+//! tests/fixtures/make_fixtures.py): latents, x0 and model output after every step, the final
+//! image, cross-attention maps per layer.
+
+use crate::common::{Case, generate, load_model, rel_err};
+use diffusion_scope::model::unet::CaptureMode;
+
+const TOL: f64 = 1e-4;
+
+const SAMPLERS: &[&str] = &["ddim", "ddpm", "euler", "euler-a", "dpm++2m", "dpm++2m-karras", "pndm", "lms", "heun"];
+
+fn check_case(model: &str, case_name: &str) -> Vec<String> {
+    let sd = load_model(model);
+    let case = Case::load(model, case_name);
+    let mut cfg = case.run_config();
+    let with_attn = case.tensors.keys().any(|k| k.starts_with("attn."));
+    cfg.attention = if with_attn { CaptureMode::Full } else { CaptureMode::None };
+    let out = generate(&sd, &cfg);
+    let mut failures = Vec::new();
+    let mut fail = |msg: String| failures.push(format!("{model}/{case_name}: {msg}"));
+
+    let ref_t: Vec<f64> = case.json["timesteps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    if out.meta.timesteps.len() != ref_t.len() || out.meta.timesteps.iter().zip(&ref_t).any(|(a, b)| (a - b).abs() > 1e-3) {
+        fail(format!("timesteps {:?} != {:?}", out.meta.timesteps, ref_t));
+        return failures;
+    }
+    let ids: Vec<u32> = case.json["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    if out.meta.token_ids != ids {
+        fail(format!("token ids {:?} != {:?}", out.meta.token_ids, ids));
+    }
+    for (name, get) in [
+        ("latents", (|s: &diffusion_scope::trace::StepRecord| s.latents.clone()) as fn(&_) -> Vec<f32>),
+        ("model_output", |s| s.model_output.clone()),
+        ("x0", |s| s.x0.clone()),
+    ] {
+        let Some(reference) = case.get(name) else { continue };
+        assert_eq!(reference.len(), out.steps.len(), "{name}: step count");
+        for (i, r) in reference.iter().enumerate() {
+            let e = rel_err(&get(&out.steps[i]), r);
+            if !(e <= TOL) {
+                fail(format!("{name} step {i}: relative error {e:.3e}"));
+                break;
+            }
+        }
+    }
+    // Final image: within 1/255 of diffusers' float image.
+    let img = case.tensors["image"].squeeze(0).unwrap().permute((1, 2, 0)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let max_diff = out.image.pixels.iter().zip(&img).map(|(p, r)| (*p as f32 / 255.0 - r).abs()).fold(0f32, f32::max);
+    if max_diff > 1.0 / 255.0 + 1e-6 {
+        fail(format!("image differs by up to {:.4} (> 1/255)", max_diff));
+    }
+    if with_attn {
+        for (k, t) in case.tensors.iter().filter(|(k, _)| k.starts_with("attn.")) {
+            let n = t.dim(0).unwrap();
+            for i in 0..n {
+                let r = t.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let Some(m) = out.steps[i].attention.iter().find(|m| &m.key == k) else {
+                    fail(format!("no captured map {k}"));
+                    break;
+                };
+                let e = rel_err(&m.data, &r);
+                if !(e <= TOL) {
+                    fail(format!("{k} step {i}: relative error {e:.3e}"));
+                    break;
+                }
+            }
+        }
+        let n_ref = case.tensors.keys().filter(|k| k.starts_with("attn.")).count();
+        if out.steps[0].attention.len() != n_ref {
+            fail(format!("captured {} layers, diffusers has {n_ref}", out.steps[0].attention.len()));
+        }
+    }
+    failures
+}
+
+fn check_model(model: &str) {
+    let mut failures = Vec::new();
+    for s in SAMPLERS {
+        for g in ["1.0", "7.5"] {
+            failures.extend(check_case(model, &format!("{s}_g{g}")));
+        }
+    }
+    assert!(failures.is_empty(), "{} parity failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn sd1_every_sampler_matches_diffusers() {
+    check_model("tiny-sd1");
+}
+
+#[test]
+fn sd2_vpred_every_sampler_matches_diffusers() {
+    check_model("tiny-sd2");
+}
+
+#[test]
+fn sd1_attention_maps_match_diffusers() {
+    let f = check_case("tiny-sd1", "attn_ddim_g7.5");
+    assert!(f.is_empty(), "{}", f.join("\n"));
+}
+
+#[test]
+fn sd2_non_square_attention_maps_match_diffusers() {
+    let f = check_case("tiny-sd2", "attn_ddim_g7.5");
+    assert!(f.is_empty(), "{}", f.join("\n"));
+}
+
+/// The probe only reads: a run with full capture is bit-identical to one without.
+#[test]
+fn capture_does_not_change_the_math() {
+    let sd = load_model("tiny-sd1");
+    let case = Case::load("tiny-sd1", "euler-a_g7.5");
+    let mut cfg = case.run_config();
+    let mut runs = Vec::new();
+    for mode in [CaptureMode::None, CaptureMode::Aggregate, CaptureMode::Full] {
+        cfg.attention = mode;
+        runs.push(generate(&sd, &cfg));
+    }
+    for r in &runs[1..] {
+        for (a, b) in r.steps.iter().zip(&runs[0].steps) {
+            assert_eq!(a.latents, b.latents, "step {}", a.index);
+            assert_eq!(a.model_output, b.model_output);
+        }
+        assert_eq!(r.image, runs[0].image);
+    }
+    assert!(runs[0].steps[0].attention.is_empty());
+    // Aggregate = per-resolution mean of the full maps.
+    let full = &runs[2].steps[3].attention;
+    for agg in &runs[1].steps[3].attention {
+        let same: Vec<_> = full.iter().filter(|m| m.height == agg.height && m.width == agg.width).collect();
+        assert!(!same.is_empty());
+        let mean: Vec<f32> = (0..agg.data.len()).map(|i| same.iter().map(|m| m.data[i]).sum::<f32>() / same.len() as f32).collect();
+        assert!(rel_err(&agg.data, &mean) < 1e-6, "{}", agg.key);
+        // Each row of a softmax map sums to 1.
+        let row: f32 = agg.data[..agg.tokens].iter().sum();
+        assert!((row - 1.0).abs() < 1e-4, "row sum {row}");
+    }
+}
+
+/// `--init-latents` with the noise diffusers drew gives the same run as the seed.
+#[test]
+fn init_latents_file_reproduces_the_seeded_run() {
+    let sd = load_model("tiny-sd1");
+    let case = Case::load("tiny-sd1", "ddim_g7.5");
+    let cfg = case.run_config();
+    let dir = tempdir("init-latents");
+    let path = dir.join("noise.safetensors");
+    let init = case.tensors["init_latents"].clone();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), init)]), &path).unwrap();
+    let seeded = generate(&sd, &cfg);
+    let mut cfg2 = cfg.clone();
+    cfg2.init_latents = Some(path);
+    cfg2.seed = 999_999; // must not matter for a deterministic sampler
+    let from_file = generate(&sd, &cfg2);
+    for (a, b) in seeded.steps.iter().zip(&from_file.steps) {
+        assert!(rel_err(&a.latents, &b.latents) < 1e-6, "step {}", a.index);
+    }
+}
+
+pub fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("diffusion-scope-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

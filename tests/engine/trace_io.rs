@@ -1,0 +1,48 @@
+//! The trace folder: written by `generate`, read back without recomputation, and laid out as
+//! the CLI contract says (what Python users read with `safetensors` alone).
+
+use std::process::Command;
+
+use crate::common::{fixtures, rel_err};
+use crate::parity::tempdir;
+use diffusion_scope::trace::{RunStatus, load_run};
+
+#[test]
+fn generate_writes_a_trace_that_loads_back() {
+    let out = tempdir("trace");
+    let status = Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
+        .args(["generate", "--model", fixtures().join("tiny-sd2").to_str().unwrap(), "--prompt", "a red circle", "--steps", "4"])
+        .args(["--seed", "7", "--height", "32", "--width", "48", "--attention", "full", "--scheduler", "euler-a", "--quiet", "--out", out.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(out.join("image.png").is_file());
+    let run = load_run(&out).unwrap();
+    assert_eq!(run.meta.status, RunStatus::Complete);
+    assert_eq!(run.steps.len(), 4);
+    assert_eq!(run.meta.latent_shape, [4, 16, 24]);
+    assert_eq!(run.meta.seed, 7);
+    assert_eq!(run.meta.sampler, "euler-a");
+    assert_eq!(run.meta.tokens.len(), 77);
+    assert_eq!(run.meta.step_secs.len(), 4);
+    let img = run.image.as_ref().unwrap();
+    assert_eq!((img.width, img.height), (48, 32));
+
+    // The raw file has exactly the documented tensors and shapes.
+    let st = candle_core::safetensors::load(out.join("trace.safetensors"), &candle_core::Device::Cpu).unwrap();
+    for k in ["latents", "x0", "model_output"] {
+        assert_eq!(st[k].dims(), &[4, 4, 16, 24], "{k}");
+    }
+    assert_eq!(st["timesteps"].dims(), &[4]);
+    let attn: Vec<_> = st.keys().filter(|k| k.starts_with("attn.")).collect();
+    assert_eq!(attn.len(), run.meta.attn_layers.len());
+    let l = &run.meta.attn_layers[0];
+    assert_eq!(l.path, "down_blocks.0.attentions.0.transformer_blocks.0.attn2");
+    assert_eq!(st[&format!("attn.{}", l.path)].dims(), &[4, 16 * 24, 77]);
+    let mid = run.meta.attn_layers.iter().find(|l| l.path.starts_with("mid_block")).unwrap();
+    assert_eq!((mid.height, mid.width), (4, 6));
+
+    // Same numbers after the round trip.
+    let last = st["latents"].get(3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(rel_err(&run.steps[3].latents, &last), 0.0);
+}
