@@ -13,7 +13,7 @@ use diffusion_scope::engine::{Event, ModelRequest, Worker};
 use diffusion_scope::model::unet::CaptureMode;
 use diffusion_scope::model::{DTypeChoice, DeviceChoice};
 use diffusion_scope::sampling::denoise::RunConfig;
-use diffusion_scope::sampling::{ExpVariant, SamplerKind, TimestepSpacing};
+use diffusion_scope::sampling::{SamplerKind, TimestepSpacing};
 use diffusion_scope::trace::{Run, RunStatus, save_run};
 
 #[derive(Args, Debug)]
@@ -36,12 +36,10 @@ pub struct GenerateArgs {
     /// Karras sigmas (euler, dpm++2m, lms, heun).
     #[arg(long)]
     karras: bool,
-    /// Override the config's timestep spacing: leading, linspace, trailing, exp-early, exp-latter.
+    /// Override the config's timestep spacing: leading, linspace, trailing, or the exponential
+    /// sampling of arXiv 2402.10404: exponential-early[:gamma], exponential-latter[:gamma] (gamma 60).
     #[arg(long)]
-    spacing: Option<String>,
-    /// gamma of the exponential spacing (arXiv 2402.10404).
-    #[arg(long, default_value_t = 60.0)]
-    gamma: f64,
+    spacing: Option<TimestepSpacing>,
     /// DDIM eta.
     #[arg(long, default_value_t = 0.0)]
     eta: f32,
@@ -66,17 +64,6 @@ pub struct GenerateArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
-}
-
-fn parse_spacing(s: &str, gamma: f64) -> anyhow::Result<TimestepSpacing> {
-    Ok(match s {
-        "leading" => TimestepSpacing::Leading,
-        "linspace" => TimestepSpacing::Linspace,
-        "trailing" => TimestepSpacing::Trailing,
-        "exp-early" => TimestepSpacing::Exponential { variant: ExpVariant::Early, gamma },
-        "exp-latter" => TimestepSpacing::Exponential { variant: ExpVariant::Latter, gamma },
-        other => bail!("unknown --spacing '{other}' (expected leading, linspace, trailing, exp-early or exp-latter)"),
-    })
 }
 
 /// Validated settings: flags first become this, then objects are built from it.
@@ -105,7 +92,6 @@ impl GenerateConfig {
         if a.init_latents.as_ref().is_some_and(|p| !p.is_file()) {
             bail!("--init-latents {}: no such file", a.init_latents.unwrap_or_default().display());
         }
-        let spacing = a.spacing.as_deref().map(|s| parse_spacing(s, a.gamma)).transpose()?;
         let seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % (1 << 32)).unwrap_or(0));
         Ok(Self {
             model: ModelRequest { spec, device: a.device, dtype: a.dtype },
@@ -116,7 +102,7 @@ impl GenerateConfig {
                 guidance: a.guidance,
                 sampler: a.scheduler,
                 karras: a.karras,
-                spacing,
+                spacing: a.spacing,
                 eta: a.eta,
                 seed,
                 height: a.height,

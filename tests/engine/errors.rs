@@ -86,7 +86,7 @@ fn missing_weight_names_the_key() {
 
 #[test]
 fn wrong_weight_shape_names_the_key() {
-    let m = model_with("shape", "unet/config.json", |v| v["block_out_channels"] = serde_json::json!([32, 64, 128]));
+    let m = model_with("shape", "unet/config.json", |v| v["block_out_channels"] = serde_json::json!([16, 32, 64]));
     check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["unet", "down_blocks.2", "shape"]);
 }
 

