@@ -6,6 +6,7 @@ pub mod engine;
 pub mod model;
 pub mod sampling;
 pub mod trace;
+pub mod world;
 
 /// Where the bundled model lives, relative to the crate root (issue: the shapes-world model).
 pub const BUNDLED_MODEL_DIR: &str = "assets/shapes-model";

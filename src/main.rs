@@ -17,6 +17,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Time the UNet on the SD 1.5 config: capture off / aggregate / full, ours vs candle-transformers'.
     Bench(cli::bench::BenchArgs),
+    /// Write a shapes-world dataset (images, masks, captions) for training the bundled model.
+    Dataset(cli::dataset::DatasetArgs),
 }
 
 fn main() -> ExitCode {
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Generate(args)) => cli::generate::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
+        Some(Command::Dataset(args)) => cli::dataset::run(args),
         None => {
             eprintln!("diffusion-scope: the interactive app is not part of this build yet; use a subcommand (see --help)");
             return ExitCode::from(2);

@@ -31,14 +31,28 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(a.size % 64 == 0 && a.size > 0, "--size must be a positive multiple of 64");
+    anyhow::ensure!(a.size.is_multiple_of(64) && a.size > 0, "--size must be a positive multiple of 64");
     anyhow::ensure!(a.reps > 0, "--reps must be at least 1");
     let device = a.device.device()?;
-    println!("SD 1.5 UNet config, random weights, {}x{} image ({}x{} latents), batch 2 (CFG), {}, {:?}, {} threads", a.size, a.size, a.size / 8, a.size / 8, a.dtype.as_str(), a.device, candle_core::utils::get_num_threads());
+    println!(
+        "SD 1.5 UNet config, random weights, {}x{} image ({}x{} latents), batch 2 (CFG), {}, {:?}, {} threads",
+        a.size,
+        a.size,
+        a.size / 8,
+        a.size / 8,
+        a.dtype.as_str(),
+        a.device,
+        candle_core::utils::get_num_threads()
+    );
     let setup = bench::setup(a.size, &device, a.dtype.dtype()).context("building the UNets")?;
     let diff = setup.max_abs_diff()?;
     println!("same weights, same input: max |ours - candle-transformers| = {diff:.3e}");
-    let variants = [Variant::Ours(CaptureMode::None), Variant::Ours(CaptureMode::Aggregate), Variant::Ours(CaptureMode::Full), Variant::CandleTransformers];
+    let variants = [
+        Variant::Ours(CaptureMode::None),
+        Variant::Ours(CaptureMode::Aggregate),
+        Variant::Ours(CaptureMode::Full),
+        Variant::CandleTransformers,
+    ];
     for v in variants {
         setup.time(v, 999.0)?; // warm-up
     }
@@ -57,7 +71,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     println!("\naggregate / off  = {:.3}   (target <= 1.10)", med[1] / med[0]);
     println!("full / off       = {:.3}", med[2] / med[0]);
-    println!("ours / candle-transformers (capture off) = {:.3}   (target <= 1.05)", med[0] / med[3]);
+    println!(
+        "ours / candle-transformers (capture off) = {:.3}   (target <= 1.05)",
+        med[0] / med[3]
+    );
     println!("({} cross-attention layers, {} reps per variant)", setup.attn_layers(), a.reps);
     Ok(ExitCode::SUCCESS)
 }

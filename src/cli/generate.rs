@@ -25,14 +25,14 @@ pub struct GenerateArgs {
     prompt: String,
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 50)]
     steps: usize,
     /// Classifier-free guidance scale; <= 1 disables guidance (and the negative prompt).
     #[arg(long, default_value_t = 7.5)]
     guidance: f32,
-    /// ddim, ddpm, euler, euler-a, dpm++2m, pndm, lms, heun
-    #[arg(long, default_value = "ddim")]
-    scheduler: SamplerKind,
+    /// ddim, ddpm, euler, euler-a, dpm++2m, pndm, lms, heun; default: the model's own scheduler.
+    #[arg(long)]
+    scheduler: Option<SamplerKind>,
     /// Karras sigmas (euler, dpm++2m, lms, heun).
     #[arg(long)]
     karras: bool,
@@ -81,7 +81,10 @@ impl GenerateConfig {
             None => {
                 let p = diffusion_scope::bundled_model_path();
                 if !p.join("model_index.json").is_file() {
-                    bail!("no --model given and the bundled model is not present at {}; pass --model FOLDER_OR_HUB_ID", p.display());
+                    bail!(
+                        "no --model given and the bundled model is not present at {}; pass --model FOLDER_OR_HUB_ID",
+                        p.display()
+                    );
                 }
                 p.display().to_string()
             }
@@ -92,9 +95,18 @@ impl GenerateConfig {
         if a.init_latents.as_ref().is_some_and(|p| !p.is_file()) {
             bail!("--init-latents {}: no such file", a.init_latents.unwrap_or_default().display());
         }
-        let seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % (1 << 32)).unwrap_or(0));
+        let seed = a.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 % (1 << 32))
+                .unwrap_or(0)
+        });
         Ok(Self {
-            model: ModelRequest { spec, device: a.device, dtype: a.dtype },
+            model: ModelRequest {
+                spec,
+                device: a.device,
+                dtype: a.dtype,
+            },
             run: RunConfig {
                 prompt: a.prompt,
                 negative_prompt: a.negative_prompt,
@@ -133,7 +145,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     }
     worker.generate(cfg.model.clone(), cfg.run.clone());
 
-    let bar = if cfg.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    let bar = if cfg.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
     let t0 = Instant::now();
     let mut run: Option<Run> = None;
     let outcome: Result<(), String>;
@@ -161,7 +177,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                         .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
                 bar.set_message("");
-                run = Some(Run { meta: *meta, steps: Vec::new(), image: None });
+                run = Some(Run {
+                    meta: *meta,
+                    steps: Vec::new(),
+                    image: None,
+                });
             }
             Event::Step(rec) => {
                 bar.inc(1);
@@ -220,9 +240,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            let saved = if run.as_ref().is_some_and(|r| !r.steps.is_empty()) { format!(" (partial trace saved to {})", cfg.out.display()) } else { String::new() };
+            let saved = if run.as_ref().is_some_and(|r| !r.steps.is_empty()) {
+                format!(" (partial trace saved to {})", cfg.out.display())
+            } else {
+                String::new()
+            };
             eprintln!("error: {e}{saved}");
-            Ok(if interrupted.load(Ordering::SeqCst) { ExitCode::from(130) } else { ExitCode::FAILURE })
+            Ok(if interrupted.load(Ordering::SeqCst) {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

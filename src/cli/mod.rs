@@ -2,4 +2,5 @@
 //! drive the same worker.
 
 pub mod bench;
+pub mod dataset;
 pub mod generate;

@@ -44,15 +44,25 @@ pub struct ModelInfo {
 }
 
 pub enum Event {
-    LoadingModel { spec: String },
+    LoadingModel {
+        spec: String,
+    },
     ModelLoaded(ModelInfo),
     Started(Box<RunMeta>),
     Step(Box<StepRecord>),
     Decoding,
-    Finished { image: RgbImage, total_secs: f64 },
-    Cancelled { completed: usize, total: usize },
+    Finished {
+        image: RgbImage,
+        total_secs: f64,
+    },
+    Cancelled {
+        completed: usize,
+        total: usize,
+    },
     /// The run (or the model load) failed; the worker stays usable.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// Handle to the worker thread. Dropping it cancels any run, shuts the thread down and joins it.
@@ -70,13 +80,23 @@ impl Worker {
         let (ev_tx, ev_rx) = bounded::<Event>(EVENT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
         let cancel_w = cancel.clone();
-        let handle = std::thread::Builder::new().name("diffusion-worker".into()).spawn(move || worker_loop(cmd_rx, ev_tx, cancel_w, wake))?;
-        Ok(Self { commands: cmd_tx, events: ev_rx, cancel, handle: Some(handle) })
+        let handle = std::thread::Builder::new()
+            .name("diffusion-worker".into())
+            .spawn(move || worker_loop(cmd_rx, ev_tx, cancel_w, wake))?;
+        Ok(Self {
+            commands: cmd_tx,
+            events: ev_rx,
+            cancel,
+            handle: Some(handle),
+        })
     }
 
     pub fn generate(&self, model: ModelRequest, config: RunConfig) {
         self.cancel.store(false, Ordering::SeqCst);
-        let _ = self.commands.send(Command::Generate { model, config: Box::new(config) });
+        let _ = self.commands.send(Command::Generate {
+            model,
+            config: Box::new(config),
+        });
     }
 
     /// Asks the running generation to stop after the current UNet evaluation.
@@ -146,13 +166,18 @@ fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, cancel: Arc<A
                                 attn_layers: sd.unet.attn_layers().len(),
                                 load_secs: t0.elapsed().as_secs_f64(),
                             };
-                            loaded = Some(Loaded { request: model.clone(), model: sd });
+                            loaded = Some(Loaded {
+                                request: model.clone(),
+                                model: sd,
+                            });
                             if !send(Event::ModelLoaded(info)) {
                                 break;
                             }
                         }
                         Err(e) => {
-                            if !send(Event::Failed { error: format!("loading model '{}': {e}", model.spec) }) {
+                            if !send(Event::Failed {
+                                error: format!("loading model '{}': {e}", model.spec),
+                            }) {
                                 break;
                             }
                             continue;
@@ -177,7 +202,10 @@ fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, cancel: Arc<A
                     break;
                 }
                 let ev = match result {
-                    Ok(image) => Event::Finished { image, total_secs: t0.elapsed().as_secs_f64() },
+                    Ok(image) => Event::Finished {
+                        image,
+                        total_secs: t0.elapsed().as_secs_f64(),
+                    },
                     Err(RunError::Cancelled { completed, total }) => Event::Cancelled { completed, total },
                     Err(e) => Event::Failed { error: e.to_string() },
                 };

@@ -22,7 +22,10 @@ struct RandomWeights {
 
 impl SimpleBackend for RandomWeights {
     fn get(&self, s: Shape, name: &str, _h: candle_nn::Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mut map = self.tensors.lock().map_err(|_| candle_core::Error::Msg("weights lock poisoned".into()))?;
+        let mut map = self
+            .tensors
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("weights lock poisoned".into()))?;
         if let Some(t) = map.get(name) {
             if t.shape() != &s {
                 return Err(candle_core::Error::Msg(format!("{name}: requested {s:?}, have {:?}", t.shape())));
@@ -44,8 +47,13 @@ impl SimpleBackend for RandomWeights {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> Result<Tensor> {
-        let map = self.tensors.lock().map_err(|_| candle_core::Error::Msg("weights lock poisoned".into()))?;
-        map.get(name).ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?.to_dtype(dtype)
+        let map = self
+            .tensors
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("weights lock poisoned".into()))?;
+        map.get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?
+            .to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
@@ -81,7 +89,11 @@ pub struct BenchSetup {
 /// candle-transformers' own SD 1.5 UNet config (its `StableDiffusionConfig::v1_5` keeps the
 /// field private, so the values are restated from it here).
 fn candle_sd15_config() -> unet_2d::UNet2DConditionModelConfig {
-    let bc = |out_channels, use_cross_attn| unet_2d::BlockConfig { out_channels, use_cross_attn, attention_head_dim: 8 };
+    let bc = |out_channels, use_cross_attn| unet_2d::BlockConfig {
+        out_channels,
+        use_cross_attn,
+        attention_head_dim: 8,
+    };
     unet_2d::UNet2DConditionModelConfig {
         blocks: vec![bc(320, Some(1)), bc(640, Some(1)), bc(1280, Some(1)), bc(1280, None)],
         center_input_sample: false,
@@ -101,7 +113,9 @@ fn candle_sd15_config() -> unet_2d::UNet2DConditionModelConfig {
 /// Builds both UNets on the SD 1.5 config with shared random weights, for `size`x`size`
 /// images (latents size/8) and a CFG batch of 2.
 pub fn setup(size: usize, device: &Device, dtype: DType) -> Result<BenchSetup> {
-    let backend = RandomWeights { tensors: Mutex::new(HashMap::new()) };
+    let backend = RandomWeights {
+        tensors: Mutex::new(HashMap::new()),
+    };
     let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
     let cfg = UNetConfig::sd15();
     let ours = UNet::new(vb.clone(), &cfg)?;
@@ -109,8 +123,18 @@ pub fn setup(size: usize, device: &Device, dtype: DType) -> Result<BenchSetup> {
     let l = size / 8;
     let sample = Tensor::randn(0f32, 1f32, (2, 4, l, l), device)?.to_dtype(dtype)?;
     let context = Tensor::randn(0f32, 1f32, (2, 77, 768), device)?.to_dtype(dtype)?;
-    let layer_sizes = ours.attn_layers().iter().map(|a| (0..a.level).fold((l, l), |(h, w), _| (h.div_ceil(2), w.div_ceil(2)))).collect();
-    Ok(BenchSetup { ours, theirs, sample, context, layer_sizes })
+    let layer_sizes = ours
+        .attn_layers()
+        .iter()
+        .map(|a| (0..a.level).fold((l, l), |(h, w), _| (h.div_ceil(2), w.div_ceil(2))))
+        .collect();
+    Ok(BenchSetup {
+        ours,
+        theirs,
+        sample,
+        context,
+        layer_sizes,
+    })
 }
 
 impl BenchSetup {

@@ -54,7 +54,11 @@ impl ClipTextEncoder {
     pub fn new(vb: VarBuilder, config: &TextEncoderConfig) -> Result<Self> {
         // transformers 4 saved `text_model.`-prefixed keys (what SD hub repos have);
         // transformers 5 saves them without the prefix. Both load.
-        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
+        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            vb.pp("text_model")
+        } else {
+            vb
+        };
         let d = config.hidden_size;
         let emb = vb.pp("embeddings");
         let token_embedding = candle_nn::embedding(config.vocab_size, d, emb.pp("token_embedding"))?;
@@ -97,7 +101,10 @@ impl ClipTextEncoder {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let positions = Tensor::arange(0u32, l as u32, ids.device())?.unsqueeze(0)?;
-        let mut xs = self.token_embedding.forward(ids)?.broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mut xs = self
+            .token_embedding
+            .forward(ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(l, xs.dtype(), ids.device())?;
         let d = self.config.hidden_size;
         let hd = d / self.heads;
@@ -123,6 +130,13 @@ impl ClipTextEncoder {
 }
 
 fn causal_mask(l: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Tensor::from_slice(&mask, (l, l), device)?.to_dtype(dtype)?.unsqueeze(0)?.unsqueeze(0)?.contiguous()?.narrow(D::Minus1, 0, l)
+    let mask: Vec<f32> = (0..l)
+        .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_slice(&mask, (l, l), device)?
+        .to_dtype(dtype)?
+        .unsqueeze(0)?
+        .unsqueeze(0)?
+        .contiguous()?
+        .narrow(D::Minus1, 0, l)
 }

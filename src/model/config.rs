@@ -10,17 +10,30 @@ use std::path::Path;
 use super::ModelError;
 
 fn read_json(path: &Path) -> Result<Value, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.to_owned(), message: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ModelError> {
     let value = read_json(path)?;
-    serde_json::from_value(value).map_err(|e| ModelError::Json { path: path.to_owned(), message: e.to_string() })
+    serde_json::from_value(value).map_err(|e| ModelError::Json {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 fn unsupported(file: &str, key: &str, value: impl std::fmt::Display) -> ModelError {
-    ModelError::Unsupported { file: file.to_owned(), key: key.to_owned(), value: value.to_string() }
+    ModelError::Unsupported {
+        file: file.to_owned(),
+        key: key.to_owned(),
+        value: value.to_string(),
+    }
 }
 
 /// An int that diffusers also accepts as a per-block list (`attention_head_dim`,
@@ -155,10 +168,19 @@ impl UNetConfig {
         vec![320, 640, 1280, 1280]
     }
     fn default_down() -> Vec<String> {
-        ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"].map(String::from).to_vec()
+        [
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ]
+        .map(String::from)
+        .to_vec()
     }
     fn default_up() -> Vec<String> {
-        ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"].map(String::from).to_vec()
+        ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+            .map(String::from)
+            .to_vec()
     }
     fn default_mid() -> Option<String> {
         Some("UNetMidBlock2DCrossAttn".into())
@@ -215,10 +237,18 @@ impl UNetConfig {
             return Err(unsupported(F, "block_out_channels", "[]"));
         }
         if self.down_block_types.len() != n {
-            return Err(unsupported(F, "down_block_types", format!("{:?} (expected {n} entries)", self.down_block_types)));
+            return Err(unsupported(
+                F,
+                "down_block_types",
+                format!("{:?} (expected {n} entries)", self.down_block_types),
+            ));
         }
         if self.up_block_types.len() != n {
-            return Err(unsupported(F, "up_block_types", format!("{:?} (expected {n} entries)", self.up_block_types)));
+            return Err(unsupported(
+                F,
+                "up_block_types",
+                format!("{:?} (expected {n} entries)", self.up_block_types),
+            ));
         }
         for t in &self.down_block_types {
             if t != "CrossAttnDownBlock2D" && t != "DownBlock2D" {
@@ -242,11 +272,19 @@ impl UNetConfig {
         self.cross_attention_dim.check_len(n, F, "cross_attention_dim")?;
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             if c % self.norm_num_groups != 0 {
-                return Err(unsupported(F, "norm_num_groups", format!("{} (does not divide block_out_channels[{i}] = {c})", self.norm_num_groups)));
+                return Err(unsupported(
+                    F,
+                    "norm_num_groups",
+                    format!("{} (does not divide block_out_channels[{i}] = {c})", self.norm_num_groups),
+                ));
             }
             let heads = self.heads(i);
             if heads == 0 || c % heads != 0 {
-                return Err(unsupported(F, "attention_head_dim", format!("{heads} heads (does not divide {c} channels)")));
+                return Err(unsupported(
+                    F,
+                    "attention_head_dim",
+                    format!("{heads} heads (does not divide {c} channels)"),
+                ));
             }
         }
         if self.act_fn != "silu" {
@@ -259,14 +297,46 @@ impl UNetConfig {
         }
         let checks: [(&str, bool, String); 9] = [
             ("dual_cross_attention", self.dual_cross_attention, "true".into()),
-            ("class_embed_type", self.class_embed_type.is_some(), format!("{:?}", self.class_embed_type)),
-            ("addition_embed_type", self.addition_embed_type.is_some(), format!("{:?} (SDXL's text_time conditioning is not wired up yet)", self.addition_embed_type)),
-            ("time_cond_proj_dim", self.time_cond_proj_dim.is_some(), format!("{:?}", self.time_cond_proj_dim)),
-            ("resnet_time_scale_shift", self.resnet_time_scale_shift.as_deref().is_some_and(|s| s != "default"), format!("{:?}", self.resnet_time_scale_shift)),
-            ("time_embedding_type", self.time_embedding_type.as_deref().is_some_and(|s| s != "positional"), format!("{:?}", self.time_embedding_type)),
-            ("encoder_hid_dim", self.encoder_hid_dim.is_some(), format!("{:?}", self.encoder_hid_dim)),
-            ("conv_in_kernel", self.conv_in_kernel.is_some_and(|k| k != 3) || self.conv_out_kernel.is_some_and(|k| k != 3), format!("{:?}/{:?}", self.conv_in_kernel, self.conv_out_kernel)),
-            ("attention_type", self.attention_type.as_deref().is_some_and(|s| s != "default"), format!("{:?}", self.attention_type)),
+            (
+                "class_embed_type",
+                self.class_embed_type.is_some(),
+                format!("{:?}", self.class_embed_type),
+            ),
+            (
+                "addition_embed_type",
+                self.addition_embed_type.is_some(),
+                format!("{:?} (SDXL's text_time conditioning is not wired up yet)", self.addition_embed_type),
+            ),
+            (
+                "time_cond_proj_dim",
+                self.time_cond_proj_dim.is_some(),
+                format!("{:?}", self.time_cond_proj_dim),
+            ),
+            (
+                "resnet_time_scale_shift",
+                self.resnet_time_scale_shift.as_deref().is_some_and(|s| s != "default"),
+                format!("{:?}", self.resnet_time_scale_shift),
+            ),
+            (
+                "time_embedding_type",
+                self.time_embedding_type.as_deref().is_some_and(|s| s != "positional"),
+                format!("{:?}", self.time_embedding_type),
+            ),
+            (
+                "encoder_hid_dim",
+                self.encoder_hid_dim.is_some(),
+                format!("{:?}", self.encoder_hid_dim),
+            ),
+            (
+                "conv_in_kernel",
+                self.conv_in_kernel.is_some_and(|k| k != 3) || self.conv_out_kernel.is_some_and(|k| k != 3),
+                format!("{:?}/{:?}", self.conv_in_kernel, self.conv_out_kernel),
+            ),
+            (
+                "attention_type",
+                self.attention_type.as_deref().is_some_and(|s| s != "default"),
+                format!("{:?}", self.attention_type),
+            ),
         ];
         for (key, bad, value) in checks {
             if bad {
@@ -419,7 +489,7 @@ impl TextEncoderConfig {
         {
             return Err(unsupported(F, "architectures", format!("{arch:?}")));
         }
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(unsupported(F, "num_attention_heads", cfg.num_attention_heads));
         }
         Ok(cfg)
@@ -436,17 +506,22 @@ pub struct ModelIndex {
 impl ModelIndex {
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let value = read_json(path)?;
-        let obj = value.as_object().ok_or_else(|| ModelError::Json { path: path.to_owned(), message: "not a JSON object".into() })?;
+        let obj = value.as_object().ok_or_else(|| ModelError::Json {
+            path: path.to_owned(),
+            message: "not a JSON object".into(),
+        })?;
         let class_name = obj.get("_class_name").and_then(Value::as_str).unwrap_or("").to_owned();
         let mut components = Vec::new();
         for (k, v) in obj {
             if k.starts_with('_') {
                 continue;
             }
-            let pair = v.as_array().and_then(|a| match (a.first().and_then(Value::as_str), a.get(1).and_then(Value::as_str)) {
-                (Some(lib), Some(class)) => Some((lib.to_owned(), class.to_owned())),
-                _ => None,
-            });
+            let pair = v
+                .as_array()
+                .and_then(|a| match (a.first().and_then(Value::as_str), a.get(1).and_then(Value::as_str)) {
+                    (Some(lib), Some(class)) => Some((lib.to_owned(), class.to_owned())),
+                    _ => None,
+                });
             components.push((k.clone(), pair));
         }
         Ok(Self { class_name, components })
@@ -460,13 +535,28 @@ impl ModelIndex {
     pub fn check_supported(&self) -> Result<(), ModelError> {
         const F: &str = "model_index.json";
         if self.component("text_encoder_2").is_some() || self.class_name.contains("XL") {
-            return Err(unsupported(F, "_class_name", format!("{} (SDXL pipelines need the second text encoder, not supported yet)", self.class_name)));
+            return Err(unsupported(
+                F,
+                "_class_name",
+                format!(
+                    "{} (SDXL pipelines need the second text encoder, not supported yet)",
+                    self.class_name
+                ),
+            ));
         }
-        for (name, expected) in [("unet", "UNet2DConditionModel"), ("vae", "AutoencoderKL"), ("text_encoder", "CLIPTextModel")] {
+        for (name, expected) in [
+            ("unet", "UNet2DConditionModel"),
+            ("vae", "AutoencoderKL"),
+            ("text_encoder", "CLIPTextModel"),
+        ] {
             match self.component(name) {
                 Some((_, class)) if class == expected || (name == "text_encoder" && class == "CLIPTextModelWithProjection") => {}
                 Some((_, class)) => return Err(unsupported(F, name, class)),
-                None => return Err(ModelError::MissingComponent { component: name.to_owned() }),
+                None => {
+                    return Err(ModelError::MissingComponent {
+                        component: name.to_owned(),
+                    });
+                }
             }
         }
         Ok(())

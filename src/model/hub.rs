@@ -13,7 +13,11 @@ use super::ModelError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
     Local(PathBuf),
-    Hub { owner: String, name: String, revision: Option<String> },
+    Hub {
+        owner: String,
+        name: String,
+        revision: Option<String>,
+    },
 }
 
 impl ModelSource {
@@ -30,9 +34,11 @@ impl ModelSource {
         };
         let valid = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         match id.split_once('/') {
-            Some((owner, name)) if valid(owner) && valid(name) && !spec.starts_with('.') => {
-                Ok(Self::Hub { owner: owner.to_owned(), name: name.to_owned(), revision })
-            }
+            Some((owner, name)) if valid(owner) && valid(name) && !spec.starts_with('.') => Ok(Self::Hub {
+                owner: owner.to_owned(),
+                name: name.to_owned(),
+                revision,
+            }),
             _ if spec.contains('/') || spec.contains('\\') || spec.starts_with('.') => Err(ModelError::NoSuchFolder(path.to_owned())),
             _ => Err(ModelError::BadModelSpec(spec.to_owned())),
         }
@@ -56,7 +62,11 @@ const CONFIG_FILES: &[&str] = &[
     "tokenizer/merges.txt",
 ];
 
-const WEIGHT_FILES: &[(&str, &str)] = &[("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")];
+const WEIGHT_FILES: &[(&str, &str)] = &[
+    ("unet", "diffusion_pytorch_model"),
+    ("vae", "diffusion_pytorch_model"),
+    ("text_encoder", "model"),
+];
 
 /// Makes the model available as a local folder and returns it. For a hub id this downloads
 /// what is missing from the cache (or only looks in the cache when `HF_HUB_OFFLINE` is set)
@@ -75,7 +85,12 @@ pub fn resolve(source: &ModelSource, prefer_fp16: bool) -> Result<PathBuf, Model
             let repo = client.model(owner.as_str(), name.as_str());
             let local_only = offline();
             let fetch = |file: &str| -> Result<Option<PathBuf>, ModelError> {
-                let res = repo.download_file().filename(file).maybe_revision(revision.clone()).local_files_only(local_only).send();
+                let res = repo
+                    .download_file()
+                    .filename(file)
+                    .maybe_revision(revision.clone())
+                    .local_files_only(local_only)
+                    .send();
                 match res {
                     Ok(p) => Ok(Some(p)),
                     Err(HFError::EntryNotFound { .. }) => Ok(None),
@@ -85,7 +100,8 @@ pub fn resolve(source: &ModelSource, prefer_fp16: bool) -> Result<PathBuf, Model
                     Err(e) => Err(ModelError::Hub(format!("{owner}/{name}: {file}: {e}"))),
                 }
             };
-            let index = fetch("model_index.json")?.ok_or_else(|| ModelError::Hub(format!("{owner}/{name} has no model_index.json (not a diffusers pipeline repo)")))?;
+            let index = fetch("model_index.json")?
+                .ok_or_else(|| ModelError::Hub(format!("{owner}/{name} has no model_index.json (not a diffusers pipeline repo)")))?;
             for f in &CONFIG_FILES[1..] {
                 fetch(f)?;
             }
@@ -102,7 +118,10 @@ pub fn resolve(source: &ModelSource, prefer_fp16: bool) -> Result<PathBuf, Model
                     return Err(ModelError::Hub(format!("{owner}/{name}: no safetensors weights for {dir}")));
                 }
             }
-            let root = index.parent().map(Path::to_path_buf).ok_or_else(|| ModelError::Hub("cache path has no parent".into()))?;
+            let root = index
+                .parent()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| ModelError::Hub("cache path has no parent".into()))?;
             Ok(root)
         }
     }
@@ -123,12 +142,25 @@ mod tests {
 
     #[test]
     fn model_specs() {
-        let hub = |o: &str, n: &str, r: Option<&str>| ModelSource::Hub { owner: o.into(), name: n.into(), revision: r.map(String::from) };
-        check("stabilityai/stable-diffusion-2-1-base", Ok(hub("stabilityai", "stable-diffusion-2-1-base", None)));
-        check("stable-diffusion-v1-5/stable-diffusion-v1-5@main", Ok(hub("stable-diffusion-v1-5", "stable-diffusion-v1-5", Some("main"))));
+        let hub = |o: &str, n: &str, r: Option<&str>| ModelSource::Hub {
+            owner: o.into(),
+            name: n.into(),
+            revision: r.map(String::from),
+        };
+        check(
+            "stabilityai/stable-diffusion-2-1-base",
+            Ok(hub("stabilityai", "stable-diffusion-2-1-base", None)),
+        );
+        check(
+            "stable-diffusion-v1-5/stable-diffusion-v1-5@main",
+            Ok(hub("stable-diffusion-v1-5", "stable-diffusion-v1-5", Some("main"))),
+        );
         check("./no/such/folder", Err("does not exist"));
         check("/no/such/folder", Err("does not exist"));
         check("justaname", Err("neither an existing folder"));
-        check(env!("CARGO_MANIFEST_DIR"), Ok(ModelSource::Local(PathBuf::from(env!("CARGO_MANIFEST_DIR")))));
+        check(
+            env!("CARGO_MANIFEST_DIR"),
+            Ok(ModelSource::Local(PathBuf::from(env!("CARGO_MANIFEST_DIR")))),
+        );
     }
 }

@@ -106,12 +106,21 @@ pub fn weight_files(dir: &Path, stem: &str, dtype: DType) -> Result<Vec<PathBuf>
         }
         let index = dir.join(format!("{stem}{v}.safetensors.index.json"));
         if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io { path: index.clone(), source })?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: index.clone(), message: e.to_string() })?;
+            let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
+                path: index.clone(),
+                source,
+            })?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+                path: index.clone(),
+                message: e.to_string(),
+            })?;
             let mut files: Vec<PathBuf> = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .ok_or_else(|| ModelError::Json { path: index.clone(), message: "no weight_map".into() })?
+                .ok_or_else(|| ModelError::Json {
+                    path: index.clone(),
+                    message: "no weight_map".into(),
+                })?
                 .values()
                 .filter_map(|v| v.as_str())
                 .map(|f| dir.join(f))
@@ -148,11 +157,18 @@ fn var_builder(dir: &Path, stem: &str, dtype: DType, device: &Device) -> Result<
 }
 
 fn weights_err(component: &str) -> impl Fn(candle_core::Error) -> ModelError + '_ {
-    move |e| ModelError::Weights { component: component.to_owned(), message: e.to_string() }
+    move |e| ModelError::Weights {
+        component: component.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 fn require(path: PathBuf) -> Result<PathBuf, ModelError> {
-    if path.is_file() { Ok(path) } else { Err(ModelError::MissingFile(path)) }
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ModelError::MissingFile(path))
+    }
 }
 
 impl StableDiffusion {
@@ -183,7 +199,10 @@ impl StableDiffusion {
             return Err(ModelError::Unsupported {
                 file: "unet/config.json".into(),
                 key: "cross_attention_dim".into(),
-                value: format!("{:?} (the text encoder's hidden_size is {})", unet_cfg.cross_attention_dim, te_cfg.hidden_size),
+                value: format!(
+                    "{:?} (the text encoder's hidden_size is {})",
+                    unet_cfg.cross_attention_dim, te_cfg.hidden_size
+                ),
             });
         }
         if tokenizer.vocab_size() > te_cfg.vocab_size {
@@ -201,8 +220,21 @@ impl StableDiffusion {
         let vae_vb = var_builder(&root.join("vae"), "diffusion_pytorch_model", dtype, device)?;
         let vae = Vae::new(vae_vb, &vae_cfg).map_err(weights_err("vae"))?;
 
-        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| root.display().to_string());
-        Ok(Self { root: root.to_owned(), name, tokenizer, text_encoder, unet, vae, scheduler_config, device: device.clone(), dtype })
+        let name = root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| root.display().to_string());
+        Ok(Self {
+            root: root.to_owned(),
+            name,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler_config,
+            device: device.clone(),
+            dtype,
+        })
     }
 
     /// Pixels per latent cell (2^(len(vae.block_out_channels) - 1)).

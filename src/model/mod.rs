@@ -1,6 +1,7 @@
 //! Everything that knows about model files and candle modules: configs, loading (local
 //! folder, hub, bundled), tokenizer, text encoder, UNet with attention probes, VAE.
 
+pub mod bench;
 pub mod clip;
 pub mod config;
 pub mod hub;
@@ -8,7 +9,6 @@ pub mod loader;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
-pub mod bench;
 
 use std::path::PathBuf;
 

@@ -79,8 +79,7 @@ const DEFAULT_EOS: &str = "<|endoftext|>";
 const DEFAULT_MAX_LENGTH: usize = 77;
 /// transformers reads at most this many merge lines (after the header line).
 const MAX_MERGES: usize = 49152 - 256 - 2;
-const CLIP_PATTERN: &str =
-    r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+";
+const CLIP_PATTERN: &str = r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+";
 
 #[derive(Clone)]
 enum Backend {
@@ -187,9 +186,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value, TokenizerError> {
 fn token_string(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => {
-            o.get("content").and_then(|c| c.as_str()).map(str::to_owned)
-        }
+        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_owned),
         _ => None,
     }
 }
@@ -234,8 +231,7 @@ fn byte_alphabet() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut extra = 0u32;
     for b in 0..256u32 {
-        let printable =
-            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -264,11 +260,7 @@ fn bpe(word: &str, ranks: &HashMap<(String, String), usize>) -> Vec<String> {
         // The adjacent pair with the lowest merge rank.
         let best = parts
             .windows(2)
-            .filter_map(|w| {
-                ranks
-                    .get(&(w[0].clone(), w[1].clone()))
-                    .map(|&r| (r, w[0].clone(), w[1].clone()))
-            })
+            .filter_map(|w| ranks.get(&(w[0].clone(), w[1].clone())).map(|&r| (r, w[0].clone(), w[1].clone())))
             .min_by_key(|(r, _, _)| *r);
         let Some((_, first, second)) = best else {
             break;
@@ -302,9 +294,7 @@ impl ClipTokenizer {
         let json_path = dir.join("tokenizer.json");
         if vocab_path.is_file() || merges_path.is_file() || !json_path.is_file() {
             if !vocab_path.is_file() && !merges_path.is_file() {
-                return Err(TokenizerError::NotFound {
-                    dir: dir.to_path_buf(),
-                });
+                return Err(TokenizerError::NotFound { dir: dir.to_path_buf() });
             }
             Self::from_vocab_merges(&vocab_path, &merges_path, &cfg)
         } else {
@@ -314,11 +304,7 @@ impl ClipTokenizer {
 
     /// Load `vocab.json` + `merges.txt` with explicit special tokens (`pad_token`, e.g. `"!"` for
     /// SD2), like `CLIPTokenizer(vocab_file, merges_file, pad_token=...)`.
-    pub fn from_files(
-        vocab: &Path,
-        merges: &Path,
-        pad_token: &str,
-    ) -> Result<Self, TokenizerError> {
+    pub fn from_files(vocab: &Path, merges: &Path, pad_token: &str) -> Result<Self, TokenizerError> {
         let cfg = SpecialConfig {
             pad: pad_token.to_owned(),
             ..SpecialConfig::default()
@@ -326,26 +312,15 @@ impl ClipTokenizer {
         Self::from_vocab_merges(vocab, merges, &cfg)
     }
 
-    fn from_vocab_merges(
-        vocab_path: &Path,
-        merges_path: &Path,
-        cfg: &SpecialConfig,
-    ) -> Result<Self, TokenizerError> {
-        let encoder: HashMap<String, u32> = serde_json::from_value(read_json(vocab_path)?)
-            .map_err(|e| TokenizerError::Invalid {
-                path: vocab_path.to_path_buf(),
-                message: format!("not a token → id map: {e}"),
-            })?;
+    fn from_vocab_merges(vocab_path: &Path, merges_path: &Path, cfg: &SpecialConfig) -> Result<Self, TokenizerError> {
+        let encoder: HashMap<String, u32> = serde_json::from_value(read_json(vocab_path)?).map_err(|e| TokenizerError::Invalid {
+            path: vocab_path.to_path_buf(),
+            message: format!("not a token → id map: {e}"),
+        })?;
         let merges_text = read_text(merges_path)?;
         let mut ranks = HashMap::new();
         // Like transformers: strip the file, skip the first (header) line, keep at most MAX_MERGES.
-        for (rank, line) in merges_text
-            .trim()
-            .split('\n')
-            .skip(1)
-            .take(MAX_MERGES)
-            .enumerate()
-        {
+        for (rank, line) in merges_text.trim().split('\n').skip(1).take(MAX_MERGES).enumerate() {
             let mut it = line.split_whitespace();
             if let (Some(a), Some(b), None) = (it.next(), it.next(), it.next()) {
                 ranks.entry((a.to_owned(), b.to_owned())).or_insert(rank);
@@ -375,30 +350,16 @@ impl ClipTokenizer {
         let vocab = tok.get_vocab(true);
         let decoder: HashMap<u32, String> = vocab.iter().map(|(k, &v)| (v, k.clone())).collect();
         let vocab_len = tok.get_vocab_size(true);
-        Ok(Self::assemble(
-            Backend::Fast(Box::new(tok)),
-            decoder,
-            vocab_len,
-            cfg,
-        ))
+        Ok(Self::assemble(Backend::Fast(Box::new(tok)), decoder, vocab_len, cfg))
     }
 
     /// Resolve the special tokens; ones missing from the vocabulary get new ids after it
     /// (bos, eos, unk, pad order), as transformers' added tokens do.
-    fn assemble(
-        backend: Backend,
-        mut decoder: HashMap<u32, String>,
-        mut vocab_len: usize,
-        cfg: &SpecialConfig,
-    ) -> Self {
-        let mut lookup: HashMap<String, u32> =
-            decoder.iter().map(|(&id, t)| (t.clone(), id)).collect();
+    fn assemble(backend: Backend, mut decoder: HashMap<u32, String>, mut vocab_len: usize, cfg: &SpecialConfig) -> Self {
+        let mut lookup: HashMap<String, u32> = decoder.iter().map(|(&id, t)| (t.clone(), id)).collect();
         let mut special: Vec<(String, u32)> = Vec::new();
         let mut ids = [0u32; 4];
-        for (slot, name) in [&cfg.bos, &cfg.eos, &cfg.unk, &cfg.pad]
-            .into_iter()
-            .enumerate()
-        {
+        for (slot, name) in [&cfg.bos, &cfg.eos, &cfg.unk, &cfg.pad].into_iter().enumerate() {
             let id = match lookup.get(name.as_str()) {
                 Some(&id) => id,
                 None => {
@@ -532,10 +493,8 @@ impl ClipTokenizer {
             }
             // Clean-up: drop NUL / U+FFFD / control+format chars, whitespace → ' ', space out CJK.
             for c in segment.chars().filter(|_| *flavor == ClipFlavor::SlowNoFtfy) {
-                let is_ws = matches!(c, ' ' | '\t' | '\n' | '\r')
-                    || space_sep.is_match(c.encode_utf8(&mut buf));
-                let is_ctrl =
-                    !matches!(c, '\t' | '\n' | '\r') && control.is_match(c.encode_utf8(&mut buf));
+                let is_ws = matches!(c, ' ' | '\t' | '\n' | '\r') || space_sep.is_match(c.encode_utf8(&mut buf));
+                let is_ctrl = !matches!(c, '\t' | '\n' | '\r') && control.is_match(c.encode_utf8(&mut buf));
                 if c == '\0' || c == '\u{FFFD}' || is_ctrl {
                     continue;
                 }
@@ -584,24 +543,11 @@ impl ClipTokenizer {
         let decode = byte_decoder();
         let mut words: Vec<WordPieces> = Vec::new();
         let mut last_word: Option<u32> = None;
-        for ((&id, token), &word) in enc
-            .get_ids()
-            .iter()
-            .zip(enc.get_tokens())
-            .zip(enc.get_word_ids())
-        {
+        for ((&id, token), &word) in enc.get_ids().iter().zip(enc.get_tokens()).zip(enc.get_word_ids()) {
             let same = word.is_some() && word == last_word && !words.is_empty();
-            let vocab_token = self
-                .decoder
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| token.clone());
+            let vocab_token = self.decoder.get(&id).cloned().unwrap_or_else(|| token.clone());
             if same {
-                words
-                    .last_mut()
-                    .expect("non-empty")
-                    .1
-                    .push((id, vocab_token));
+                words.last_mut().expect("non-empty").1.push((id, vocab_token));
             } else {
                 words.push((String::new(), vec![(id, vocab_token)]));
             }
@@ -678,11 +624,7 @@ impl ClipTokenizer {
 }
 
 fn byte_decoder() -> HashMap<char, u8> {
-    byte_alphabet()
-        .iter()
-        .enumerate()
-        .map(|(b, &c)| (c, b as u8))
-        .collect()
+    byte_alphabet().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
 }
 
 #[cfg(test)]
@@ -696,12 +638,7 @@ mod tests {
 
     fn full() -> ClipTokenizer {
         let d = fixtures().join("clip-tokenizer");
-        ClipTokenizer::from_files(
-            &d.join("vocab.json"),
-            &d.join("merges.txt"),
-            "<|endoftext|>",
-        )
-        .unwrap()
+        ClipTokenizer::from_files(&d.join("vocab.json"), &d.join("merges.txt"), "<|endoftext|>").unwrap()
     }
 
     fn full_bang() -> ClipTokenizer {
@@ -719,11 +656,7 @@ mod tests {
     }
 
     fn u32s(v: &Value) -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
     }
 
     /// Data-driven check: `expected` are the unpadded ids (bos .. eos, possibly longer than 77).
@@ -744,11 +677,7 @@ mod tests {
         for (id, t) in enc.ids.iter().zip(&enc.tokens) {
             assert_eq!(tok.id_to_token(*id), Some(t.as_str()));
         }
-        assert_eq!(
-            enc.truncated_words.is_empty(),
-            expected_unpadded.len() <= n,
-            "{prompt:?}"
-        );
+        assert_eq!(enc.truncated_words.is_empty(), expected_unpadded.len() <= n, "{prompt:?}");
     }
 
     /// Compare every prompt of one section of a reference file; returns (#matching, mismatching prompts).
@@ -761,12 +690,7 @@ mod tests {
             let enc = tok.encode(prompt);
             if enc.ids == u32s(&case["ids"]) {
                 check(tok, prompt, &unpadded);
-                let toks: Vec<&str> = case["tokens"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|t| t.as_str().unwrap())
-                    .collect();
+                let toks: Vec<&str> = case["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
                 if unpadded.len() <= tok.max_length() {
                     assert_eq!(&enc.tokens[..enc.n_used], &toks[..], "{prompt:?}");
                 }
@@ -784,17 +708,10 @@ mod tests {
             eprintln!("tokenizer_slow.json missing; skipped");
             return;
         };
-        for (key, tok) in [
-            ("full", full()),
-            ("full_pad_bang", full_bang()),
-            ("tiny", tiny()),
-        ] {
+        for (key, tok) in [("full", full()), ("full_pad_bang", full_bang()), ("tiny", tiny())] {
             let tok = tok.with_flavor(ClipFlavor::SlowNoFtfy);
             let meta = &r["meta"][key];
-            assert_eq!(
-                tok.vocab_size() as u64,
-                meta["vocab_size"].as_u64().unwrap()
-            );
+            assert_eq!(tok.vocab_size() as u64, meta["vocab_size"].as_u64().unwrap());
             assert_eq!(tok.bos_id() as u64, meta["bos_token_id"].as_u64().unwrap());
             assert_eq!(tok.eos_id() as u64, meta["eos_token_id"].as_u64().unwrap());
             assert_eq!(tok.pad_id() as u64, meta["pad_token_id"].as_u64().unwrap());
@@ -813,11 +730,7 @@ mod tests {
             eprintln!("tokenizer.json missing; skipped");
             return;
         };
-        for (key, tok) in [
-            ("full", full()),
-            ("full_pad_bang", full_bang()),
-            ("tiny", tiny()),
-        ] {
+        for (key, tok) in [("full", full()), ("full_pad_bang", full_bang()), ("tiny", tiny())] {
             let (ok, bad) = run_ref(&tok, &r[key]);
             eprintln!("transformers 5 reference {key}: {ok} match, mismatches: {bad:?}");
             assert!(bad.is_empty(), "{key}: {bad:?}");
@@ -832,43 +745,20 @@ mod tests {
     #[test]
     fn known_ids() {
         let tok = full();
-        check(
-            &tok,
-            "a photo of a cat",
-            &[49406, 320, 1125, 539, 320, 2368, 49407],
-        );
+        check(&tok, "a photo of a cat", &[49406, 320, 1125, 539, 320, 2368, 49407]);
         check(&tok, "", &[49406, 49407]);
-        check(
-            &tok,
-            "  A   PHOTO\tof a\ncat ",
-            &[49406, 320, 1125, 539, 320, 2368, 49407],
-        );
+        check(&tok, "  A   PHOTO\tof a\ncat ", &[49406, 320, 1125, 539, 320, 2368, 49407]);
     }
 
     #[test]
     fn word_of_token_groups_sub_tokens() {
         let tok = full();
         let enc = tok.encode("antidisestablishmentarianism, don't");
-        assert_eq!(
-            enc.words,
-            vec!["antidisestablishmentarianism", ",", "don", "'t"]
-        );
-        let w0: Vec<usize> = (0..enc.n_used)
-            .filter(|&i| enc.word_of_token[i] == Some(0))
-            .collect();
-        assert!(
-            w0.len() > 1,
-            "long word should be several BPE tokens: {:?}",
-            enc.tokens
-        );
-        assert!(
-            w0.windows(2).all(|p| p[1] == p[0] + 1),
-            "sub-tokens are contiguous"
-        );
-        let joined: String = w0
-            .iter()
-            .map(|&i| enc.tokens[i].trim_end_matches("</w>"))
-            .collect();
+        assert_eq!(enc.words, vec!["antidisestablishmentarianism", ",", "don", "'t"]);
+        let w0: Vec<usize> = (0..enc.n_used).filter(|&i| enc.word_of_token[i] == Some(0)).collect();
+        assert!(w0.len() > 1, "long word should be several BPE tokens: {:?}", enc.tokens);
+        assert!(w0.windows(2).all(|p| p[1] == p[0] + 1), "sub-tokens are contiguous");
+        let joined: String = w0.iter().map(|&i| enc.tokens[i].trim_end_matches("</w>")).collect();
         assert_eq!(joined, "antidisestablishmentarianism");
         assert_eq!(enc.word_of_token[0], None);
         assert_eq!(enc.word_of_token[enc.n_used - 1], None);
@@ -882,29 +772,18 @@ mod tests {
     fn truncation_reports_dropped_words() {
         let tok = full();
         // Frequent words: one token each.
-        let plain: Vec<&str> = (0..80)
-            .map(|i| ["cat", "dog", "tree", "house"][i % 4])
-            .collect();
+        let plain: Vec<&str> = (0..80).map(|i| ["cat", "dog", "tree", "house"][i % 4]).collect();
         let enc = tok.encode(&plain.join(" "));
         assert_eq!(enc.n_used, 77);
         assert_eq!(enc.ids[76], tok.eos_id());
-        assert_eq!(
-            enc.truncated_words,
-            plain[75..]
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(enc.truncated_words, plain[75..].iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(enc.words.len(), 80);
         assert_eq!(enc.word_of_token[75], Some(74));
         // A word cut in the middle counts as truncated and keeps its first sub-tokens.
         let mut p: Vec<&str> = vec!["cat"; 74];
         p.push("antidisestablishmentarianism");
         let enc = tok.encode(&p.join(" "));
-        assert_eq!(
-            enc.truncated_words,
-            vec!["antidisestablishmentarianism".to_string()]
-        );
+        assert_eq!(enc.truncated_words, vec!["antidisestablishmentarianism".to_string()]);
         assert_eq!(enc.word_of_token[75], Some(74));
     }
 
@@ -915,10 +794,7 @@ mod tests {
         let enc = tok.encode("wow!!");
         assert_eq!(enc.n_used, 5);
         assert_eq!(enc.words, vec!["wow", "!", "!"]);
-        assert_eq!(
-            &enc.ids[..5],
-            &[49406, tok.token_to_id("wow</w>").unwrap(), 0, 0, 49407]
-        );
+        assert_eq!(&enc.ids[..5], &[49406, tok.token_to_id("wow</w>").unwrap(), 0, 0, 49407]);
         assert!(enc.ids[5..].iter().all(|&i| i == 0));
         assert_eq!(enc.tokens[6], "!");
         // With the SD1 pad, "!!" is one BPE token.
@@ -950,10 +826,7 @@ mod tests {
         cfg.apply(&serde_json::json!({"model_max_length": 64}));
         assert_eq!(cfg.max_length, 64);
         let t = tiny();
-        assert_eq!(
-            (t.max_length(), t.bos_id(), t.eos_id(), t.pad_id()),
-            (77, 998, 999, 999)
-        );
+        assert_eq!((t.max_length(), t.bos_id(), t.eos_id(), t.pad_id()), (77, 998, 999, 999));
     }
 
     #[test]

@@ -33,7 +33,9 @@ impl std::str::FromStr for CaptureMode {
             "none" => Ok(Self::None),
             "aggregate" => Ok(Self::Aggregate),
             "full" => Ok(Self::Full),
-            other => Err(format!("unknown attention capture mode '{other}' (expected none, aggregate or full)")),
+            other => Err(format!(
+                "unknown attention capture mode '{other}' (expected none, aggregate or full)"
+            )),
         }
     }
 }
@@ -77,11 +79,19 @@ pub struct AttnProbe {
 
 impl AttnProbe {
     pub fn off() -> Self {
-        Self { mode: CaptureMode::None, cond_index: 0, maps: Vec::new() }
+        Self {
+            mode: CaptureMode::None,
+            cond_index: 0,
+            maps: Vec::new(),
+        }
     }
 
     pub fn new(mode: CaptureMode, cond_index: usize) -> Self {
-        Self { mode, cond_index, maps: Vec::new() }
+        Self {
+            mode,
+            cond_index,
+            maps: Vec::new(),
+        }
     }
 
     pub fn is_on(&self) -> bool {
@@ -94,14 +104,33 @@ impl AttnProbe {
         }
         let (bh, lq, lk) = probs.dims3()?;
         let batch = bh / heads;
-        let map = probs.reshape((batch, heads, lq, lk))?.narrow(0, self.cond_index, 1)?.squeeze(0)?.mean(0)?;
-        self.maps.push(CapturedMap { layer, height, width, probs: map });
+        // Mean over heads as a [1, heads] x [heads, lq*lk] product: one GEMM instead of a
+        // strided reduction over the leading axis.
+        let cond = probs.reshape((batch, heads, lq * lk))?.narrow(0, self.cond_index, 1)?.squeeze(0)?;
+        let weights = Tensor::full(1f32 / heads as f32, (1, heads), probs.device())?.to_dtype(probs.dtype())?;
+        let map = weights.matmul(&cond)?.reshape((lq, lk))?;
+        self.maps.push(CapturedMap {
+            layer,
+            height,
+            width,
+            probs: map,
+        });
         Ok(())
     }
 }
 
 fn conv2d(cin: usize, cout: usize, k: usize, padding: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    candle_nn::conv2d(cin, cout, k, Conv2dConfig { padding, stride, ..Default::default() }, vb)
+    candle_nn::conv2d(
+        cin,
+        cout,
+        k,
+        Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        },
+        vb,
+    )
 }
 
 fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
@@ -109,7 +138,14 @@ fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Resul
 }
 
 fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    candle_nn::layer_norm(dim, candle_nn::LayerNormConfig { eps: 1e-5, ..Default::default() }, vb)
+    candle_nn::layer_norm(
+        dim,
+        candle_nn::LayerNormConfig {
+            eps: 1e-5,
+            ..Default::default()
+        },
+        vb,
+    )
 }
 
 struct ResnetBlock {
@@ -130,7 +166,11 @@ impl ResnetBlock {
             time_emb_proj: candle_nn::linear(temb, cout, vb.pp("time_emb_proj"))?,
             norm2: group_norm(groups, cout, eps, vb.pp("norm2"))?,
             conv2: conv2d(cout, cout, 3, 1, 1, vb.pp("conv2"))?,
-            conv_shortcut: if cin != cout { Some(conv2d(cin, cout, 1, 0, 1, vb.pp("conv_shortcut"))?) } else { None },
+            conv_shortcut: if cin != cout {
+                Some(conv2d(cin, cout, 1, 0, 1, vb.pp("conv_shortcut"))?)
+            } else {
+                None
+            },
             output_scale_factor,
         })
     }
@@ -146,7 +186,11 @@ impl ResnetBlock {
             None => xs.clone(),
         };
         let out = (shortcut + h)?;
-        if self.output_scale_factor == 1.0 { Ok(out) } else { out / self.output_scale_factor }
+        if self.output_scale_factor == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale_factor
+        }
     }
 }
 
@@ -174,7 +218,9 @@ impl Attention {
 
     fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, l, d) = xs.dims3()?;
-        xs.reshape((b, l, self.heads, d / self.heads))?.transpose(1, 2)?.reshape((b * self.heads, l, d / self.heads))
+        xs.reshape((b, l, self.heads, d / self.heads))?
+            .transpose(1, 2)?
+            .reshape((b * self.heads, l, d / self.heads))
     }
 
     /// `probe` is given for cross-attention only: (probe, layer index, height, width).
@@ -192,7 +238,10 @@ impl Attention {
         }
         let out = probs.matmul(&v)?.to_dtype(in_dtype)?;
         let dh = out.dim(D::Minus1)?;
-        let out = out.reshape((b, self.heads, l, dh))?.transpose(1, 2)?.reshape((b, l, self.heads * dh))?;
+        let out = out
+            .reshape((b, self.heads, l, dh))?
+            .transpose(1, 2)?
+            .reshape((b, l, self.heads * dh))?;
         self.to_out.forward(&out)
     }
 }
@@ -207,7 +256,11 @@ impl FeedForward {
     fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = dim * 4;
         let net = vb.pp("net");
-        Ok(Self { proj: candle_nn::linear(dim, inner * 2, net.pp("0").pp("proj"))?, out: candle_nn::linear(inner, dim, net.pp("2"))?, inner })
+        Ok(Self {
+            proj: candle_nn::linear(dim, inner * 2, net.pp("0").pp("proj"))?,
+            out: candle_nn::linear(inner, dim, net.pp("2"))?,
+            inner,
+        })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -257,7 +310,11 @@ impl Transformer2D {
         let c = spec.channels;
         let dim_head = c / spec.heads;
         let proj = |name: &str| -> Result<Proj> {
-            if spec.linear { Ok(Proj::Linear(candle_nn::linear(c, c, vb.pp(name))?)) } else { Ok(Proj::Conv(conv2d(c, c, 1, 0, 1, vb.pp(name))?)) }
+            if spec.linear {
+                Ok(Proj::Linear(candle_nn::linear(c, c, vb.pp(name))?))
+            } else {
+                Ok(Proj::Conv(conv2d(c, c, 1, 0, 1, vb.pp(name))?))
+            }
         };
         let proj_in = proj("proj_in")?;
         let proj_out = proj("proj_out")?;
@@ -265,7 +322,11 @@ impl Transformer2D {
         for i in 0..spec.layers {
             let v = vb.pp("transformer_blocks").pp(i);
             let layer = registry.len();
-            registry.push(AttnLayerInfo { path: format!("{}.transformer_blocks.{i}.attn2", spec.path), heads: spec.heads, level: spec.level });
+            registry.push(AttnLayerInfo {
+                path: format!("{}.transformer_blocks.{i}.attn2", spec.path),
+                heads: spec.heads,
+                level: spec.level,
+            });
             blocks.push(TransformerBlock {
                 norm1: layer_norm(c, v.pp("norm1"))?,
                 attn1: Attention::new(v.pp("attn1"), c, c, spec.heads, dim_head)?,
@@ -276,7 +337,12 @@ impl Transformer2D {
                 layer,
             });
         }
-        Ok(Self { norm: group_norm(spec.groups, c, 1e-6, vb.pp("norm"))?, proj_in, blocks, proj_out })
+        Ok(Self {
+            norm: group_norm(spec.groups, c, 1e-6, vb.pp("norm"))?,
+            proj_in,
+            blocks,
+            proj_out,
+        })
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor, probe: &mut AttnProbe) -> Result<Tensor> {
@@ -289,7 +355,11 @@ impl Transformer2D {
         };
         for blk in &self.blocks {
             x = (blk.attn1.forward(&blk.norm1.forward(&x)?, None, None)? + &x)?;
-            let p = if probe.is_on() { Some((&mut *probe, blk.layer, h, w)) } else { None };
+            let p = if probe.is_on() {
+                Some((&mut *probe, blk.layer, h, w))
+            } else {
+                None
+            };
             x = (blk.attn2.forward(&blk.norm2.forward(&x)?, Some(context), p)? + &x)?;
             x = (blk.ff.forward(&blk.norm3.forward(&x)?)? + &x)?;
         }
@@ -349,9 +419,9 @@ impl UNet {
 
         let mut down = Vec::with_capacity(n);
         let mut out_ch = ch[0];
-        for i in 0..n {
+        for (i, &block_ch) in ch.iter().enumerate() {
             let in_ch = out_ch;
-            out_ch = ch[i];
+            out_ch = block_ch;
             let vbd = vb.pp("down_blocks").pp(i);
             let cross = UNetConfig::has_cross_attention(&cfg.down_block_types[i]);
             let mut resnets = Vec::new();
@@ -375,11 +445,22 @@ impl UNet {
                 }
             }
             let downsampler = if i + 1 < n {
-                Some(conv2d(out_ch, out_ch, 3, cfg.downsample_padding, 2, vbd.pp("downsamplers").pp("0").pp("conv"))?)
+                Some(conv2d(
+                    out_ch,
+                    out_ch,
+                    3,
+                    cfg.downsample_padding,
+                    2,
+                    vbd.pp("downsamplers").pp("0").pp("conv"),
+                )?)
             } else {
                 None
             };
-            down.push(DownBlock { resnets, attentions, downsampler });
+            down.push(DownBlock {
+                resnets,
+                attentions,
+                downsampler,
+            });
         }
 
         let last = ch[n - 1];
@@ -419,7 +500,15 @@ impl UNet {
             for j in 0..layers {
                 let skip = if j == layers - 1 { in_c } else { out_c };
                 let rin = if j == 0 { prev_out } else { out_c };
-                resnets.push(ResnetBlock::new(vbu.pp("resnets").pp(j), rin + skip, out_c, temb, groups, eps, 1.0)?);
+                resnets.push(ResnetBlock::new(
+                    vbu.pp("resnets").pp(j),
+                    rin + skip,
+                    out_c,
+                    temb,
+                    groups,
+                    eps,
+                    1.0,
+                )?);
                 if cross {
                     let path = format!("up_blocks.{i}.attentions.{j}");
                     let spec = TransformerSpec {
@@ -435,8 +524,16 @@ impl UNet {
                     attentions.push(Transformer2D::new(vbu.pp("attentions").pp(j), spec, &mut registry)?);
                 }
             }
-            let upsampler = if i + 1 < n { Some(conv2d(out_c, out_c, 3, 1, 1, vbu.pp("upsamplers").pp("0").pp("conv"))?) } else { None };
-            up.push(UpBlock { resnets, attentions, upsampler });
+            let upsampler = if i + 1 < n {
+                Some(conv2d(out_c, out_c, 3, 1, 1, vbu.pp("upsamplers").pp("0").pp("conv"))?)
+            } else {
+                None
+            };
+            up.push(UpBlock {
+                resnets,
+                attentions,
+                upsampler,
+            });
             prev_out = out_c;
         }
 
@@ -514,7 +611,9 @@ impl UNet {
 
         for blk in &self.up {
             for (j, resnet) in blk.resnets.iter().enumerate() {
-                let skip = skips.pop().ok_or_else(|| candle_core::Error::Msg("UNet skip connections exhausted".into()))?;
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| candle_core::Error::Msg("UNet skip connections exhausted".into()))?;
                 xs = Tensor::cat(&[&xs, &skip], 1)?;
                 xs = resnet.forward(&xs, &emb_act)?;
                 if let Some(attn) = blk.attentions.get(j) {

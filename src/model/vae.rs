@@ -13,7 +13,6 @@ pub struct Vae {
     pub config: VaeConfig,
 }
 
-
 impl Vae {
     pub fn new(vb: VarBuilder, config: &VaeConfig) -> Result<Self> {
         let cfg = AutoEncoderKLConfig {
@@ -24,7 +23,10 @@ impl Vae {
             use_quant_conv: config.use_quant_conv,
             use_post_quant_conv: config.use_post_quant_conv,
         };
-        Ok(Self { inner: AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg)?, config: config.clone() })
+        Ok(Self {
+            inner: AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg)?,
+            config: config.clone(),
+        })
     }
 
     /// Decodes latents [1, C, h, w] (as the sampler leaves them, i.e. still multiplied by
@@ -42,6 +44,10 @@ impl Vae {
         let hwc = unit.squeeze(0)?.permute((1, 2, 0))?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let pixels = hwc.iter().map(|v| (v * 255.0).round_ties_even().clamp(0.0, 255.0) as u8).collect();
         debug_assert_eq!(c, 3);
-        Ok(RgbImage { width: w, height: h, pixels })
+        Ok(RgbImage {
+            width: w,
+            height: h,
+            pixels,
+        })
     }
 }

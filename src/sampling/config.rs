@@ -74,8 +74,8 @@ impl SchedulerConfig {
     /// (which `json.dumps` writes for e.g. `lambda_min_clipped = -inf`) are accepted.
     pub fn from_json_str(text: &str) -> Result<Self, SamplerError> {
         let text = quote_non_finite_literals(text);
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| SamplerError::ConfigParse(format!("invalid scheduler config JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| SamplerError::ConfigParse(format!("invalid scheduler config JSON: {e}")))?;
         match value {
             Value::Object(map) => Ok(Self::from_map(map)),
             other => Err(SamplerError::ConfigParse(format!(
@@ -86,10 +86,8 @@ impl SchedulerConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, SamplerError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SamplerError::ConfigParse(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_json_str(&text)
-            .map_err(|e| SamplerError::ConfigParse(format!("{}: {e}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|e| SamplerError::ConfigParse(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_json_str(&text).map_err(|e| SamplerError::ConfigParse(format!("{}: {e}", path.display())))
     }
 
     /// The value of `key` as written in the file (None when absent or listed in `_use_default_values`).
@@ -109,7 +107,10 @@ impl SchedulerConfig {
 
     /// The sampler kind whose diffusers class wrote this config, if it is one of ours.
     pub fn native_kind(&self) -> Option<SamplerKind> {
-        SamplerKind::ALL.iter().copied().find(|k| Some(k.diffusers_class()) == self.class_name.as_deref())
+        SamplerKind::ALL
+            .iter()
+            .copied()
+            .find(|k| Some(k.diffusers_class()) == self.class_name.as_deref())
     }
 
     /// The parameters `kind`'s diffusers class would be constructed with from this config
@@ -190,7 +191,10 @@ fn quote_non_finite_literals(text: &str) -> String {
     out
 }
 
-const COMMON: &[(&str, fn() -> Value)] = &[
+/// A config key and the constructor of its default value.
+type KeyDefault = (&'static str, fn() -> Value);
+
+const COMMON: &[KeyDefault] = &[
     ("num_train_timesteps", || json!(1000)),
     ("beta_start", || json!(0.0001)),
     ("beta_end", || json!(0.02)),
@@ -360,7 +364,11 @@ pub struct ResolvedConfig {
 }
 
 fn bad(key: &str, value: &Value, why: &str) -> SamplerError {
-    SamplerError::UnsupportedConfig { key: key.to_string(), value: value.to_string(), reason: why.to_string() }
+    SamplerError::UnsupportedConfig {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: why.to_string(),
+    }
 }
 
 impl ResolvedConfig {
@@ -459,14 +467,24 @@ impl ResolvedConfig {
             let v = get("steps_offset");
             v.as_i64().ok_or_else(|| bad("steps_offset", &v, "expected an integer"))?
         };
-        must_be_false("thresholding", "dynamic thresholding is not implemented (and unsuitable for latent diffusion)")?;
-        must_be_false("use_exponential_sigmas", "exponential sigmas are not implemented (use the exponential timestep spacing option instead)")?;
+        must_be_false(
+            "thresholding",
+            "dynamic thresholding is not implemented (and unsuitable for latent diffusion)",
+        )?;
+        must_be_false(
+            "use_exponential_sigmas",
+            "exponential sigmas are not implemented (use the exponential timestep spacing option instead)",
+        )?;
         must_be_false("use_beta_sigmas", "beta sigmas are not implemented")?;
         must_be_false("use_lu_lambdas", "Lu lambdas are not implemented")?;
         must_be_false("use_flow_sigmas", "flow sigmas are not implemented")?;
         must_be_false("use_dynamic_shifting", "dynamic shifting is not implemented")?;
         if has("interpolation_type") && as_str("interpolation_type")? != "linear" {
-            return Err(bad("interpolation_type", &get("interpolation_type"), "only \"linear\" is implemented"));
+            return Err(bad(
+                "interpolation_type",
+                &get("interpolation_type"),
+                "only \"linear\" is implemented",
+            ));
         }
         if has("timestep_type") {
             let tt = as_str("timestep_type")?;
@@ -478,7 +496,13 @@ impl ResolvedConfig {
             match as_str("final_sigmas_type")?.as_str() {
                 "zero" => true,
                 "sigma_min" => false,
-                _ => return Err(bad("final_sigmas_type", &get("final_sigmas_type"), "supported: \"zero\", \"sigma_min\"")),
+                _ => {
+                    return Err(bad(
+                        "final_sigmas_type",
+                        &get("final_sigmas_type"),
+                        "supported: \"zero\", \"sigma_min\"",
+                    ));
+                }
             }
         } else {
             true
@@ -538,7 +562,11 @@ impl ResolvedConfig {
             timestep_spacing,
             steps_offset,
             clip_sample: as_bool("clip_sample")?,
-            clip_sample_range: if has("clip_sample_range") { as_f64("clip_sample_range")? } else { 1.0 },
+            clip_sample_range: if has("clip_sample_range") {
+                as_f64("clip_sample_range")?
+            } else {
+                1.0
+            },
             set_alpha_to_one: as_bool("set_alpha_to_one")?,
             skip_prk_steps: as_bool("skip_prk_steps")?,
             rescale_betas_zero_snr: as_bool("rescale_betas_zero_snr")?,

@@ -19,8 +19,8 @@ use super::rng::TorchRng;
 use super::{SamplerKind, SamplerOptions, TimestepSpacing, build_sampler};
 use crate::model::StableDiffusion;
 use crate::model::unet::{AttnProbe, CaptureMode};
-use crate::trace::{AttnLayer, AttnMap, RgbImage, RunMeta, RunStatus, StepRecord};
 use crate::model::vae::Vae;
+use crate::trace::{AttnLayer, AttnMap, RgbImage, RunMeta, RunStatus, StepRecord};
 
 /// Everything that determines a run. Plain data: the UI and the CLI build it, the worker
 /// consumes it.
@@ -30,7 +30,9 @@ pub struct RunConfig {
     pub negative_prompt: String,
     pub steps: usize,
     pub guidance: f32,
-    pub sampler: SamplerKind,
+    /// None = the model's own scheduler class (scheduler/scheduler_config.json `_class_name`),
+    /// as a diffusers pipeline uses it.
+    pub sampler: Option<SamplerKind>,
     pub karras: bool,
     pub spacing: Option<TimestepSpacing>,
     pub eta: f32,
@@ -48,9 +50,9 @@ impl Default for RunConfig {
         Self {
             prompt: String::new(),
             negative_prompt: String::new(),
-            steps: 30,
+            steps: 50,
             guidance: 7.5,
-            sampler: SamplerKind::Ddim,
+            sampler: None,
             karras: false,
             spacing: None,
             eta: 0.0,
@@ -70,7 +72,12 @@ pub enum RunError {
     #[error("--init-latents {path}: {message}")]
     InitLatents { path: PathBuf, message: String },
     #[error("non-finite values (NaN/Inf) in the {what} at step {step} of {total} (t = {timestep})")]
-    NonFinite { what: &'static str, step: usize, total: usize, timestep: f64 },
+    NonFinite {
+        what: &'static str,
+        step: usize,
+        total: usize,
+        timestep: f64,
+    },
     #[error("cancelled after {completed} of {total} steps")]
     Cancelled { completed: usize, total: usize },
     #[error("sampler: {0}")]
@@ -88,23 +95,71 @@ pub enum RunEvent {
 }
 
 fn check_finite(v: &[f32], what: &'static str, step: usize, total: usize, timestep: f64) -> Result<(), RunError> {
-    if v.iter().all(|x| x.is_finite()) { Ok(()) } else { Err(RunError::NonFinite { what, step: step + 1, total, timestep }) }
+    if v.iter().all(|x| x.is_finite()) {
+        Ok(())
+    } else {
+        Err(RunError::NonFinite {
+            what,
+            step: step + 1,
+            total,
+            timestep,
+        })
+    }
 }
 
 /// Reads `latents` [1, C, h, w] from a safetensors file.
 pub fn read_init_latents(path: &Path, shape: [usize; 3]) -> Result<Vec<f32>, RunError> {
-    let err = |message: String| RunError::InitLatents { path: path.to_owned(), message };
+    let err = |message: String| RunError::InitLatents {
+        path: path.to_owned(),
+        message,
+    };
     let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| err(e.to_string()))?;
-    let t = tensors.get("latents").ok_or_else(|| err(format!("no tensor named 'latents' (found: {:?})", tensors.keys().collect::<Vec<_>>())))?;
+    let t = tensors.get("latents").ok_or_else(|| {
+        err(format!(
+            "no tensor named 'latents' (found: {:?})",
+            tensors.keys().collect::<Vec<_>>()
+        ))
+    })?;
     let [c, h, w] = shape;
     if t.dims() != [1, c, h, w] {
-        return Err(err(format!("'latents' has shape {:?}, this run needs [1, {c}, {h}, {w}]", t.dims())));
+        return Err(err(format!(
+            "'latents' has shape {:?}, this run needs [1, {c}, {h}, {w}]",
+            t.dims()
+        )));
     }
-    let v = t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).map_err(|e| err(e.to_string()))?;
+    let v = t
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| err(e.to_string()))?;
     if v.iter().any(|x| !x.is_finite()) {
         return Err(err("'latents' contains NaN or Inf".into()));
     }
     Ok(v)
+}
+
+/// The sampler a diffusers pipeline would use for this model: its own scheduler class.
+pub fn model_sampler(config: &super::config::SchedulerConfig) -> Result<SamplerKind, RunError> {
+    let class = config.class_name.as_deref().unwrap_or("");
+    let kind = SamplerKind::ALL
+        .iter()
+        .copied()
+        .find(|k| k.diffusers_class() == class)
+        .ok_or_else(|| {
+            RunError::BadInput(format!(
+                "the model's scheduler class '{class}' is not implemented; choose one with --scheduler"
+            ))
+        })?;
+    if kind == SamplerKind::DpmPP2M {
+        let order = config.raw.get("solver_order").and_then(|v| v.as_u64()).unwrap_or(2);
+        let algo = config.raw.get("algorithm_type").and_then(|v| v.as_str()).unwrap_or("dpmsolver++");
+        if order != 2 || algo != "dpmsolver++" {
+            return Err(RunError::BadInput(format!(
+                "the model's scheduler is DPMSolverMultistepScheduler with algorithm_type '{algo}', solver_order {order}; only dpmsolver++ order 2 is implemented; choose one with --scheduler"
+            )));
+        }
+    }
+    Ok(kind)
 }
 
 /// The resolved geometry of a run.
@@ -120,15 +175,27 @@ pub fn geometry(sd: &StableDiffusion, cfg: &RunConfig) -> Result<Geometry, RunEr
     let width = cfg.width.unwrap_or_else(|| sd.default_size());
     for (name, v) in [("height", height), ("width", width)] {
         if v == 0 || v % f != 0 {
-            return Err(RunError::BadInput(format!("{name} {v} is not a positive multiple of the VAE factor {f}")));
+            return Err(RunError::BadInput(format!(
+                "{name} {v} is not a positive multiple of the VAE factor {f}"
+            )));
         }
     }
-    Ok(Geometry { height, width, latent: [sd.latent_channels(), height / f, width / f] })
+    Ok(Geometry {
+        height,
+        width,
+        latent: [sd.latent_channels(), height / f, width / f],
+    })
 }
 
 /// Runs the whole pipeline. `sink` gets every event as it happens; `cancel` is polled between
 /// UNet evaluations. Returns the decoded image.
-pub fn run(sd: &StableDiffusion, model_spec: &str, cfg: &RunConfig, cancel: &AtomicBool, sink: &mut dyn FnMut(RunEvent)) -> Result<RgbImage, RunError> {
+pub fn run(
+    sd: &StableDiffusion,
+    model_spec: &str,
+    cfg: &RunConfig,
+    cancel: &AtomicBool,
+    sink: &mut dyn FnMut(RunEvent),
+) -> Result<RgbImage, RunError> {
     if cfg.steps == 0 {
         return Err(RunError::BadInput("steps must be at least 1".into()));
     }
@@ -154,8 +221,16 @@ pub fn run(sd: &StableDiffusion, model_spec: &str, cfg: &RunConfig, cancel: &Ato
     };
 
     // Sampler and initial latents.
-    let options = SamplerOptions { karras: cfg.karras, spacing: cfg.spacing, eta: cfg.eta };
-    let mut sampler = build_sampler(cfg.sampler, &sd.scheduler_config, cfg.steps, &options)?;
+    let options = SamplerOptions {
+        karras: cfg.karras,
+        spacing: cfg.spacing,
+        eta: cfg.eta,
+    };
+    let kind = match cfg.sampler {
+        Some(k) => k,
+        None => model_sampler(&sd.scheduler_config)?,
+    };
+    let mut sampler = build_sampler(kind, &sd.scheduler_config, cfg.steps, &options)?;
     let timesteps = sampler.timesteps().to_vec();
     let total = timesteps.len();
     let mut rng = TorchRng::new(cfg.seed);
@@ -172,7 +247,12 @@ pub fn run(sd: &StableDiffusion, model_spec: &str, cfg: &RunConfig, cancel: &Ato
         .iter()
         .map(|l| {
             let (lh, lw) = (0..l.level).fold((h, w), |(a, b), _| (a.div_ceil(2), b.div_ceil(2)));
-            AttnLayer { path: l.path.clone(), heads: l.heads, height: lh, width: lw }
+            AttnLayer {
+                path: l.path.clone(),
+                heads: l.heads,
+                height: lh,
+                width: lw,
+            }
         })
         .collect();
     let meta = RunMeta {
@@ -189,12 +269,16 @@ pub fn run(sd: &StableDiffusion, model_spec: &str, cfg: &RunConfig, cancel: &Ato
         words: pos.words.clone(),
         truncated_words: pos.truncated_words.clone(),
         negative_token_ids: neg.ids.clone(),
-        sampler: cfg.sampler.as_str().into(),
+        sampler: kind.as_str().into(),
         scheduler: sampler.settings_json(),
         steps: cfg.steps,
         guidance: cfg.guidance,
         seed: cfg.seed,
-        init_latents: cfg.init_latents.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "seed".into()),
+        init_latents: cfg
+            .init_latents
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "seed".into()),
         height: geo.height,
         width: geo.width,
         latent_shape: geo.latent,
@@ -204,7 +288,11 @@ pub fn run(sd: &StableDiffusion, model_spec: &str, cfg: &RunConfig, cancel: &Ato
         timesteps: timesteps.clone(),
         init_noise_sigma: init_sigma,
         attention: cfg.attention,
-        attn_layers: if cfg.attention == CaptureMode::None { Vec::new() } else { layer_sizes.clone() },
+        attn_layers: if cfg.attention == CaptureMode::None {
+            Vec::new()
+        } else {
+            layer_sizes.clone()
+        },
         dtype: format!("{:?}", sd.dtype).to_lowercase(),
         device: if device.is_cpu() { "cpu".into() } else { "cuda".into() },
         step_secs: Vec::new(),
@@ -236,7 +324,9 @@ pub fn run(sd: &StableDiffusion, model_spec: &str, cfg: &RunConfig, cancel: &Ato
         let step = sampler.step(&model_output, i, &latents, &mut rng)?;
         check_finite(&step.prev_sample, "latents", i, total, t)?;
         latents = step.prev_sample;
-        let attention = attention_to_maps(probe, cfg.attention, &|i| (layer_sizes[i].path.clone(), layer_sizes[i].height, layer_sizes[i].width))?;
+        let attention = attention_to_maps(probe, cfg.attention, &|i| {
+            (layer_sizes[i].path.clone(), layer_sizes[i].height, layer_sizes[i].width)
+        })?;
         let record = StepRecord {
             index: i,
             timestep: t,
@@ -259,14 +349,28 @@ pub fn run(sd: &StableDiffusion, model_spec: &str, cfg: &RunConfig, cancel: &Ato
 
 /// Turns the probe's device tensors into plain maps: one per layer (full) or the mean over the
 /// layers of each resolution, finest first (aggregate). `layer` gives a layer's path and size.
-pub fn attention_to_maps(probe: AttnProbe, mode: CaptureMode, layer: &dyn Fn(usize) -> (String, usize, usize)) -> Result<Vec<AttnMap>, RunError> {
+pub fn attention_to_maps(
+    probe: AttnProbe,
+    mode: CaptureMode,
+    layer: &dyn Fn(usize) -> (String, usize, usize),
+) -> Result<Vec<AttnMap>, RunError> {
     let to_map = |key: String, height: usize, width: usize, t: &Tensor| -> Result<AttnMap, RunError> {
         let (_, tokens) = t.dims2()?;
-        Ok(AttnMap { key, height, width, tokens, data: t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? })
+        Ok(AttnMap {
+            key,
+            height,
+            width,
+            tokens,
+            data: t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+        })
     };
     match mode {
         CaptureMode::None => Ok(Vec::new()),
-        CaptureMode::Full => probe.maps.iter().map(|m| to_map(AttnMap::layer_key(&layer(m.layer).0), m.height, m.width, &m.probs)).collect(),
+        CaptureMode::Full => probe
+            .maps
+            .iter()
+            .map(|m| to_map(AttnMap::layer_key(&layer(m.layer).0), m.height, m.width, &m.probs))
+            .collect(),
         CaptureMode::Aggregate => {
             let mut groups: Vec<((usize, usize), Tensor, usize)> = Vec::new();
             for m in &probe.maps {
@@ -279,7 +383,10 @@ pub fn attention_to_maps(probe: AttnProbe, mode: CaptureMode, layer: &dyn Fn(usi
                 }
             }
             groups.sort_by_key(|((h, w), _, _)| std::cmp::Reverse(h * w));
-            groups.into_iter().map(|((h, w), sum, count)| to_map(AttnMap::aggregate_key(h, w), h, w, &(sum / count as f64)?)).collect()
+            groups
+                .into_iter()
+                .map(|((h, w), sum, count)| to_map(AttnMap::aggregate_key(h, w), h, w, &(sum / count as f64)?))
+                .collect()
         }
     }
 }

@@ -81,7 +81,10 @@ impl SamplerKind {
 
     /// Whether `--karras` (use_karras_sigmas) applies to this sampler.
     pub fn supports_karras(self) -> bool {
-        matches!(self, SamplerKind::Euler | SamplerKind::DpmPP2M | SamplerKind::Lms | SamplerKind::Heun)
+        matches!(
+            self,
+            SamplerKind::Euler | SamplerKind::DpmPP2M | SamplerKind::Lms | SamplerKind::Heun
+        )
     }
 
     /// The classes that keep sigmas (and set `alphas_cumprod[-1] = 2**-24` under zero-SNR rescale).
@@ -105,10 +108,14 @@ impl FromStr for SamplerKind {
     type Err = SamplerError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let lower = s.trim().to_ascii_lowercase();
-        SamplerKind::ALL.iter().copied().find(|k| k.as_str() == lower).ok_or_else(|| SamplerError::UnknownSampler {
-            name: s.to_string(),
-            valid: SamplerKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
-        })
+        SamplerKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == lower)
+            .ok_or_else(|| SamplerError::UnknownSampler {
+                name: s.to_string(),
+                valid: SamplerKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
+            })
     }
 }
 
@@ -127,7 +134,10 @@ pub enum TimestepSpacing {
     Linspace,
     Trailing,
     /// Exponential time-step sampling (see [`schedule::exponential_timesteps`]).
-    Exponential { variant: ExpVariant, gamma: f64 },
+    Exponential {
+        variant: ExpVariant,
+        gamma: f64,
+    },
 }
 
 impl TimestepSpacing {
@@ -139,8 +149,14 @@ impl TimestepSpacing {
             TimestepSpacing::Leading => "leading".into(),
             TimestepSpacing::Linspace => "linspace".into(),
             TimestepSpacing::Trailing => "trailing".into(),
-            TimestepSpacing::Exponential { variant: ExpVariant::Early, gamma } => format!("exponential-early:{gamma}"),
-            TimestepSpacing::Exponential { variant: ExpVariant::Latter, gamma } => format!("exponential-latter:{gamma}"),
+            TimestepSpacing::Exponential {
+                variant: ExpVariant::Early,
+                gamma,
+            } => format!("exponential-early:{gamma}"),
+            TimestepSpacing::Exponential {
+                variant: ExpVariant::Latter,
+                gamma,
+            } => format!("exponential-latter:{gamma}"),
         }
     }
 }
@@ -151,9 +167,11 @@ impl FromStr for TimestepSpacing {
     /// ("exp-early" / "exp-latter" also accepted).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let lower = s.trim().to_ascii_lowercase();
-        let err = || SamplerError::InvalidOption(format!(
-            "unknown timestep spacing {s:?}; valid: leading, linspace, trailing, exponential-early[:gamma], exponential-latter[:gamma]"
-        ));
+        let err = || {
+            SamplerError::InvalidOption(format!(
+                "unknown timestep spacing {s:?}; valid: leading, linspace, trailing, exponential-early[:gamma], exponential-latter[:gamma]"
+            ))
+        };
         let (head, gamma) = match lower.split_once(':') {
             Some((h, g)) => (h.to_string(), Some(g.parse::<f64>().map_err(|_| err())?)),
             None => (lower.clone(), None),
@@ -187,7 +205,11 @@ pub struct SamplerOptions {
 
 impl Default for SamplerOptions {
     fn default() -> Self {
-        Self { karras: false, spacing: None, eta: 0.0 }
+        Self {
+            karras: false,
+            spacing: None,
+            eta: 0.0,
+        }
     }
 }
 

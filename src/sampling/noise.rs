@@ -18,7 +18,9 @@ pub struct ReplayNoise {
 
 impl ReplayNoise {
     pub fn new(chunks: impl IntoIterator<Item = Vec<f32>>) -> Self {
-        Self { chunks: chunks.into_iter().collect() }
+        Self {
+            chunks: chunks.into_iter().collect(),
+        }
     }
 }
 

@@ -45,9 +45,7 @@ impl Mt19937 {
         state[0] = seed;
         for j in 1..MT_N {
             let prev = state[j - 1];
-            state[j] = 1_812_433_253u32
-                .wrapping_mul(prev ^ (prev >> 30))
-                .wrapping_add(j as u32);
+            state[j] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(j as u32);
         }
         Self { state, index: MT_N }
     }
@@ -197,20 +195,13 @@ mod tests {
     use serde_json::Value;
 
     fn fixture() -> Option<Value> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/ref/torch_randn.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ref/torch_randn.json");
         let text = std::fs::read_to_string(path).ok()?;
         Some(serde_json::from_str(&text).expect("torch_randn.json parses"))
     }
 
     fn floats(v: &Value) -> Vec<f64> {
-        v.as_array()
-            .expect("array")
-            .iter()
-            .map(|x| x.as_f64().expect("number"))
-            .collect()
+        v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
     }
 
     #[test]
@@ -261,10 +252,7 @@ mod tests {
                         let d = (*g as f64 - w).abs();
                         worst = worst.max(d);
                         n_values += 1;
-                        assert!(
-                            d <= 2e-6,
-                            "seed {seed} n {n} {what}[{i}]: got {g}, torch {w}"
-                        );
+                        assert!(d <= 2e-6, "seed {seed} n {n} {what}[{i}]: got {g}, torch {w}");
                     }
                 };
                 if let Some(arr) = expected.as_array() {
@@ -276,21 +264,11 @@ mod tests {
                     cmp(&got[n - last.len()..], &last, "last");
                     if let Some(sum) = expected.get("sum").and_then(Value::as_f64) {
                         let s: f64 = got.iter().map(|&x| x as f64).sum();
-                        assert!(
-                            (s - sum).abs() <= 1e-6 * *n as f64,
-                            "seed {seed} n {n}: sum {s} vs {sum}"
-                        );
+                        assert!((s - sum).abs() <= 1e-6 * *n as f64, "seed {seed} n {n}: sum {s} vs {sum}");
                     }
-                    if let Some(sumsq) = expected
-                        .get("sum_sq")
-                        .or_else(|| expected.get("sumsq"))
-                        .and_then(Value::as_f64)
-                    {
+                    if let Some(sumsq) = expected.get("sum_sq").or_else(|| expected.get("sumsq")).and_then(Value::as_f64) {
                         let s: f64 = got.iter().map(|&x| (x as f64) * (x as f64)).sum();
-                        assert!(
-                            (s - sumsq).abs() <= 1e-5 * *n as f64,
-                            "seed {seed} n {n}: sumsq {s} vs {sumsq}"
-                        );
+                        assert!((s - sumsq).abs() <= 1e-5 * *n as f64, "seed {seed} n {n}: sumsq {s} vs {sumsq}");
                     }
                 }
             }

@@ -23,7 +23,11 @@ pub fn torch_linspace_f32(start: f64, end: f64, steps: usize) -> Vec<f32> {
     let step = (e - s) / (steps - 1) as f32;
     let halfway = steps / 2;
     let scalar = |idx: usize| -> f32 {
-        if idx < halfway { s + step * idx as f32 } else { e - step * (steps - idx - 1) as f32 }
+        if idx < halfway {
+            s + step * idx as f32
+        } else {
+            e - step * (steps - idx - 1) as f32
+        }
     };
     const LANES: usize = 16;
     let mut out = Vec::with_capacity(steps);
@@ -72,7 +76,11 @@ pub fn betas(config: &ResolvedConfig) -> Vec<f32> {
             BetaSchedule::SquaredCosCapV2 => betas_for_alpha_bar_cosine(n),
         }
     };
-    if config.rescale_betas_zero_snr { rescale_zero_terminal_snr(&b) } else { b }
+    if config.rescale_betas_zero_snr {
+        rescale_zero_terminal_snr(&b)
+    } else {
+        b
+    }
 }
 
 /// `torch.cumprod(1 - betas)` in float32 (double accumulator, as torch's CPU kernel).
@@ -91,10 +99,11 @@ pub fn alphas_cumprod_from_betas(betas: &[f32]) -> Vec<f32> {
 /// `alphas_cumprod[-1] = 2**-24` that the sigma-based classes apply after a zero-SNR rescale).
 pub fn alphas_cumprod(config: &ResolvedConfig) -> Vec<f32> {
     let mut ac = alphas_cumprod_from_betas(&betas(config));
-    if config.rescale_betas_zero_snr && config.kind.is_sigma_based() {
-        if let Some(last) = ac.last_mut() {
-            *last = 2f32.powi(-24);
-        }
+    if config.rescale_betas_zero_snr
+        && config.kind.is_sigma_based()
+        && let Some(last) = ac.last_mut()
+    {
+        *last = 2f32.powi(-24);
     }
     ac
 }
@@ -183,9 +192,10 @@ pub fn spaced_timesteps(
             let ratio = t / n as f64;
             np_arange(t, 0.0, -ratio).into_iter().map(|x| np_round(x) - 1.0).collect()
         }
-        TimestepSpacing::Exponential { variant, gamma } => {
-            exponential_timesteps(num_train_timesteps, n, variant, gamma).into_iter().map(|x| x as f64).collect()
-        }
+        TimestepSpacing::Exponential { variant, gamma } => exponential_timesteps(num_train_timesteps, n, variant, gamma)
+            .into_iter()
+            .map(|x| x as f64)
+            .collect(),
     }
 }
 
@@ -293,7 +303,10 @@ pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
     let rho = 7.0;
     let min_inv = sigma_min.powf(1.0 / rho);
     let max_inv = sigma_max.powf(1.0 / rho);
-    np_linspace(0.0, 1.0, n).into_iter().map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho)).collect()
+    np_linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+        .collect()
 }
 
 pub(crate) fn check_steps(n: usize, max: usize) -> Result<(), SamplerError> {

@@ -16,11 +16,17 @@ pub enum TraceError {
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TraceError + '_ {
-    move |source| TraceError::Io { path: path.to_owned(), source }
+    move |source| TraceError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn fmt_err(path: &Path, message: impl std::fmt::Display) -> TraceError {
-    TraceError::Format { path: path.to_owned(), message: message.to_string() }
+    TraceError::Format {
+        path: path.to_owned(),
+        message: message.to_string(),
+    }
 }
 
 fn f32_bytes(values: impl Iterator<Item = f32>) -> Vec<u8> {
@@ -38,7 +44,10 @@ pub fn save_run(run: &Run, dir: &Path) -> Result<(), TraceError> {
     let n = run.steps.len();
     let [c, h, w] = run.meta.latent_shape;
     let mut buffers: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
-    buffers.insert("timesteps".into(), (vec![n], f32_bytes(run.steps.iter().map(|s| s.timestep as f32))));
+    buffers.insert(
+        "timesteps".into(),
+        (vec![n], f32_bytes(run.steps.iter().map(|s| s.timestep as f32))),
+    );
     buffers.insert("sigmas".into(), (vec![n], f32_bytes(run.steps.iter().map(|s| s.sigma))));
     if n > 0 {
         let stack = |get: fn(&StepRecord) -> &Vec<f32>| f32_bytes(run.steps.iter().flat_map(|s| get(s).iter().copied()));
@@ -49,7 +58,11 @@ pub fn save_run(run: &Run, dir: &Path) -> Result<(), TraceError> {
         for (k, first) in run.steps[0].attention.iter().enumerate() {
             let mut bytes = Vec::with_capacity(n * first.data.len() * 4);
             for s in &run.steps {
-                let m = s.attention.get(k).filter(|m| m.key == first.key).ok_or_else(|| fmt_err(dir, format!("step {} lacks {}", s.index, first.key)))?;
+                let m = s
+                    .attention
+                    .get(k)
+                    .filter(|m| m.key == first.key)
+                    .ok_or_else(|| fmt_err(dir, format!("step {} lacks {}", s.index, first.key)))?;
                 bytes.extend(f32_bytes(m.data.iter().copied()));
             }
             buffers.insert(first.key.clone(), (vec![n, first.height * first.width, first.tokens], bytes));
@@ -89,7 +102,11 @@ pub fn load_run(dir: &Path) -> Result<Run, TraceError> {
         if t.dtype() != Dtype::F32 {
             return Err(fmt_err(&st_path, format!("{name}: expected F32, found {:?}", t.dtype())));
         }
-        let v = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         Ok((t.shape().to_vec(), v))
     };
     let (_, timesteps) = read("timesteps")?;
@@ -130,17 +147,29 @@ pub fn load_run(dir: &Path) -> Result<Run, TraceError> {
         names.sort_by_key(|k| attn_order(&meta, k));
         for name in names {
             let (shape, v) = read(&name)?;
-            let [_, hw, tokens] = shape[..] else { return Err(fmt_err(&st_path, format!("{name}: expected [N, h*w, tokens], found {shape:?}"))) };
+            let [_, hw, tokens] = shape[..] else {
+                return Err(fmt_err(&st_path, format!("{name}: expected [N, h*w, tokens], found {shape:?}")));
+            };
             let (height, width) = attn_size(&meta, &name).unwrap_or((hw, 1));
             for (i, chunk) in v.chunks_exact(hw * tokens).enumerate().take(n) {
-                steps[i].attention.push(AttnMap { key: name.clone(), height, width, tokens, data: chunk.to_vec() });
+                steps[i].attention.push(AttnMap {
+                    key: name.clone(),
+                    height,
+                    width,
+                    tokens,
+                    data: chunk.to_vec(),
+                });
             }
         }
     }
     let img_path = dir.join("image.png");
     let image = if img_path.is_file() {
         let img = image::open(&img_path).map_err(|e| fmt_err(&img_path, e))?.to_rgb8();
-        Some(RgbImage { width: img.width() as usize, height: img.height() as usize, pixels: img.into_raw() })
+        Some(RgbImage {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            pixels: img.into_raw(),
+        })
     } else {
         None
     };

@@ -33,7 +33,11 @@ impl Case {
     pub fn get(&self, name: &str) -> Option<Vec<Vec<f32>>> {
         let t = self.tensors.get(name)?;
         let n = t.dim(0).unwrap();
-        Some((0..n).map(|i| t.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect())
+        Some(
+            (0..n)
+                .map(|i| t.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect(),
+        )
     }
 
     pub fn run_config(&self) -> RunConfig {
@@ -48,7 +52,7 @@ impl Case {
             negative_prompt: j["negative_prompt"].as_str().unwrap_or("").into(),
             steps: j["steps"].as_u64().unwrap() as usize,
             guidance: j["guidance"].as_f64().unwrap() as f32,
-            sampler: name.parse::<SamplerKind>().unwrap(),
+            sampler: Some(name.parse::<SamplerKind>().unwrap()),
             karras,
             seed: j["seed"].as_u64().unwrap(),
             height: Some(j["height"].as_u64().unwrap() as usize),
@@ -74,7 +78,11 @@ pub fn generate(sd: &StableDiffusion, cfg: &RunConfig) -> Output {
         RunEvent::Decoding => {}
     })
     .unwrap_or_else(|e| panic!("run failed: {e}"));
-    Output { meta: meta.expect("Started event"), steps, image }
+    Output {
+        meta: meta.expect("Started event"),
+        steps,
+        image,
+    }
 }
 
 /// ||a - b|| / ||b||

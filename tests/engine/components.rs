@@ -7,7 +7,12 @@ use crate::common::{Case, load_model, rel_err};
 use diffusion_scope::model::unet::AttnProbe;
 
 fn ids(case: &Case, key: &str) -> Tensor {
-    let v: Vec<u32> = case.json[key].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let v: Vec<u32> = case.json[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     Tensor::new(v.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()
 }
 
@@ -30,7 +35,10 @@ fn check_components(model: &str, case_name: &str) {
     let sigma = case.json["init_noise_sigma"].as_f64().unwrap();
     let x = (&case.tensors["init_latents"] * sigma).unwrap();
     let x = Tensor::cat(&[&x, &x], 0).unwrap();
-    let out = sd.unet.forward(&x, t0, &case.tensors["prompt_embeds"], &mut AttnProbe::off()).unwrap();
+    let out = sd
+        .unet
+        .forward(&x, t0, &case.tensors["prompt_embeds"], &mut AttnProbe::off())
+        .unwrap();
     let e = rel_err(&flat(&out), &flat(&case.tensors["unet_out0"]));
     assert!(e < 1e-5, "{model} unet rel err {e:.3e}");
 
@@ -38,7 +46,16 @@ fn check_components(model: &str, case_name: &str) {
     let n = case.tensors["latents"].dim(0).unwrap();
     let last = case.tensors["latents"].get(n - 1).unwrap().unsqueeze(0).unwrap();
     let img = sd.vae.decode_unit(&last).unwrap();
-    let d = (img - &case.tensors["image"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let d = (img - &case.tensors["image"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d < 1e-4, "{model} vae max abs diff {d:.3e}");
 }
 

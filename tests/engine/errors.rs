@@ -13,7 +13,12 @@ fn bin() -> Command {
 /// Runs `generate` with `args` and returns stderr, asserting a clean failure.
 fn fails(args: &[&str]) -> String {
     let out_dir = tempdir("err-out");
-    let out = bin().arg("generate").args(args).args(["--out", out_dir.to_str().unwrap(), "--quiet"]).output().unwrap();
+    let out = bin()
+        .arg("generate")
+        .args(args)
+        .args(["--out", out_dir.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "expected failure for {args:?}, stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
@@ -62,12 +67,18 @@ fn missing_model_folder() {
 
 #[test]
 fn unknown_scheduler_lists_the_valid_ones() {
-    check(&["--model", &tiny(), "--prompt", "x", "--scheduler", "magic"], &["magic", "euler-a"]);
+    check(
+        &["--model", &tiny(), "--prompt", "x", "--scheduler", "magic"],
+        &["magic", "euler-a"],
+    );
 }
 
 #[test]
 fn size_not_a_multiple_of_the_vae_factor() {
-    check(&["--model", &tiny(), "--prompt", "x", "--height", "33", "--steps", "2"], &["height 33", "VAE factor 2"]);
+    check(
+        &["--model", &tiny(), "--prompt", "x", "--height", "33", "--steps", "2"],
+        &["height 33", "VAE factor 2"],
+    );
 }
 
 #[test]
@@ -81,13 +92,21 @@ fn unsupported_config_value_names_key_and_value() {
 #[test]
 fn missing_weight_names_the_key() {
     let m = model_with("layers", "unet/config.json", |v| v["layers_per_block"] = 2.into());
-    check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["unet", "down_blocks.0.resnets.1"]);
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x"],
+        &["unet", "down_blocks.0.resnets.1"],
+    );
 }
 
 #[test]
 fn wrong_weight_shape_names_the_key() {
-    let m = model_with("shape", "unet/config.json", |v| v["block_out_channels"] = serde_json::json!([16, 32, 64]));
-    check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["unet", "down_blocks.2", "shape"]);
+    let m = model_with("shape", "unet/config.json", |v| {
+        v["block_out_channels"] = serde_json::json!([16, 32, 64])
+    });
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x"],
+        &["unet", "down_blocks.2", "shape"],
+    );
 }
 
 #[test]
@@ -103,12 +122,18 @@ fn init_latents_of_the_wrong_shape() {
     let path = dir.join("l.safetensors");
     let t = candle_core::Tensor::zeros((1, 4, 8, 8), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), t)]), &path).unwrap();
-    check(&["--model", &tiny(), "--prompt", "x", "--init-latents", path.to_str().unwrap()], &["[1, 4, 16, 16]"]);
-    check(&["--model", &tiny(), "--prompt", "x", "--init-latents", "/no/such.safetensors"], &["no such file"]);
+    check(
+        &["--model", &tiny(), "--prompt", "x", "--init-latents", path.to_str().unwrap()],
+        &["[1, 4, 16, 16]"],
+    );
+    check(
+        &["--model", &tiny(), "--prompt", "x", "--init-latents", "/no/such.safetensors"],
+        &["no such file"],
+    );
 }
 
 #[test]
-fn nan_mid_run_names_the_step_and_keeps_the_partial_trace() {
+fn nan_names_the_step_and_the_trace_records_the_failure() {
     // Poison the UNet's output bias: the first model evaluation produces NaN.
     let m = model_with("nan", "model_index.json", |_| {});
     let wpath = m.join("unet/diffusion_pytorch_model.safetensors");
@@ -116,7 +141,31 @@ fn nan_mid_run_names_the_step_and_keeps_the_partial_trace() {
     let b = ts["conv_out.bias"].clone();
     ts.insert("conv_out.bias".into(), (b + f64::NAN).unwrap());
     candle_core::safetensors::save(&ts, &wpath).unwrap();
-    check(&["--model", m.to_str().unwrap(), "--prompt", "x", "--steps", "3"], &["NaN", "step 1 of 3"]);
+    let out_dir = tempdir("nan-out");
+    let out = bin()
+        .args([
+            "generate",
+            "--model",
+            m.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--steps",
+            "3",
+            "--scheduler",
+            "ddim",
+            "--quiet",
+        ])
+        .args(["--out", out_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("NaN") && stderr.contains("step 1 of 3"), "{stderr}");
+    // The failure is recorded next to whatever was computed.
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("trace.json")).unwrap()).unwrap();
+    assert_eq!(meta["status"], "failed");
+    assert!(meta["error"].as_str().unwrap().contains("step 1 of 3"));
+    assert!(!out_dir.join("image.png").exists());
 }
 
 #[test]

@@ -6,3 +6,4 @@ mod components;
 mod errors;
 mod parity;
 mod trace_io;
+mod worker;

@@ -7,7 +7,17 @@ use diffusion_scope::model::unet::CaptureMode;
 
 const TOL: f64 = 1e-4;
 
-const SAMPLERS: &[&str] = &["ddim", "ddpm", "euler", "euler-a", "dpm++2m", "dpm++2m-karras", "pndm", "lms", "heun"];
+const SAMPLERS: &[&str] = &[
+    "ddim",
+    "ddpm",
+    "euler",
+    "euler-a",
+    "dpm++2m",
+    "dpm++2m-karras",
+    "pndm",
+    "lms",
+    "heun",
+];
 
 fn check_case(model: &str, case_name: &str) -> Vec<String> {
     let sd = load_model(model);
@@ -19,17 +29,30 @@ fn check_case(model: &str, case_name: &str) -> Vec<String> {
     let mut failures = Vec::new();
     let mut fail = |msg: String| failures.push(format!("{model}/{case_name}: {msg}"));
 
-    let ref_t: Vec<f64> = case.json["timesteps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let ref_t: Vec<f64> = case.json["timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     if out.meta.timesteps.len() != ref_t.len() || out.meta.timesteps.iter().zip(&ref_t).any(|(a, b)| (a - b).abs() > 1e-3) {
         fail(format!("timesteps {:?} != {:?}", out.meta.timesteps, ref_t));
         return failures;
     }
-    let ids: Vec<u32> = case.json["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = case.json["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     if out.meta.token_ids != ids {
         fail(format!("token ids {:?} != {:?}", out.meta.token_ids, ids));
     }
     for (name, get) in [
-        ("latents", (|s: &diffusion_scope::trace::StepRecord| s.latents.clone()) as fn(&_) -> Vec<f32>),
+        (
+            "latents",
+            (|s: &diffusion_scope::trace::StepRecord| s.latents.clone()) as fn(&_) -> Vec<f32>,
+        ),
         ("model_output", |s| s.model_output.clone()),
         ("x0", |s| s.x0.clone()),
     ] {
@@ -37,15 +60,29 @@ fn check_case(model: &str, case_name: &str) -> Vec<String> {
         assert_eq!(reference.len(), out.steps.len(), "{name}: step count");
         for (i, r) in reference.iter().enumerate() {
             let e = rel_err(&get(&out.steps[i]), r);
-            if !(e <= TOL) {
+            if e.is_nan() || e > TOL {
                 fail(format!("{name} step {i}: relative error {e:.3e}"));
                 break;
             }
         }
     }
     // Final image: within 1/255 of diffusers' float image.
-    let img = case.tensors["image"].squeeze(0).unwrap().permute((1, 2, 0)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let max_diff = out.image.pixels.iter().zip(&img).map(|(p, r)| (*p as f32 / 255.0 - r).abs()).fold(0f32, f32::max);
+    let img = case.tensors["image"]
+        .squeeze(0)
+        .unwrap()
+        .permute((1, 2, 0))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let max_diff = out
+        .image
+        .pixels
+        .iter()
+        .zip(&img)
+        .map(|(p, r)| (*p as f32 / 255.0 - r).abs())
+        .fold(0f32, f32::max);
     if max_diff > 1.0 / 255.0 + 1e-6 {
         fail(format!("image differs by up to {:.4} (> 1/255)", max_diff));
     }
@@ -59,7 +96,7 @@ fn check_case(model: &str, case_name: &str) -> Vec<String> {
                     break;
                 };
                 let e = rel_err(&m.data, &r);
-                if !(e <= TOL) {
+                if e.is_nan() || e > TOL {
                     fail(format!("{k} step {i}: relative error {e:.3e}"));
                     break;
                 }
@@ -129,7 +166,9 @@ fn capture_does_not_change_the_math() {
     for agg in &runs[1].steps[3].attention {
         let same: Vec<_> = full.iter().filter(|m| m.height == agg.height && m.width == agg.width).collect();
         assert!(!same.is_empty());
-        let mean: Vec<f32> = (0..agg.data.len()).map(|i| same.iter().map(|m| m.data[i]).sum::<f32>() / same.len() as f32).collect();
+        let mean: Vec<f32> = (0..agg.data.len())
+            .map(|i| same.iter().map(|m| m.data[i]).sum::<f32>() / same.len() as f32)
+            .collect();
         assert!(rel_err(&agg.data, &mean) < 1e-6, "{}", agg.key);
         // Each row of a softmax map sums to 1.
         let row: f32 = agg.data[..agg.tokens].iter().sum();
@@ -158,9 +197,29 @@ fn init_latents_file_reproduces_the_seeded_run() {
     }
 }
 
+/// A fresh directory, unique per call (tests run in parallel in one process).
 pub fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("diffusion-scope-test-{}-{name}", std::process::id()));
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("diffusion-scope-test-{}-{n}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Without `--scheduler` the run uses the model's own scheduler class, as a diffusers
+/// pipeline does (tiny-sd1 ships PNDM's config, tiny-sd2 DDIM's).
+#[test]
+fn default_sampler_is_the_models_own() {
+    for (model, case_name, expected) in [("tiny-sd1", "pndm_g7.5", "pndm"), ("tiny-sd2", "ddim_g1.0", "ddim")] {
+        let sd = load_model(model);
+        let case = Case::load(model, case_name);
+        let mut cfg = case.run_config();
+        cfg.sampler = None;
+        let out = generate(&sd, &cfg);
+        assert_eq!(out.meta.sampler, expected);
+        let reference = case.get("latents").unwrap();
+        let e = rel_err(&out.steps.last().unwrap().latents, reference.last().unwrap());
+        assert!(e <= TOL, "{model}: {e:.3e}");
+    }
 }

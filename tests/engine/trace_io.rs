@@ -11,8 +11,30 @@ use diffusion_scope::trace::{RunStatus, load_run};
 fn generate_writes_a_trace_that_loads_back() {
     let out = tempdir("trace");
     let status = Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
-        .args(["generate", "--model", fixtures().join("tiny-sd2").to_str().unwrap(), "--prompt", "a red circle", "--steps", "4"])
-        .args(["--seed", "7", "--height", "32", "--width", "48", "--attention", "full", "--scheduler", "euler-a", "--quiet", "--out", out.to_str().unwrap()])
+        .args([
+            "generate",
+            "--model",
+            fixtures().join("tiny-sd2").to_str().unwrap(),
+            "--prompt",
+            "a red circle",
+            "--steps",
+            "4",
+        ])
+        .args([
+            "--seed",
+            "7",
+            "--height",
+            "32",
+            "--width",
+            "48",
+            "--attention",
+            "full",
+            "--scheduler",
+            "euler-a",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .status()
         .unwrap();
     assert!(status.success());

@@ -36,7 +36,15 @@ impl Ddim {
         };
         let final_alpha_cumprod = if rc.set_alpha_to_one { 1.0 } else { c.alphas_cumprod[0] };
         let ts_f64 = ts.iter().map(|&t| t as f64).collect();
-        Self { rc, c, eta, ts, ts_f64, prev, final_alpha_cumprod }
+        Self {
+            rc,
+            c,
+            eta,
+            ts,
+            ts_f64,
+            prev,
+            final_alpha_cumprod,
+        }
     }
 }
 
@@ -58,13 +66,18 @@ impl Sampler for Ddim {
         let t = self.ts[i];
         let pt = self.prev[i];
         let a_t = self.c.alphas_cumprod[t as usize];
-        let a_prev = if pt >= 0 { self.c.alphas_cumprod[pt as usize] } else { self.final_alpha_cumprod };
+        let a_prev = if pt >= 0 {
+            self.c.alphas_cumprod[pt as usize]
+        } else {
+            self.final_alpha_cumprod
+        };
         let b_t = 1.0 - a_t;
         let (sa, sb) = (a_t.sqrt(), b_t.sqrt());
         let (mut x0, eps): (Vec<f32>, Vec<f32>) = match self.rc.prediction_type {
-            PredictionType::Epsilon => {
-                (sample.iter().zip(model_output).map(|(&s, &m)| (s - sb * m) / sa).collect(), model_output.to_vec())
-            }
+            PredictionType::Epsilon => (
+                sample.iter().zip(model_output).map(|(&s, &m)| (s - sb * m) / sa).collect(),
+                model_output.to_vec(),
+            ),
             PredictionType::Sample => {
                 let x0 = model_output.to_vec();
                 let e = sample.iter().zip(&x0).map(|(&s, &x)| (s - sa * x) / sb).collect();
@@ -90,7 +103,11 @@ impl Sampler for Ddim {
                 *p += std * z;
             }
         }
-        Ok(StepOutput { prev_sample: prev, pred_original_sample: x0, x0_from_scheduler: true })
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: x0,
+            x0_from_scheduler: true,
+        })
     }
     fn sigma(&self, i: usize) -> f32 {
         self.c.sigma_at(self.ts[i])

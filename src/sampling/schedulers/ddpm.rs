@@ -71,7 +71,11 @@ impl Sampler for Ddpm {
                 *p += std * z;
             }
         }
-        Ok(StepOutput { prev_sample: prev, pred_original_sample: x0, x0_from_scheduler: true })
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: x0,
+            x0_from_scheduler: true,
+        })
     }
     fn sigma(&self, i: usize) -> f32 {
         self.c.sigma_at(self.ts[i])

@@ -38,7 +38,10 @@ impl DpmPP2M {
         let last = (nt - clipped_idx) as f64;
         let ts: Vec<f64> = match rc.timestep_spacing {
             TimestepSpacing::Linspace => {
-                let mut v: Vec<f64> = schedule::np_linspace(0.0, last - 1.0, n + 1).into_iter().map(schedule::np_round).collect();
+                let mut v: Vec<f64> = schedule::np_linspace(0.0, last - 1.0, n + 1)
+                    .into_iter()
+                    .map(schedule::np_round)
+                    .collect();
                 v.reverse();
                 v.truncate(n);
                 v
@@ -49,11 +52,15 @@ impl DpmPP2M {
             }
             TimestepSpacing::Trailing => {
                 let ratio = nt as f64 / n as f64;
-                schedule::np_arange(last, 0.0, -ratio).into_iter().map(|x| schedule::np_round(x) - 1.0).collect()
+                schedule::np_arange(last, 0.0, -ratio)
+                    .into_iter()
+                    .map(|x| schedule::np_round(x) - 1.0)
+                    .collect()
             }
-            TimestepSpacing::Exponential { variant, gamma } => {
-                schedule::exponential_timesteps(nt, n, variant, gamma).into_iter().map(|t| t as f64).collect()
-            }
+            TimestepSpacing::Exponential { variant, gamma } => schedule::exponential_timesteps(nt, n, variant, gamma)
+                .into_iter()
+                .map(|t| t as f64)
+                .collect(),
         };
         let base = schedule::sigmas_from_alphas_cumprod(ac);
         let (mut sig, ts): (Vec<f64>, Vec<f64>) = if rc.use_karras_sigmas {
@@ -72,7 +79,14 @@ impl DpmPP2M {
         let sigmas = sig.iter().map(|&s| s as f32).collect();
         // timesteps are int64 in diffusers (truncation toward zero of the float values)
         let ts = ts.iter().map(|&t| t.trunc()).collect();
-        Self { rc, c, ts, sigmas, prev_x0: None, lower_order_nums: 0 }
+        Self {
+            rc,
+            c,
+            ts,
+            sigmas,
+            prev_x0: None,
+            lower_order_nums: 0,
+        }
     }
 }
 
@@ -97,8 +111,16 @@ impl Sampler for DpmPP2M {
         let sigma = self.sigmas[i];
         let (alpha_s0, sigma_s0) = alpha_sigma(sigma);
         let x0: Vec<f32> = match self.rc.prediction_type {
-            PredictionType::Epsilon => sample.iter().zip(model_output).map(|(&s, &m)| (s - sigma_s0 * m) / alpha_s0).collect(),
-            PredictionType::VPrediction => sample.iter().zip(model_output).map(|(&s, &m)| alpha_s0 * s - sigma_s0 * m).collect(),
+            PredictionType::Epsilon => sample
+                .iter()
+                .zip(model_output)
+                .map(|(&s, &m)| (s - sigma_s0 * m) / alpha_s0)
+                .collect(),
+            PredictionType::VPrediction => sample
+                .iter()
+                .zip(model_output)
+                .map(|(&s, &m)| alpha_s0 * s - sigma_s0 * m)
+                .collect(),
             PredictionType::Sample => model_output.to_vec(),
         };
         let sigma_next = self.sigmas[i + 1];
@@ -126,7 +148,11 @@ impl Sampler for DpmPP2M {
                     .zip(m1)
                     .map(|((&s, &m0), &m1)| {
                         let d1 = inv_r0 * (m0 - m1);
-                        if heun { ratio * s - c0 * m0 + c1 * d1 } else { ratio * s - c0 * m0 - c1 * d1 }
+                        if heun {
+                            ratio * s - c0 * m0 + c1 * d1
+                        } else {
+                            ratio * s - c0 * m0 - c1 * d1
+                        }
                     })
                     .collect()
             }
@@ -136,7 +162,11 @@ impl Sampler for DpmPP2M {
             self.lower_order_nums += 1;
         }
         self.prev_x0 = Some(x0.clone());
-        Ok(StepOutput { prev_sample: prev, pred_original_sample: x0, x0_from_scheduler: false })
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: x0,
+            x0_from_scheduler: false,
+        })
     }
     fn sigma(&self, i: usize) -> f32 {
         self.sigmas[i]

@@ -18,7 +18,13 @@ impl EulerAncestral {
     pub(crate) fn new(rc: ResolvedConfig, c: Common) -> Self {
         let s = sigma_schedule(&rc, &c.alphas_cumprod, c.n);
         let init_sigma = init_sigma(rc.timestep_spacing, &s.sigmas);
-        Self { ts: s.timesteps.iter().map(|&t| t as f64).collect(), sigmas: s.sigmas, init_sigma, rc, c }
+        Self {
+            ts: s.timesteps.iter().map(|&t| t as f64).collect(),
+            sigmas: s.sigmas,
+            init_sigma,
+            rc,
+            c,
+        }
     }
 }
 
@@ -50,7 +56,11 @@ impl Sampler for EulerAncestral {
             .zip(z)
             .map(|((&s, &x), z)| (s + ((s - x) / sigma) * dt) + z * up)
             .collect();
-        Ok(StepOutput { prev_sample: prev, pred_original_sample: x0, x0_from_scheduler: true })
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: x0,
+            x0_from_scheduler: true,
+        })
     }
     fn sigma(&self, i: usize) -> f32 {
         self.sigmas[i]

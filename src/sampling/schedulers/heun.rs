@@ -35,7 +35,14 @@ impl Heun {
             ts.push(t as f64);
         }
         let init_sigma = init_sigma(rc.timestep_spacing, &sigmas);
-        Self { rc, c, ts, sigmas, init_sigma, pending: None }
+        Self {
+            rc,
+            c,
+            ts,
+            sigmas,
+            init_sigma,
+            pending: None,
+        }
     }
 }
 
@@ -55,8 +62,11 @@ impl Sampler for Heun {
     fn step(&mut self, model_output: &[f32], i: usize, sample: &[f32], _noise: &mut dyn NoiseSource) -> Result<StepOutput, SamplerError> {
         self.c.begin_step(i, self.ts.len(), model_output, sample)?;
         let first_order = self.pending.is_none();
-        let (sigma, sigma_next) =
-            if first_order { (self.sigmas[i], self.sigmas[i + 1]) } else { (self.sigmas[i - 1], self.sigmas[i]) };
+        let (sigma, sigma_next) = if first_order {
+            (self.sigmas[i], self.sigmas[i + 1])
+        } else {
+            (self.sigmas[i - 1], self.sigmas[i])
+        };
         let sigma_input = if first_order { sigma } else { sigma_next };
         let mut x0 = x0_from_sigma(self.rc.prediction_type, sigma_input, model_output, sample);
         if self.rc.clip_sample {
@@ -82,7 +92,11 @@ impl Sampler for Heun {
                 })
                 .collect()
         };
-        Ok(StepOutput { prev_sample: prev, pred_original_sample: x0, x0_from_scheduler: true })
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: x0,
+            x0_from_scheduler: true,
+        })
     }
     fn sigma(&self, i: usize) -> f32 {
         self.sigmas[i]

@@ -24,7 +24,14 @@ impl Lms {
     pub(crate) fn new(rc: ResolvedConfig, c: Common) -> Self {
         let s = sigma_schedule(&rc, &c.alphas_cumprod, c.n);
         let init_sigma = init_sigma(rc.timestep_spacing, &s.sigmas);
-        Self { ts: s.timesteps.iter().map(|&t| t as f64).collect(), sigmas: s.sigmas, init_sigma, rc, c, derivatives: Vec::new() }
+        Self {
+            ts: s.timesteps.iter().map(|&t| t as f64).collect(),
+            sigmas: s.sigmas,
+            init_sigma,
+            rc,
+            c,
+            derivatives: Vec::new(),
+        }
     }
 }
 
@@ -42,8 +49,18 @@ pub fn lms_coefficient(sigmas: &[f32], order: usize, t: usize, current: usize) -
         p
     };
     // 4-point Gauss–Legendre: exact up to degree 7.
-    const X: [f64; 4] = [-0.861_136_311_594_052_6, -0.339_981_043_584_856_3, 0.339_981_043_584_856_3, 0.861_136_311_594_052_6];
-    const W: [f64; 4] = [0.347_854_845_137_453_9, 0.652_145_154_862_546_1, 0.652_145_154_862_546_1, 0.347_854_845_137_453_9];
+    const X: [f64; 4] = [
+        -0.861_136_311_594_052_6,
+        -0.339_981_043_584_856_3,
+        0.339_981_043_584_856_3,
+        0.861_136_311_594_052_6,
+    ];
+    const W: [f64; 4] = [
+        0.347_854_845_137_453_9,
+        0.652_145_154_862_546_1,
+        0.652_145_154_862_546_1,
+        0.347_854_845_137_453_9,
+    ];
     let (a, b) = (sigmas[t] as f64, sigmas[t + 1] as f64);
     let (half, mid) = ((b - a) / 2.0, (a + b) / 2.0);
     X.iter().zip(W).map(|(&x, w)| w * basis(mid + half * x)).sum::<f64>() * half
@@ -66,7 +83,8 @@ impl Sampler for Lms {
         self.c.begin_step(i, self.ts.len(), model_output, sample)?;
         let sigma = self.sigmas[i];
         let x0 = x0_from_sigma(self.rc.prediction_type, sigma, model_output, sample);
-        self.derivatives.push(sample.iter().zip(&x0).map(|(&s, &x)| (s - x) / sigma).collect());
+        self.derivatives
+            .push(sample.iter().zip(&x0).map(|(&s, &x)| (s - x) / sigma).collect());
         if self.derivatives.len() > ORDER {
             self.derivatives.remove(0);
         }
@@ -79,7 +97,11 @@ impl Sampler for Lms {
             }
         }
         let prev = sample.iter().zip(&acc).map(|(&s, &a)| s + a).collect();
-        Ok(StepOutput { prev_sample: prev, pred_original_sample: x0, x0_from_scheduler: true })
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: x0,
+            x0_from_scheduler: true,
+        })
     }
     fn sigma(&self, i: usize) -> f32 {
         self.sigmas[i]

@@ -14,8 +14,8 @@ mod tests;
 use serde_json::{Value, json};
 
 use super::config::{PredictionType, ResolvedConfig};
-use super::{SamplerError, SamplerKind, SamplerOptions, SchedulerConfig, TimestepSpacing};
 use super::{Sampler, schedule};
+use super::{SamplerError, SamplerKind, SamplerOptions, SchedulerConfig, TimestepSpacing};
 
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
@@ -38,7 +38,9 @@ pub fn resolve(kind: SamplerKind, config: &SchedulerConfig, options: &SamplerOpt
         return Err(SamplerError::InvalidOption(format!("eta must be >= 0, got {}", options.eta)));
     }
     if options.eta != 0.0 && kind != SamplerKind::Ddim {
-        return Err(SamplerError::InvalidOption(format!("eta is a DDIM option; {kind} does not take it")));
+        return Err(SamplerError::InvalidOption(format!(
+            "eta is a DDIM option; {kind} does not take it"
+        )));
     }
     let mut map = config.effective_map(kind);
     if options.karras {
@@ -117,7 +119,13 @@ impl Common {
                 "eta": options.eta,
             },
         });
-        Self { config, settings, alphas_cumprod: schedule::alphas_cumprod(rc), n, next_index: 0 }
+        Self {
+            config,
+            settings,
+            alphas_cumprod: schedule::alphas_cumprod(rc),
+            n,
+            next_index: 0,
+        }
     }
 
     /// Checks lengths and that steps come in order; returns nothing, advances the counter.
@@ -130,7 +138,11 @@ impl Common {
             });
         }
         if index != self.next_index || index >= len {
-            return Err(SamplerError::StepOrder { index, expected: self.next_index, len });
+            return Err(SamplerError::StepOrder {
+                index,
+                expected: self.next_index,
+                len,
+            });
         }
         self.next_index += 1;
         Ok(())
@@ -211,7 +223,10 @@ pub(crate) fn sigma_schedule(rc: &ResolvedConfig, ac: &[f32], n: usize) -> Sigma
     let last = if rc.final_sigma_zero { 0.0 } else { base[0] };
     let mut sigmas: Vec<f32> = sig.iter().map(|&s| s as f32).collect();
     sigmas.push(last);
-    SigmaSchedule { timesteps: ts64.iter().map(|&t| t as f32).collect(), sigmas }
+    SigmaSchedule {
+        timesteps: ts64.iter().map(|&t| t as f32).collect(),
+        sigmas,
+    }
 }
 
 /// init_noise_sigma of the sigma-based classes: max sigma for linspace/trailing (and our

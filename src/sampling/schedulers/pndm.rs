@@ -28,9 +28,10 @@ impl Pndm {
         let nt = rc.num_train_timesteps;
         // ascending base timesteps
         let base: Vec<i64> = match rc.timestep_spacing {
-            TimestepSpacing::Linspace => {
-                schedule::np_linspace(0.0, (nt - 1) as f64, n).into_iter().map(|x| schedule::np_round(x) as i64).collect()
-            }
+            TimestepSpacing::Linspace => schedule::np_linspace(0.0, (nt - 1) as f64, n)
+                .into_iter()
+                .map(|x| schedule::np_round(x) as i64)
+                .collect(),
             TimestepSpacing::Trailing => {
                 let mut v: Vec<i64> = schedule::np_arange(nt as f64, 0.0, -(nt as f64 / n as f64))
                     .into_iter()
@@ -76,12 +77,27 @@ impl Pndm {
         let ts: Vec<i64> = prk.into_iter().chain(plms).collect();
         let ts_f64 = ts.iter().map(|&t| t as f64).collect();
         let final_alpha_cumprod = if rc.set_alpha_to_one { 1.0 } else { c.alphas_cumprod[0] };
-        Self { rc, c, ts, ts_f64, n_prk, final_alpha_cumprod, ets: Vec::new(), counter: 0, cur_sample: None, cur_model_output: None }
+        Self {
+            rc,
+            c,
+            ts,
+            ts_f64,
+            n_prk,
+            final_alpha_cumprod,
+            ets: Vec::new(),
+            counter: 0,
+            cur_sample: None,
+            cur_model_output: None,
+        }
     }
 
     fn prev_sample(&self, sample: &[f32], t: i64, prev_t: i64, mo: &[f32]) -> Vec<f32> {
         let a_t = self.c.alphas_cumprod[t as usize];
-        let a_prev = if prev_t >= 0 { self.c.alphas_cumprod[prev_t as usize] } else { self.final_alpha_cumprod };
+        let a_prev = if prev_t >= 0 {
+            self.c.alphas_cumprod[prev_t as usize]
+        } else {
+            self.final_alpha_cumprod
+        };
         let b_t = 1.0 - a_t;
         let b_prev = 1.0 - a_prev;
         let eps: Vec<f32> = match self.rc.prediction_type {
@@ -94,7 +110,11 @@ impl Pndm {
         let sample_coeff = (a_prev / a_t).sqrt();
         let denom = a_t * b_prev.sqrt() + (a_t * b_t * a_prev).sqrt();
         let diff = a_prev - a_t;
-        sample.iter().zip(&eps).map(|(&s, &e)| sample_coeff * s - diff * e / denom).collect()
+        sample
+            .iter()
+            .zip(&eps)
+            .map(|(&s, &e)| sample_coeff * s - diff * e / denom)
+            .collect()
     }
 
     fn step_prk(&mut self, mo: &[f32], t: i64, sample: &[f32]) -> Vec<f32> {
@@ -154,10 +174,14 @@ impl Pndm {
         } else if k == 2 {
             e[1].iter().zip(&e[0]).map(|(&e1, &e2)| (3.0 * e1 - e2) / 2.0).collect()
         } else if k == 3 {
-            (0..mo.len()).map(|j| (23.0 * e[2][j] - 16.0 * e[1][j] + 5.0 * e[0][j]) / 12.0).collect()
+            (0..mo.len())
+                .map(|j| (23.0 * e[2][j] - 16.0 * e[1][j] + 5.0 * e[0][j]) / 12.0)
+                .collect()
         } else {
             let c = (1.0f64 / 24.0) as f32;
-            (0..mo.len()).map(|j| c * (55.0 * e[3][j] - 59.0 * e[2][j] + 37.0 * e[1][j] - 9.0 * e[0][j])).collect()
+            (0..mo.len())
+                .map(|j| c * (55.0 * e[3][j] - 59.0 * e[2][j] + 37.0 * e[1][j] - 9.0 * e[0][j]))
+                .collect()
         };
         let prev = self.prev_sample(&sample, t, prev_t, &model_output);
         self.counter += 1;
@@ -188,7 +212,11 @@ impl Sampler for Pndm {
         };
         // diffusers' PNDM returns no x0: the standard estimate from this iteration's model output.
         let x0 = x0_from_alpha(self.rc.prediction_type, self.c.alphas_cumprod[t as usize], model_output, sample);
-        Ok(StepOutput { prev_sample: prev, pred_original_sample: x0, x0_from_scheduler: false })
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: x0,
+            x0_from_scheduler: false,
+        })
     }
     fn sigma(&self, i: usize) -> f32 {
         self.c.sigma_at(self.ts[i])

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::super::config::SchedulerConfig;
 use super::super::noise::{NoiseSource, ReplayNoise};
-use super::super::{SamplerKind, SamplerOptions, TimestepSpacing, ExpVariant, build_sampler, schedule};
+use super::super::{ExpVariant, SamplerKind, SamplerOptions, TimestepSpacing, build_sampler, schedule};
 
 fn fixture() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schedulers/scheduler_refs.json");
@@ -15,8 +15,14 @@ fn fixture() -> Value {
 
 fn unhex(v: &Value) -> Vec<f32> {
     let s = v.as_str().expect("hex string");
-    let bytes: Vec<u8> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    let bytes: Vec<u8> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect();
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// ||a - b|| / ||b|| (b the reference).
@@ -53,13 +59,22 @@ fn replays_diffusers_trajectories() {
     let mut worst = 0.0f64;
     for case in fx["cases"].as_array().unwrap() {
         let sampler: SamplerKind = case["sampler"].as_str().unwrap().parse().unwrap();
-        let name = format!("{}/{}{}", case["sampler"].as_str().unwrap(), case["config_name"].as_str().unwrap(), {
-            let o = &case["options"];
-            let mut s = String::new();
-            if o["karras"].as_bool() == Some(true) { s.push_str("+karras"); }
-            if let Some(e) = o["eta"].as_f64() { s.push_str(&format!("+eta{e}")); }
-            s
-        });
+        let name = format!(
+            "{}/{}{}",
+            case["sampler"].as_str().unwrap(),
+            case["config_name"].as_str().unwrap(),
+            {
+                let o = &case["options"];
+                let mut s = String::new();
+                if o["karras"].as_bool() == Some(true) {
+                    s.push_str("+karras");
+                }
+                if let Some(e) = o["eta"].as_f64() {
+                    s.push_str(&format!("+eta{e}"));
+                }
+                s
+            }
+        );
         let config: SchedulerConfig = serde_json::from_value(case["config"].clone()).unwrap();
         let options = SamplerOptions {
             karras: case["options"]["karras"].as_bool().unwrap_or(false),
@@ -74,16 +89,26 @@ fn replays_diffusers_trajectories() {
         let tol = if options.karras { 1e-6 } else { 0.0 };
         assert_eq!(s.timesteps().len(), ref_ts.len(), "{name}: loop length");
         for (a, b) in s.timesteps().iter().zip(&ref_ts) {
-            assert!((a - b).abs() <= tol * b.abs(), "{name}: timesteps {:?} vs {ref_ts:?}", s.timesteps());
+            assert!(
+                (a - b).abs() <= tol * b.abs(),
+                "{name}: timesteps {:?} vs {ref_ts:?}",
+                s.timesteps()
+            );
         }
         let ref_init = case["init_noise_sigma"].as_f64().unwrap();
         let init_err = ((s.init_noise_sigma() as f64 - ref_init) / ref_init).abs();
         assert!(init_err < 1e-6, "{name}: init_noise_sigma {} vs {ref_init}", s.init_noise_sigma());
 
         let ref_steps = case["steps"].as_array().unwrap();
-        let noise: Vec<Vec<f32>> = ref_steps.iter().flat_map(|st| st["noise"].as_array().unwrap().iter().map(unhex)).collect();
+        let noise: Vec<Vec<f32>> = ref_steps
+            .iter()
+            .flat_map(|st| st["noise"].as_array().unwrap().iter().map(unhex))
+            .collect();
         let n_noise = noise.len();
-        let mut rng = Counting { inner: ReplayNoise::new(noise), draws: 0 };
+        let mut rng = Counting {
+            inner: ReplayNoise::new(noise),
+            draws: 0,
+        };
         let mut x = unhex(&case["x_T"]);
         let mut m = [0.0f64; 4]; // input, output, prev, x0
         for (i, st) in ref_steps.iter().enumerate() {
@@ -94,7 +119,11 @@ fn replays_diffusers_trajectories() {
             m[1] = m[1].max(rel_err(&eps, &unhex(&st["output"])));
             let before = rng.draws;
             let out = s.step(&eps, i, &x, &mut rng).unwrap();
-            assert_eq!(rng.draws - before, st["noise"].as_array().unwrap().len(), "{name}: noise draws at iteration {i}");
+            assert_eq!(
+                rng.draws - before,
+                st["noise"].as_array().unwrap().len(),
+                "{name}: noise draws at iteration {i}"
+            );
             m[2] = m[2].max(rel_err(&out.prev_sample, &unhex(&st["prev"])));
             if !st["x0"].is_null() {
                 assert!(out.x0_from_scheduler, "{name}");
@@ -108,7 +137,10 @@ fn replays_diffusers_trajectories() {
         assert_eq!(rng.draws, n_noise, "{name}: all recorded noise consumed");
         let w = m.iter().copied().fold(0.0, f64::max);
         worst = worst.max(w);
-        report.push(format!("{name:<32} input {:.1e} output {:.1e} prev {:.1e} x0 {:.1e}", m[0], m[1], m[2], m[3]));
+        report.push(format!(
+            "{name:<32} input {:.1e} output {:.1e} prev {:.1e} x0 {:.1e}",
+            m[0], m[1], m[2], m[3]
+        ));
         assert!(w <= HARD, "{name}: max relative error {w:.3e} > {HARD:e}\n{}", report.join("\n"));
     }
     eprintln!("{}\nworst relative error: {worst:.3e}", report.join("\n"));
@@ -159,22 +191,43 @@ fn check(sampler: &str, config: Value, options: SamplerOptions, expected: Result
 #[test]
 fn config_cases() {
     let d = SamplerOptions::default;
-    let karras = SamplerOptions { karras: true, ..Default::default() };
+    let karras = SamplerOptions {
+        karras: true,
+        ..Default::default()
+    };
     // class defaults when switching: DDIM is leading, Euler linspace
     check("ddim", json!({"steps_offset": 1}), d(), Ok(&[901.0, 801.0]));
     check("euler", json!({"steps_offset": 1}), d(), Ok(&[999.0, 888.0]));
-    check("pndm", json!({"skip_prk_steps": true, "steps_offset": 1}), d(), Ok(&[901.0, 801.0, 801.0, 701.0]));
+    check(
+        "pndm",
+        json!({"skip_prk_steps": true, "steps_offset": 1}),
+        d(),
+        Ok(&[901.0, 801.0, 801.0, 701.0]),
+    );
     check("dpm++2m", json!({}), d(), Ok(&[999.0, 899.0]));
     check("heun", json!({}), d(), Ok(&[999.0, 888.0, 888.0]));
     check("ddim", json!({"timestep_spacing": "trailing"}), d(), Ok(&[999.0, 899.0]));
     // options override the config's spacing
-    check("ddim", json!({}), SamplerOptions { spacing: Some(TimestepSpacing::Trailing), ..Default::default() }, Ok(&[999.0]));
+    check(
+        "ddim",
+        json!({}),
+        SamplerOptions {
+            spacing: Some(TimestepSpacing::Trailing),
+            ..Default::default()
+        },
+        Ok(&[999.0]),
+    );
     // keys of other classes are ignored; unknown keys too
     check("euler", json!({"thresholding": true, "foo": 3}), d(), Ok(&[999.0]));
     // errors naming key and value
     check("ddim", json!({"thresholding": true}), d(), Err("thresholding = true"));
     check("ddim", json!({"beta_schedule": "sigmoid"}), d(), Err("beta_schedule = \"sigmoid\""));
-    check("pndm", json!({"prediction_type": "sample"}), d(), Err("prediction_type = \"sample\""));
+    check(
+        "pndm",
+        json!({"prediction_type": "sample"}),
+        d(),
+        Err("prediction_type = \"sample\""),
+    );
     check("ddim", json!({"prediction_type": "flow"}), d(), Err("prediction_type"));
     check("euler", json!({"interpolation_type": "log_linear"}), d(), Err("interpolation_type"));
     check("euler", json!({"use_exponential_sigmas": true}), d(), Err("use_exponential_sigmas"));
@@ -184,23 +237,77 @@ fn config_cases() {
     check("ddim", json!({"trained_betas": [0.1, 0.2]}), d(), Err("trained_betas"));
     check("ddim", json!({}), karras.clone(), Err("karras"));
     check("euler-a", json!({}), karras.clone(), Err("karras"));
-    check("euler", json!({}), SamplerOptions { eta: 0.3, ..Default::default() }, Err("eta"));
-    check("ddim", json!({}), SamplerOptions { eta: -1.0, ..Default::default() }, Err("eta"));
-    check("pndm", json!({}), SamplerOptions { spacing: Some(TimestepSpacing::Exponential { variant: ExpVariant::Early, gamma: 60.0 }), ..Default::default() }, Err("exponential"));
-    check("euler", json!({}), SamplerOptions { karras: true, spacing: Some(TimestepSpacing::Exponential { variant: ExpVariant::Early, gamma: 60.0 }), ..Default::default() }, Err("karras"));
+    check(
+        "euler",
+        json!({}),
+        SamplerOptions {
+            eta: 0.3,
+            ..Default::default()
+        },
+        Err("eta"),
+    );
+    check(
+        "ddim",
+        json!({}),
+        SamplerOptions {
+            eta: -1.0,
+            ..Default::default()
+        },
+        Err("eta"),
+    );
+    check(
+        "pndm",
+        json!({}),
+        SamplerOptions {
+            spacing: Some(TimestepSpacing::Exponential {
+                variant: ExpVariant::Early,
+                gamma: 60.0,
+            }),
+            ..Default::default()
+        },
+        Err("exponential"),
+    );
+    check(
+        "euler",
+        json!({}),
+        SamplerOptions {
+            karras: true,
+            spacing: Some(TimestepSpacing::Exponential {
+                variant: ExpVariant::Early,
+                gamma: 60.0,
+            }),
+            ..Default::default()
+        },
+        Err("karras"),
+    );
     // karras from the config file itself
-    check("euler", json!({"use_karras_sigmas": true, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}), d(), Ok(&[999.0]));
+    check(
+        "euler",
+        json!({"use_karras_sigmas": true, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}),
+        d(),
+        Ok(&[999.0]),
+    );
     // a DPM config written by python with -Infinity
-    let cfg = SchedulerConfig::from_json_str(r#"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity, "solver_order": 2}"#).unwrap();
+    let cfg = SchedulerConfig::from_json_str(
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity, "solver_order": 2}"#,
+    )
+    .unwrap();
     assert!(build_sampler(SamplerKind::DpmPP2M, &cfg, 10, &SamplerOptions::default()).is_ok());
     // steps bounds
     for n in [0usize, 1001] {
-        let e = build_sampler(SamplerKind::Euler, &sd15(), n, &SamplerOptions::default()).err().unwrap();
+        let e = build_sampler(SamplerKind::Euler, &sd15(), n, &SamplerOptions::default())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("inference steps"), "{e}");
     }
     // _use_default_values: listed keys fall back to the class default
     let cfg = SchedulerConfig::from_json_str(r#"{"timestep_spacing": "trailing", "_use_default_values": ["timestep_spacing"]}"#).unwrap();
-    assert_eq!(build_sampler(SamplerKind::Ddim, &cfg, 10, &SamplerOptions::default()).unwrap().timesteps()[0], 900.0);
+    assert_eq!(
+        build_sampler(SamplerKind::Ddim, &cfg, 10, &SamplerOptions::default())
+            .unwrap()
+            .timesteps()[0],
+        900.0
+    );
     assert!(SchedulerConfig::from_json_str("[1,2]").is_err());
     assert!(SchedulerConfig::from_json_str("{").is_err());
 }
@@ -212,8 +319,20 @@ fn sampler_names() {
     }
     let e = "dpm2".parse::<SamplerKind>().unwrap_err().to_string();
     assert!(e.contains("dpm++2m") && e.contains("euler-a"), "{e}");
-    assert_eq!("exponential-latter:30".parse::<TimestepSpacing>().unwrap(), TimestepSpacing::Exponential { variant: ExpVariant::Latter, gamma: 30.0 });
-    assert_eq!("exp-early".parse::<TimestepSpacing>().unwrap(), TimestepSpacing::Exponential { variant: ExpVariant::Early, gamma: 60.0 });
+    assert_eq!(
+        "exponential-latter:30".parse::<TimestepSpacing>().unwrap(),
+        TimestepSpacing::Exponential {
+            variant: ExpVariant::Latter,
+            gamma: 30.0
+        }
+    );
+    assert_eq!(
+        "exp-early".parse::<TimestepSpacing>().unwrap(),
+        TimestepSpacing::Exponential {
+            variant: ExpVariant::Early,
+            gamma: 60.0
+        }
+    );
     assert!("linspace:3".parse::<TimestepSpacing>().is_err());
 }
 
@@ -239,7 +358,13 @@ fn exponential_spacing() {
     }
     // every sampler except PNDM runs with it
     for k in SamplerKind::ALL {
-        let opts = SamplerOptions { spacing: Some(TimestepSpacing::Exponential { variant: ExpVariant::Latter, gamma: 60.0 }), ..Default::default() };
+        let opts = SamplerOptions {
+            spacing: Some(TimestepSpacing::Exponential {
+                variant: ExpVariant::Latter,
+                gamma: 60.0,
+            }),
+            ..Default::default()
+        };
         let r = build_sampler(k, &sd15(), 10, &opts);
         if k == SamplerKind::Pndm {
             assert!(r.is_err());
