@@ -161,15 +161,20 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         match ev {
             Event::LoadingModel { spec } => bar.set_message(format!("loading {spec}")),
             Event::ModelLoaded(info) => {
-                bar.println(format!("loaded {} in {:.2}s", info.path, info.load_secs));
+                if !cfg.quiet {
+                    bar.suspend(|| eprintln!("loaded {} in {:.2}s", info.path, info.load_secs));
+                }
             }
             Event::Started(meta) => {
                 if !meta.truncated_words.is_empty() {
-                    bar.println(format!(
-                        "warning: the prompt is longer than the tokenizer's {} tokens; dropped: {}",
-                        meta.token_ids.len(),
-                        meta.truncated_words.join(" ")
-                    ));
+                    // Printed even with --quiet and without a terminal: it changes the result.
+                    bar.suspend(|| {
+                        eprintln!(
+                            "warning: the prompt is longer than the tokenizer's {} tokens; dropped: {}",
+                            meta.token_ids.len(),
+                            meta.truncated_words.join(" ")
+                        )
+                    });
                 }
                 bar.set_length(meta.timesteps.len() as u64);
                 bar.set_style(

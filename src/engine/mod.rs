@@ -127,6 +127,12 @@ impl Drop for Worker {
     }
 }
 
+/// candle errors carry a backtrace after their message when RUST_BACKTRACE is set; users get
+/// the one-line message.
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().trim_end().to_owned()
+}
+
 struct Loaded {
     request: ModelRequest,
     model: StableDiffusion,
@@ -176,7 +182,7 @@ fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, cancel: Arc<A
                         }
                         Err(e) => {
                             if !send(Event::Failed {
-                                error: format!("loading model '{}': {e}", model.spec),
+                                error: first_line(&format!("loading model '{}': {e}", model.spec)),
                             }) {
                                 break;
                             }
@@ -207,7 +213,9 @@ fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, cancel: Arc<A
                         total_secs: t0.elapsed().as_secs_f64(),
                     },
                     Err(RunError::Cancelled { completed, total }) => Event::Cancelled { completed, total },
-                    Err(e) => Event::Failed { error: e.to_string() },
+                    Err(e) => Event::Failed {
+                        error: first_line(&e.to_string()),
+                    },
                 };
                 if !send(ev) {
                     break;

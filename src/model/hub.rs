@@ -49,17 +49,23 @@ fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
-/// The files of a diffusers repo this app reads, besides weights.
+/// The config files of a diffusers repo this app reads (all required).
 const CONFIG_FILES: &[&str] = &[
     "model_index.json",
     "unet/config.json",
     "vae/config.json",
     "text_encoder/config.json",
     "scheduler/scheduler_config.json",
+];
+
+/// Tokenizer files: a repo has vocab.json + merges.txt (SD hub repos) or tokenizer.json
+/// (transformers 5), and optionally the two config files. Fetched when present.
+const TOKENIZER_FILES: &[&str] = &[
     "tokenizer/tokenizer_config.json",
     "tokenizer/special_tokens_map.json",
     "tokenizer/vocab.json",
     "tokenizer/merges.txt",
+    "tokenizer/tokenizer.json",
 ];
 
 const WEIGHT_FILES: &[(&str, &str)] = &[
@@ -84,7 +90,9 @@ pub fn resolve(source: &ModelSource, prefer_fp16: bool) -> Result<PathBuf, Model
             let client = HFClientSync::new().map_err(|e| ModelError::Hub(e.to_string()))?;
             let repo = client.model(owner.as_str(), name.as_str());
             let local_only = offline();
-            let fetch = |file: &str| -> Result<Option<PathBuf>, ModelError> {
+            // `optional`: a file that may legitimately be absent from the repo; offline, "not
+            // cached" then counts as absent and the loader reports what is really missing.
+            let fetch_opt = |file: &str, optional: bool| -> Result<Option<PathBuf>, ModelError> {
                 let res = repo
                     .download_file()
                     .filename(file)
@@ -94,22 +102,30 @@ pub fn resolve(source: &ModelSource, prefer_fp16: bool) -> Result<PathBuf, Model
                 match res {
                     Ok(p) => Ok(Some(p)),
                     Err(HFError::EntryNotFound { .. }) => Ok(None),
+                    Err(HFError::LocalEntryNotFound { .. }) if local_only && optional => Ok(None),
                     Err(HFError::LocalEntryNotFound { .. }) if local_only => Err(ModelError::Hub(format!(
                         "{owner}/{name}: {file} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
                     ))),
                     Err(e) => Err(ModelError::Hub(format!("{owner}/{name}: {file}: {e}"))),
                 }
             };
+            let fetch = |file: &str| fetch_opt(file, false);
             let index = fetch("model_index.json")?
                 .ok_or_else(|| ModelError::Hub(format!("{owner}/{name} has no model_index.json (not a diffusers pipeline repo)")))?;
             for f in &CONFIG_FILES[1..] {
-                fetch(f)?;
+                fetch(f)?.ok_or_else(|| ModelError::Hub(format!("{owner}/{name} has no {f}")))?;
+            }
+            for f in TOKENIZER_FILES {
+                fetch_opt(f, true)?;
             }
             for (dir, stem) in WEIGHT_FILES {
                 let variants: &[&str] = if prefer_fp16 { &[".fp16", ""] } else { &["", ".fp16"] };
                 let mut found = false;
-                for v in variants {
-                    if fetch(&format!("{dir}/{stem}{v}.safetensors"))?.is_some() {
+                for (k, v) in variants.iter().enumerate() {
+                    // Offline, a variant that is not cached is simply not the one to use,
+                    // unless it is the last candidate.
+                    let last = k + 1 == variants.len();
+                    if fetch_opt(&format!("{dir}/{stem}{v}.safetensors"), !last)?.is_some() {
                         found = true;
                         break;
                     }

@@ -178,6 +178,13 @@ impl StableDiffusion {
         if !root.is_dir() {
             return Err(ModelError::NoSuchFolder(root.to_owned()));
         }
+        if dtype == DType::BF16 && device.is_cpu() {
+            return Err(ModelError::Unsupported {
+                file: "--dtype".into(),
+                key: "dtype".into(),
+                value: "bf16 on the CPU (candle's CPU backend has no bf16 matmul); use f32 or f16".into(),
+            });
+        }
         let index = ModelIndex::from_file(&require(root.join("model_index.json"))?)?;
         index.check_supported()?;
 

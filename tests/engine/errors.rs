@@ -174,3 +174,38 @@ fn bad_flag_values() {
     check(&["--model", &tiny(), "--prompt", "x", "--steps", "0"], &["steps"]);
     check(&["--model", &tiny(), "--prompt", "x", "--spacing", "odd"], &["odd", "trailing"]);
 }
+
+/// Ctrl-C (SIGINT) stops after the current step, saves what was computed, exits 130.
+#[cfg(unix)]
+#[test]
+fn interrupt_saves_the_partial_trace() {
+    let out_dir = tempdir("sigint");
+    let mut child = bin()
+        .args([
+            "generate",
+            "--model",
+            &tiny(),
+            "--prompt",
+            "x",
+            "--steps",
+            "900",
+            "--scheduler",
+            "euler",
+            "--quiet",
+        ])
+        .args(["--out", out_dir.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("cancelled after"), "{stderr}");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("trace.json")).unwrap()).unwrap();
+    assert_eq!(meta["status"], "cancelled");
+    let done = meta["step_secs"].as_array().unwrap().len();
+    assert!(done < 900, "{done}");
+}

@@ -1,0 +1,409 @@
+"""Train the bundled shapes-world model (PyTorch, CPU).
+
+Stages (run in this order, each resumable with --resume):
+  vae      AutoencoderKL on the dataset images (L1 + MSE reconstruction + small KL); reports PSNR
+  latents  encode the dataset with the trained VAE (posterior mean and std, fp16) and measure
+           the latent scaling factor (1 / std, as SD's 0.18215)
+  unet     CLIP text encoder + UNet2DConditionModel jointly: epsilon prediction, DDPM
+           scaled_linear schedule (SD's), 10% caption dropout (classifier-free guidance),
+           EMA of the weights
+  plot     redraw the loss curves (also done at the end of each stage)
+
+Everything lives in one run folder (--run): checkpoints ckpt_<stage>.pt, loss_<stage>.csv,
+loss_<stage>.png, latents.pt, tokenizer/. export.py then writes the diffusers folder.
+
+Example:  python train.py vae --data DS --run RUN --steps 6000
+          python train.py latents --data DS --run RUN
+          python train.py unet --data DS --run RUN --steps 60000
+"""
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.numpy import load_file
+from tqdm import tqdm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from shapes_config import MAX_LENGTH, SCHEDULE, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG  # noqa: E402
+
+
+# ---------------------------------------------------------------- data
+
+def load_images(data_dir):
+    t = load_file(os.path.join(data_dir, "images.safetensors"))
+    return torch.from_numpy(t["images"])  # U8 [N,H,W,3]
+
+
+def load_captions(data_dir):
+    with open(os.path.join(data_dir, "captions.jsonl")) as f:
+        return [json.loads(line)["caption"] for line in f]
+
+
+def to_float(images_u8):
+    """U8 [B,H,W,3] -> float [B,3,H,W] in [-1, 1] (the range diffusers' VAE works in)."""
+    return images_u8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+class Order:
+    """Deterministic, resumable sample order: a fresh permutation per epoch from (seed, epoch)."""
+
+    def __init__(self, n, batch, seed):
+        self.n, self.batch, self.seed = n, batch, seed
+        self.per_epoch = n // batch
+        self._epoch, self._perm = None, None
+
+    def indices(self, step):
+        epoch, k = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+            self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
+        return self._perm[k * self.batch : (k + 1) * self.batch]
+
+
+# ---------------------------------------------------------------- models
+
+def tokenizer_dir(run):
+    return os.path.join(run, "tokenizer")
+
+
+def ensure_tokenizer(args):
+    d = tokenizer_dir(args.run)
+    if not os.path.exists(os.path.join(d, "vocab.json")):
+        if args.tokenizer:
+            shutil.copytree(args.tokenizer, d)
+        else:
+            import subprocess
+            subprocess.check_call([sys.executable, os.path.join(HERE, "make_tokenizer.py"), d,
+                                   "--captions", os.path.join(args.data, "captions.jsonl")])
+    from transformers import CLIPTokenizer
+    return CLIPTokenizer.from_pretrained(d)
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def make_text_encoder(tok):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    cfg = CLIPTextConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, **TEXT_CONFIG)
+    return CLIPTextModel(cfg)
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1.0 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+# ---------------------------------------------------------------- logging
+
+class Log:
+    def __init__(self, run, stage, fields, resume_step):
+        self.path = os.path.join(run, f"loss_{stage}.csv")
+        self.png = os.path.join(run, f"loss_{stage}.png")
+        rows = []
+        if resume_step and os.path.exists(self.path):  # keep the rows up to the checkpoint
+            with open(self.path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self.f = open(self.path, "w", newline="")
+        self.w = csv.DictWriter(self.f, fieldnames=fields)
+        self.w.writeheader()
+        self.w.writerows(rows)
+        self.f.flush()
+
+    def row(self, **kw):
+        self.w.writerow(kw)
+
+    def close(self):
+        self.f.close()
+        plot_csv(self.path, self.png)
+
+
+def plot_csv(path, png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    keys = [k for k in rows[0] if k not in ("step", "lr", "seconds")]
+    steps = np.array([int(r["step"]) for r in rows])
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        v = np.array([float(r[k]) if r[k] != "" else np.nan for r in rows])
+        ok = ~np.isnan(v)
+        ax.plot(steps[ok], v[ok], lw=0.5, alpha=0.4, label="raw")
+        if ok.sum() > 20:
+            w = max(1, ok.sum() // 50)
+            sm = np.convolve(v[ok], np.ones(w) / w, mode="valid")
+            ax.plot(steps[ok][w - 1 :], sm, lw=1.5, label=f"mean of {w}")
+        ax.set_title(k)
+        ax.set_xlabel("step")
+        if k != "psnr" and np.nanmin(v) > 0:
+            ax.set_yscale("log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def save_ckpt(path, **state):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def seed_all(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def lr_at(step, base, warmup, total, min_frac=0.1):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def psnr(a, b):
+    """a, b in [-1, 1]; PSNR of the 8-bit images in dB, per sample."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+# ---------------------------------------------------------------- stage: vae
+
+def stage_vae(args):
+    seed_all(args.seed)
+    images = load_images(args.data)
+    n_val = min(256, len(images) // 10)
+    val, train = images[:n_val], images[n_val:]
+    vae = make_vae()
+    print(f"VAE: {n_params(vae):,} params; train {len(train)} images, val {n_val}")
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    ck = os.path.join(args.run, "ckpt_vae.pt")
+    step = 0
+    if args.resume and os.path.exists(ck):
+        s = torch.load(ck, weights_only=False)
+        vae.load_state_dict(s["model"]); opt.load_state_dict(s["opt"]); set_rng_state(s["rng"]); step = s["step"]
+        print(f"resumed VAE at step {step}")
+    order = Order(len(train), args.batch, args.seed)
+    log = Log(args.run, "vae", ["step", "loss", "rec", "kl", "psnr", "lr", "seconds"], step if args.resume else 0)
+
+    def validate():
+        vae.eval()
+        ps = []
+        with torch.no_grad():
+            for i in range(0, n_val, 32):
+                x = to_float(val[i : i + 32])
+                ps.append(psnr(vae(x, sample_posterior=False).sample, x))
+        vae.train()
+        return torch.cat(ps).mean().item()
+
+    vae.train()
+    bar = tqdm(total=args.steps, initial=step, desc="vae", unit="it", dynamic_ncols=True, smoothing=0.05)
+    t0 = time.time()
+    while step < args.steps:
+        lr = lr_at(step, args.lr, args.warmup, args.steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = to_float(train[order.indices(step)])
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        l_rec = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        kl = post.kl().mean() / x[0].numel()
+        loss = l_rec + args.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        p = validate() if (step % args.val_every == 0 or step == args.steps) else None
+        log.row(step=step, loss=f"{loss.item():.6f}", rec=f"{l_rec.item():.6f}", kl=f"{kl.item():.4f}",
+                psnr="" if p is None else f"{p:.2f}", lr=f"{lr:.3g}", seconds=f"{time.time() - t0:.1f}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", **({"psnr": f"{p:.1f}"} if p is not None else {}))
+        if step % args.ckpt_every == 0 or step == args.steps:
+            save_ckpt(ck, model=vae.state_dict(), opt=opt.state_dict(), rng=rng_state(), step=step)
+            log.f.flush()
+    bar.close()
+    p = validate()
+    log.close()
+    with open(os.path.join(args.run, "vae_metrics.json"), "w") as f:
+        json.dump({"step": step, "val_psnr_db": p, "n_val": n_val}, f, indent=2)
+    print(f"VAE done: step {step}, validation PSNR {p:.2f} dB (posterior mean)")
+
+
+# ---------------------------------------------------------------- stage: latents
+
+@torch.no_grad()
+def stage_latents(args):
+    images = load_images(args.data)
+    vae = make_vae()
+    vae.load_state_dict(torch.load(os.path.join(args.run, "ckpt_vae.pt"), weights_only=False)["model"])
+    vae.eval()
+    means, stds = [], []
+    for i in tqdm(range(0, len(images), 64), desc="encode", unit="batch"):
+        d = vae.encode(to_float(images[i : i + 64])).latent_dist
+        means.append(d.mean.half()); stds.append(d.std.half())
+    mean, std = torch.cat(means), torch.cat(stds)
+    # SD's scaling factor: 1 / std of the latents (sampled), so scaled latents have unit variance
+    sample = mean[:4096].float() + std[:4096].float() * torch.randn(mean[:4096].shape)
+    scaling = 1.0 / sample.std().item()
+    torch.save({"mean": mean, "std": std, "scaling_factor": scaling, "n": len(images)}, os.path.join(args.run, "latents.pt"))
+    print(f"latents {tuple(mean.shape)}; mean {sample.mean():.4f} std {sample.std():.4f} -> scaling_factor {scaling:.5f}")
+
+
+# ---------------------------------------------------------------- stage: unet
+
+class TextUNet(torch.nn.Module):
+    def __init__(self, text_encoder, unet):
+        super().__init__()
+        self.text_encoder, self.unet = text_encoder, unet
+
+    def forward(self, noisy, t, ids):
+        ctx = self.text_encoder(ids).last_hidden_state
+        return self.unet(noisy, t, encoder_hidden_states=ctx).sample
+
+
+def stage_unet(args):
+    from diffusers import DDPMScheduler
+    seed_all(args.seed)
+    tok = ensure_tokenizer(args)
+    lat = torch.load(os.path.join(args.run, "latents.pt"), weights_only=False)
+    captions = load_captions(args.data)
+    assert len(captions) == lat["n"], "latents.pt does not match the dataset; rerun the latents stage"
+    ids = tok(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+    empty = tok([""], padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids[0]
+    scaling = lat["scaling_factor"]
+    sched = DDPMScheduler(**SCHEDULE)
+    acp = sched.alphas_cumprod
+    model = TextUNet(make_text_encoder(tok), make_unet())
+    ema = copy.deepcopy(model).requires_grad_(False)
+    print(f"text encoder {n_params(model.text_encoder):,} params, UNet {n_params(model.unet):,} params; "
+          f"{len(captions)} samples, vocab {len(tok)}, latent scaling {scaling:.5f}")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    ck = os.path.join(args.run, "ckpt_unet.pt")
+    step = 0
+    if args.resume and os.path.exists(ck):
+        s = torch.load(ck, weights_only=False)
+        model.load_state_dict(s["model"]); ema.load_state_dict(s["ema"]); opt.load_state_dict(s["opt"])
+        set_rng_state(s["rng"]); step = s["step"]
+        print(f"resumed UNet at step {step}")
+    order = Order(len(captions), args.batch, args.seed)
+    log = Log(args.run, "unet", ["step", "loss", "lr", "seconds"], step if args.resume else 0)
+    model.train()
+    bar = tqdm(total=args.steps, initial=step, desc="unet", unit="it", dynamic_ncols=True, smoothing=0.05)
+    t0 = time.time()
+    while step < args.steps:
+        lr = lr_at(step, args.lr, args.warmup, args.steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = order.indices(step)
+        b = len(idx)
+        x0 = (lat["mean"][idx].float() + lat["std"][idx].float() * torch.randn(b, *lat["mean"].shape[1:])) * scaling
+        tok_ids = ids[idx].clone()
+        drop = torch.rand(b) < args.caption_dropout
+        tok_ids[drop] = empty
+        t = torch.randint(0, SCHEDULE["num_train_timesteps"], (b,))
+        noise = torch.randn_like(x0)
+        a = acp[t].view(b, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = F.mse_loss(model(noisy, t, tok_ids), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        ema_update(ema, model, min(args.ema, (1 + step) / (10 + step)))
+        log.row(step=step, loss=f"{loss.item():.6f}", lr=f"{lr:.3g}", seconds=f"{time.time() - t0:.1f}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % args.ckpt_every == 0 or step == args.steps:
+            save_ckpt(ck, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), rng=rng_state(),
+                      step=step, scaling_factor=scaling)
+            log.f.flush()
+    bar.close()
+    log.close()
+    print(f"UNet done: step {step}")
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["vae", "latents", "unet", "plot"])
+    ap.add_argument("--data", help="dataset folder written by `diffusion-scope dataset`")
+    ap.add_argument("--run", required=True, help="run folder (checkpoints, logs)")
+    ap.add_argument("--tokenizer", help="tokenizer folder from make_tokenizer.py (default: build one into RUN/tokenizer)")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--kl-weight", type=float, default=1e-4, help="VAE: weight of the KL term (per-pixel normalised)")
+    ap.add_argument("--val-every", type=int, default=250)
+    ap.add_argument("--caption-dropout", type=float, default=0.1)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--ckpt-every", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", action="store_true", help="continue from RUN/ckpt_<stage>.pt")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.run, exist_ok=True)
+    defaults = {"vae": (4000, 16, 1e-3, 200), "unet": (60000, 64, 4e-4, 1000)}
+    if args.stage in defaults:
+        s, b, lr, w = defaults[args.stage]
+        args.steps = args.steps or s
+        args.batch = args.batch or b
+        args.lr = args.lr or lr
+        args.warmup = args.warmup if args.warmup is not None else w
+    if args.stage == "plot":
+        for st in ("vae", "unet"):
+            p = os.path.join(args.run, f"loss_{st}.csv")
+            if os.path.exists(p):
+                plot_csv(p, os.path.join(args.run, f"loss_{st}.png"))
+        return
+    with open(os.path.join(args.run, f"args_{args.stage}.json"), "w") as f:
+        json.dump(vars(args), f, indent=2)
+    {"vae": stage_vae, "latents": stage_latents, "unet": stage_unet}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
