@@ -1,7 +1,5 @@
 //! DDIM (Song et al. 2021), as diffusers' `DDIMScheduler`.
 
-use serde_json::Value;
-
 use super::super::config::{PredictionType, ResolvedConfig};
 use super::super::{NoiseSource, Sampler, SamplerError, SamplerKind, SchedulerConfig, StepOutput, TimestepSpacing};
 use super::{Common, clamp_all, schedule};
@@ -112,10 +110,5 @@ impl Sampler for Ddim {
     fn sigma(&self, i: usize) -> f32 {
         self.c.sigma_at(self.ts[i])
     }
-    fn config(&self) -> &SchedulerConfig {
-        &self.c.config
-    }
-    fn settings_json(&self) -> Value {
-        self.c.settings.clone()
-    }
+    common_accessors!();
 }

@@ -1,7 +1,5 @@
 //! DDPM ancestral sampling (Ho et al. 2020), as diffusers' `DDPMScheduler`.
 
-use serde_json::Value;
-
 use super::super::config::{PredictionType, ResolvedConfig};
 use super::super::{NoiseSource, Sampler, SamplerError, SamplerKind, SchedulerConfig, StepOutput};
 use super::{Common, clamp_all, schedule, x0_from_alpha};
@@ -80,10 +78,5 @@ impl Sampler for Ddpm {
     fn sigma(&self, i: usize) -> f32 {
         self.c.sigma_at(self.ts[i])
     }
-    fn config(&self) -> &SchedulerConfig {
-        &self.c.config
-    }
-    fn settings_json(&self) -> Value {
-        self.c.settings.clone()
-    }
+    common_accessors!();
 }

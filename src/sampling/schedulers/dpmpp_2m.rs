@@ -1,8 +1,6 @@
 //! DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095), as diffusers'
 //! `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)`.
 
-use serde_json::Value;
-
 use super::super::config::{BetaSchedule, PredictionType, ResolvedConfig};
 use super::super::{NoiseSource, Sampler, SamplerError, SamplerKind, SchedulerConfig, StepOutput, TimestepSpacing};
 use super::{Common, schedule};
@@ -171,10 +169,5 @@ impl Sampler for DpmPP2M {
     fn sigma(&self, i: usize) -> f32 {
         self.sigmas[i]
     }
-    fn config(&self) -> &SchedulerConfig {
-        &self.c.config
-    }
-    fn settings_json(&self) -> Value {
-        self.c.settings.clone()
-    }
+    common_accessors!();
 }

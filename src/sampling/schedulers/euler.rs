@@ -1,7 +1,5 @@
 //! Euler (Karras et al. 2022, Algorithm 2 without churn), as diffusers' `EulerDiscreteScheduler`.
 
-use serde_json::Value;
-
 use super::super::config::ResolvedConfig;
 use super::super::{NoiseSource, Sampler, SamplerError, SamplerKind, SchedulerConfig, StepOutput};
 use super::{Common, init_sigma, scale_by_sigma, sigma_schedule, x0_from_sigma};
@@ -32,15 +30,7 @@ impl Sampler for Euler {
     fn kind(&self) -> SamplerKind {
         SamplerKind::Euler
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.ts
-    }
-    fn init_noise_sigma(&self) -> f32 {
-        self.init_sigma
-    }
-    fn scale_model_input(&self, sample: &[f32], i: usize) -> Vec<f32> {
-        scale_by_sigma(sample, self.sigmas[i])
-    }
+    sigma_accessors!();
     fn step(&mut self, model_output: &[f32], i: usize, sample: &[f32], _noise: &mut dyn NoiseSource) -> Result<StepOutput, SamplerError> {
         self.c.begin_step(i, self.ts.len(), model_output, sample)?;
         let sigma = self.sigmas[i];
@@ -53,13 +43,5 @@ impl Sampler for Euler {
             x0_from_scheduler: true,
         })
     }
-    fn sigma(&self, i: usize) -> f32 {
-        self.sigmas[i]
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.c.config
-    }
-    fn settings_json(&self) -> Value {
-        self.c.settings.clone()
-    }
+    common_accessors!();
 }

@@ -2,8 +2,6 @@
 //! Every step except the last takes two model evaluations, so the loop has `2n - 1` iterations;
 //! timesteps and sigmas are interleaved as in diffusers.
 
-use serde_json::Value;
-
 use super::super::config::ResolvedConfig;
 use super::super::{NoiseSource, Sampler, SamplerError, SamplerKind, SchedulerConfig, StepOutput};
 use super::{Common, clamp_all, init_sigma, scale_by_sigma, sigma_schedule, x0_from_sigma};
@@ -50,15 +48,7 @@ impl Sampler for Heun {
     fn kind(&self) -> SamplerKind {
         SamplerKind::Heun
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.ts
-    }
-    fn init_noise_sigma(&self) -> f32 {
-        self.init_sigma
-    }
-    fn scale_model_input(&self, sample: &[f32], i: usize) -> Vec<f32> {
-        scale_by_sigma(sample, self.sigmas[i])
-    }
+    sigma_accessors!();
     fn step(&mut self, model_output: &[f32], i: usize, sample: &[f32], _noise: &mut dyn NoiseSource) -> Result<StepOutput, SamplerError> {
         self.c.begin_step(i, self.ts.len(), model_output, sample)?;
         let first_order = self.pending.is_none();
@@ -98,13 +88,5 @@ impl Sampler for Heun {
             x0_from_scheduler: true,
         })
     }
-    fn sigma(&self, i: usize) -> f32 {
-        self.sigmas[i]
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.c.config
-    }
-    fn settings_json(&self) -> Value {
-        self.c.settings.clone()
-    }
+    common_accessors!();
 }

@@ -3,8 +3,6 @@
 //! diffusers uses `scipy.integrate.quad`, here Gauss–Legendre quadrature (exact for these
 //! polynomials of degree <= 3).
 
-use serde_json::Value;
-
 use super::super::config::ResolvedConfig;
 use super::super::{NoiseSource, Sampler, SamplerError, SamplerKind, SchedulerConfig, StepOutput};
 use super::{Common, init_sigma, scale_by_sigma, sigma_schedule, x0_from_sigma};
@@ -70,15 +68,7 @@ impl Sampler for Lms {
     fn kind(&self) -> SamplerKind {
         SamplerKind::Lms
     }
-    fn timesteps(&self) -> &[f64] {
-        &self.ts
-    }
-    fn init_noise_sigma(&self) -> f32 {
-        self.init_sigma
-    }
-    fn scale_model_input(&self, sample: &[f32], i: usize) -> Vec<f32> {
-        scale_by_sigma(sample, self.sigmas[i])
-    }
+    sigma_accessors!();
     fn step(&mut self, model_output: &[f32], i: usize, sample: &[f32], _noise: &mut dyn NoiseSource) -> Result<StepOutput, SamplerError> {
         self.c.begin_step(i, self.ts.len(), model_output, sample)?;
         let sigma = self.sigmas[i];
@@ -103,13 +93,5 @@ impl Sampler for Lms {
             x0_from_scheduler: true,
         })
     }
-    fn sigma(&self, i: usize) -> f32 {
-        self.sigmas[i]
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.c.config
-    }
-    fn settings_json(&self) -> Value {
-        self.c.settings.clone()
-    }
+    common_accessors!();
 }

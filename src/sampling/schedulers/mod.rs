@@ -1,5 +1,36 @@
 //! One file per sampler; [`build`] resolves the config for the chosen class and constructs it.
 
+/// `config()` and `settings_json()`: every sampler keeps both in its `Common`.
+macro_rules! common_accessors {
+    () => {
+        fn config(&self) -> &SchedulerConfig {
+            &self.c.config
+        }
+        fn settings_json(&self) -> serde_json::Value {
+            self.c.settings.clone()
+        }
+    };
+}
+
+/// How the sigma-parameterised samplers (Euler, Euler-a, LMS, Heun) expose their schedule:
+/// fields `ts`, `sigmas`, `init_sigma`; the model input is divided by sqrt(sigma^2 + 1).
+macro_rules! sigma_accessors {
+    () => {
+        fn timesteps(&self) -> &[f64] {
+            &self.ts
+        }
+        fn init_noise_sigma(&self) -> f32 {
+            self.init_sigma
+        }
+        fn scale_model_input(&self, sample: &[f32], i: usize) -> Vec<f32> {
+            scale_by_sigma(sample, self.sigmas[i])
+        }
+        fn sigma(&self, i: usize) -> f32 {
+            self.sigmas[i]
+        }
+    };
+}
+
 mod ddim;
 mod ddpm;
 mod dpmpp_2m;

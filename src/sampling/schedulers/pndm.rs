@@ -3,8 +3,6 @@
 //! has `n + 1` iterations (the second one re-evaluates the first timestep's successor), without
 //! it `n + 3` (12 PRK iterations, then PLMS).
 
-use serde_json::Value;
-
 use super::super::config::{PredictionType, ResolvedConfig};
 use super::super::{NoiseSource, Sampler, SamplerError, SamplerKind, SchedulerConfig, StepOutput, TimestepSpacing};
 use super::{Common, schedule, x0_from_alpha};
@@ -221,10 +219,5 @@ impl Sampler for Pndm {
     fn sigma(&self, i: usize) -> f32 {
         self.c.sigma_at(self.ts[i])
     }
-    fn config(&self) -> &SchedulerConfig {
-        &self.c.config
-    }
-    fn settings_json(&self) -> Value {
-        self.c.settings.clone()
-    }
+    common_accessors!();
 }
