@@ -180,7 +180,7 @@ fn bad_flag_values() {
 #[test]
 fn interrupt_saves_the_partial_trace() {
     let out_dir = tempdir("sigint");
-    let mut child = bin()
+    let child = bin()
         .args([
             "generate",
             "--model",
