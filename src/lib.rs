@@ -2,10 +2,12 @@
 //!
 //! See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod analysis;
 pub mod engine;
 pub mod model;
 pub mod sampling;
 pub mod trace;
+pub mod ui;
 pub mod world;
 
 /// Where the bundled model lives, relative to the crate root (issue: the shapes-world model).

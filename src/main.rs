@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "diffusion-scope", version, about = "A microscope for text-to-image diffusion models")]
+#[command(
+    name = "diffusion-scope",
+    version,
+    about = "A microscope for text-to-image diffusion models (no subcommand: the app)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -27,10 +31,10 @@ fn main() -> ExitCode {
         Some(Command::Generate(args)) => cli::generate::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
         Some(Command::Dataset(args)) => cli::dataset::run(args),
-        None => {
-            eprintln!("diffusion-scope: the interactive app is not part of this build yet; use a subcommand (see --help)");
-            return ExitCode::from(2);
-        }
+        None => match diffusion_scope::ui::run_app() {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => Err(anyhow::anyhow!("the app failed to start: {e}")),
+        },
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@
 //! per-step arrays, readable from Python with `safetensors` alone) and `image.png`.
 
 mod io;
+pub mod synthetic;
 
 pub use io::{TraceError, load_run, save_run};
 

@@ -1,0 +1,82 @@
+//! Frame-time benchmark of the app on a synthetic SD-1.5-sized run (50 steps, 4x64x64
+//! latents, 16 cross-attention layers with full capture, 77 tokens): p50/p95 of the UI pass
+//! and of UI + wgpu render, while the run streams in (one step per frame, a token selected so
+//! heatmaps are recomputed) and while scrubbing back and forth.
+//!
+//!     cargo bench --bench frames
+//!
+//! Renders through wgpu headless (lavapipe on a machine without a GPU, so the render figures
+//! there measure a software rasteriser).
+
+use std::time::Instant;
+
+use eframe::egui;
+use egui_kittest::Harness;
+
+use diffusion_scope::engine::Event;
+use diffusion_scope::trace::synthetic::{self, SyntheticSpec};
+use diffusion_scope::ui::{App, Settings};
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn report(name: &str, ui: &mut [f64], full: &mut [f64]) {
+    println!(
+        "{name:<22} UI pass p50 {:>7.2} ms  p95 {:>7.2} ms   | UI + render p50 {:>7.2} ms  p95 {:>7.2} ms   ({} frames)",
+        pct(ui, 0.5),
+        pct(ui, 0.95),
+        pct(full, 0.5),
+        pct(full, 0.95),
+        ui.len()
+    );
+}
+
+fn main() {
+    let t0 = Instant::now();
+    let run = synthetic::run(&SyntheticSpec::sd15_full());
+    println!(
+        "synthetic run: {} steps, {} attention layers, built in {:.1} s",
+        run.steps.len(),
+        run.meta.attn_layers.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .with_accessibility_check(false)
+        .wgpu()
+        .build_eframe(|cc| App::with_settings_cc(cc, Settings::default()));
+    h.run_steps(2);
+
+    // Streaming: Started, then one step per frame, with the word "red" selected.
+    let mut meta = run.meta.clone();
+    meta.step_secs.clear();
+    h.state_mut().store.apply(Event::Started(Box::new(meta)));
+    h.state_mut().view.tokens = vec![vec![2]];
+    let (mut ui_t, mut full_t) = (Vec::new(), Vec::new());
+    for s in &run.steps {
+        h.state_mut().store.apply(Event::Step(Box::new(s.clone())));
+        let t = Instant::now();
+        h.step();
+        ui_t.push(t.elapsed().as_secs_f64() * 1e3);
+        let _ = h.render();
+        full_t.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    report("while streaming", &mut ui_t, &mut full_t);
+
+    // Scrubbing: back and forth over all steps, one step per frame.
+    h.state_mut().view.follow = false;
+    let (mut ui_t, mut full_t) = (Vec::new(), Vec::new());
+    let n = run.steps.len();
+    for k in 0..2 * n {
+        let step = if k < n { n - 1 - k } else { k - n };
+        h.state_mut().view.step = step;
+        let t = Instant::now();
+        h.step();
+        ui_t.push(t.elapsed().as_secs_f64() * 1e3);
+        let _ = h.render();
+        full_t.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    report("while scrubbing", &mut ui_t, &mut full_t);
+}

@@ -1,0 +1,260 @@
+//! Figure export on the CPU: a heatmap figure (image + attention overlay through the shared
+//! colormap table, title, token, step, colour bar, axis labels) and a trajectory strip. The
+//! overlay math is the shader's: nearest latent cell, value scaled to 0..1, table entry
+//! round(t * 255), premultiplied blend with the given opacity.
+
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont, point};
+use image::{Rgba, RgbaImage};
+
+use crate::analysis::colormap::Colormap;
+use crate::trace::RgbImage;
+
+const BG: Rgba<u8> = Rgba([255, 255, 255, 255]);
+const FG: Rgba<u8> = Rgba([20, 20, 20, 255]);
+
+fn font() -> FontRef<'static> {
+    FontRef::try_from_slice(epaint_default_fonts::UBUNTU_LIGHT).expect("bundled font parses")
+}
+
+/// Draws `text` with its top-left at (x, y), `size` px high.
+pub fn draw_text(img: &mut RgbaImage, text: &str, x: f32, y: f32, size: f32, colour: Rgba<u8>) {
+    let font = font();
+    let scaled = font.as_scaled(PxScale::from(size));
+    let mut caret = x;
+    let baseline = y + scaled.ascent();
+    let mut prev = None;
+    for ch in text.chars() {
+        let id = font.glyph_id(ch);
+        if let Some(p) = prev {
+            caret += scaled.kern(p, id);
+        }
+        let glyph = id.with_scale_and_position(PxScale::from(size), point(caret, baseline));
+        caret += scaled.h_advance(id);
+        prev = Some(id);
+        if let Some(outlined) = font.outline_glyph(glyph) {
+            let b = outlined.px_bounds();
+            outlined.draw(|gx, gy, cov| {
+                let (px, py) = (b.min.x as i32 + gx as i32, b.min.y as i32 + gy as i32);
+                if px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() {
+                    let dst = img.get_pixel_mut(px as u32, py as u32);
+                    for k in 0..3 {
+                        dst[k] = (dst[k] as f32 * (1.0 - cov) + colour[k] as f32 * cov).round() as u8;
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Text width in pixels.
+pub fn text_width(text: &str, size: f32) -> f32 {
+    let font = font();
+    let scaled = font.as_scaled(PxScale::from(size));
+    text.chars().map(|c| scaled.h_advance(font.glyph_id(c))).sum()
+}
+
+/// The heatmap colour of `value` over a background pixel, exactly as the shader computes it.
+pub fn overlay_pixel(lut: &[[u8; 4]; 256], value: f32, vmin: f32, vmax: f32, opacity: f32, under: [u8; 3]) -> [u8; 3] {
+    let t = ((value - vmin) / (vmax - vmin).max(1e-12)).clamp(0.0, 1.0);
+    let c = Colormap::lookup(lut, t);
+    let mut out = [0u8; 3];
+    for k in 0..3 {
+        out[k] = (c[k] as f32 * opacity + under[k] as f32 * (1.0 - opacity)).round() as u8;
+    }
+    out
+}
+
+/// A latent-grid map ([h * w] values).
+pub struct Overlay<'a> {
+    pub values: &'a [f32],
+    pub height: usize,
+    pub width: usize,
+    pub vmin: f32,
+    pub vmax: f32,
+    pub opacity: f32,
+    pub colormap: Colormap,
+}
+
+/// `base` scaled (nearest) to `side` x `side`·aspect, with the overlay on top.
+pub fn compose(base: &RgbImage, overlay: Option<&Overlay>, out_w: u32, out_h: u32) -> RgbaImage {
+    let lut = overlay.map(|o| o.colormap.lut());
+    let mut img = RgbaImage::new(out_w, out_h);
+    for y in 0..out_h {
+        for x in 0..out_w {
+            let bx = (x as usize * base.width / out_w as usize).min(base.width.saturating_sub(1));
+            let by = (y as usize * base.height / out_h as usize).min(base.height.saturating_sub(1));
+            let i = (by * base.width + bx) * 3;
+            let mut px = [
+                base.pixels.get(i).copied().unwrap_or(0),
+                base.pixels.get(i + 1).copied().unwrap_or(0),
+                base.pixels.get(i + 2).copied().unwrap_or(0),
+            ];
+            if let (Some(o), Some(lut)) = (overlay, lut.as_ref()) {
+                let cx = (x as usize * o.width / out_w as usize).min(o.width - 1);
+                let cy = (y as usize * o.height / out_h as usize).min(o.height - 1);
+                px = overlay_pixel(lut, o.values[cy * o.width + cx], o.vmin, o.vmax, o.opacity, px);
+            }
+            img.put_pixel(x, y, Rgba([px[0], px[1], px[2], 255]));
+        }
+    }
+    img
+}
+
+/// What a heatmap figure says about itself.
+pub struct FigureLabels {
+    pub title: String,
+    pub subtitle: String,
+}
+
+/// A publication figure: title, subtitle (token, step, t, resolution), the image with the
+/// overlay, axis labels in latent cells, and a labelled colour bar.
+pub fn heatmap_figure(base: &RgbImage, overlay: &Overlay, labels: &FigureLabels, side: u32) -> RgbaImage {
+    let aspect = base.height as f32 / base.width.max(1) as f32;
+    let (iw, ih) = (side, (side as f32 * aspect).round() as u32);
+    let (left, top, bar_w, right) = (48u32, 64u32, 18u32, 90u32);
+    let (w, h) = (left + iw + 24 + bar_w + right, top + ih + 48);
+    let mut fig = RgbaImage::from_pixel(w, h, BG);
+    draw_text(&mut fig, &labels.title, 12.0, 8.0, 20.0, FG);
+    draw_text(&mut fig, &labels.subtitle, 12.0, 34.0, 15.0, FG);
+    let body = compose(base, Some(overlay), iw, ih);
+    image::imageops::overlay(&mut fig, &body, left as i64, top as i64);
+    // Axes: ticks at 0, w/2, w latent cells.
+    for (frac, label) in [
+        (0.0, "0".to_string()),
+        (0.5, format!("{}", overlay.width / 2)),
+        (1.0, format!("{}", overlay.width)),
+    ] {
+        let x = left as f32 + frac * iw as f32;
+        draw_text(
+            &mut fig,
+            &label,
+            x - text_width(&label, 12.0) / 2.0,
+            (top + ih + 4) as f32,
+            12.0,
+            FG,
+        );
+    }
+    for (frac, label) in [
+        (0.0, "0".to_string()),
+        (0.5, format!("{}", overlay.height / 2)),
+        (1.0, format!("{}", overlay.height)),
+    ] {
+        let y = top as f32 + frac * ih as f32;
+        draw_text(&mut fig, &label, left as f32 - 6.0 - text_width(&label, 12.0), y - 7.0, 12.0, FG);
+    }
+    let xl = format!("x (latent cells, {}x{})", overlay.width, overlay.height);
+    draw_text(
+        &mut fig,
+        &xl,
+        left as f32 + iw as f32 / 2.0 - text_width(&xl, 13.0) / 2.0,
+        (top + ih + 24) as f32,
+        13.0,
+        FG,
+    );
+    draw_text(&mut fig, "y", 12.0, top as f32 + ih as f32 / 2.0, 13.0, FG);
+    // Colour bar: vmax at the top, vmin at the bottom.
+    let lut = overlay.colormap.lut();
+    let bx = left + iw + 24;
+    for y in 0..ih {
+        let t = 1.0 - y as f32 / (ih.max(2) - 1) as f32;
+        let c = Colormap::lookup(&lut, t);
+        for x in 0..bar_w {
+            fig.put_pixel(bx + x, top + y, Rgba([c[0], c[1], c[2], 255]));
+        }
+    }
+    draw_text(
+        &mut fig,
+        &format!("{:.3}", overlay.vmax),
+        (bx + bar_w + 6) as f32,
+        top as f32 - 2.0,
+        12.0,
+        FG,
+    );
+    draw_text(
+        &mut fig,
+        &format!("{:.3}", overlay.vmin),
+        (bx + bar_w + 6) as f32,
+        (top + ih) as f32 - 14.0,
+        12.0,
+        FG,
+    );
+    draw_text(
+        &mut fig,
+        "attention",
+        (bx + bar_w + 6) as f32,
+        top as f32 + ih as f32 / 2.0 - 7.0,
+        12.0,
+        FG,
+    );
+    fig
+}
+
+/// Frames in a row, each labelled below (e.g. "step 5  t=751").
+pub fn strip(frames: &[(RgbImage, String)], side: u32, title: &str) -> RgbaImage {
+    let pad = 8u32;
+    let n = frames.len().max(1) as u32;
+    let (w, h) = (pad + n * (side + pad), 40 + side + 28);
+    let mut fig = RgbaImage::from_pixel(w, h, BG);
+    draw_text(&mut fig, title, pad as f32, 8.0, 18.0, FG);
+    for (i, (img, label)) in frames.iter().enumerate() {
+        let x = pad + i as u32 * (side + pad);
+        let aspect = img.height as f32 / img.width.max(1) as f32;
+        let body = compose(img, None, side, (side as f32 * aspect).round().max(1.0) as u32);
+        image::imageops::overlay(&mut fig, &body, x as i64, 40);
+        draw_text(&mut fig, label, x as f32, (40 + side + 6) as f32, 13.0, FG);
+    }
+    fig
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_uses_the_shared_table() {
+        let lut = Colormap::Magma.lut();
+        assert_eq!(
+            overlay_pixel(&lut, 1.0, 0.0, 1.0, 1.0, [0, 0, 0]),
+            [lut[255][0], lut[255][1], lut[255][2]]
+        );
+        assert_eq!(
+            overlay_pixel(&lut, 0.5, 0.0, 1.0, 1.0, [9, 9, 9]),
+            [lut[128][0], lut[128][1], lut[128][2]]
+        );
+        assert_eq!(overlay_pixel(&lut, 0.5, 0.0, 1.0, 0.0, [9, 8, 7]), [9, 8, 7]);
+    }
+
+    #[test]
+    fn figure_has_colour_bar_and_text() {
+        let base = RgbImage {
+            width: 4,
+            height: 4,
+            pixels: vec![128; 48],
+        };
+        let values: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let o = Overlay {
+            values: &values,
+            height: 4,
+            width: 4,
+            vmin: 0.0,
+            vmax: 15.0,
+            opacity: 1.0,
+            colormap: Colormap::Viridis,
+        };
+        let fig = heatmap_figure(
+            &base,
+            &o,
+            &FigureLabels {
+                title: "a red circle".into(),
+                subtitle: "token red".into(),
+            },
+            128,
+        );
+        let lut = Colormap::Viridis.lut();
+        // Top-left cell of the image is value 0, bottom-right 15.
+        assert_eq!(fig.get_pixel(48 + 2, 64 + 2).0[..3], lut[0][..3]);
+        assert_eq!(fig.get_pixel(48 + 126, 64 + 126).0[..3], lut[255][..3]);
+        // The title left dark pixels in the header.
+        assert!((0..300).any(|x| (8..30).any(|y| fig.get_pixel(x, y).0[0] < 100)));
+    }
+}

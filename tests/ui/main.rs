@@ -1,0 +1,159 @@
+//! UI tests: egui_kittest renders the real app headless through wgpu (lavapipe in CI).
+//! Snapshots live in tests/snapshots (regenerate with UPDATE_SNAPSHOTS=1 and look at them).
+
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+
+use diffusion_scope::analysis::colormap::Colormap;
+use diffusion_scope::trace::synthetic::{self, SyntheticSpec};
+use diffusion_scope::trace::{Run, RunStatus};
+use diffusion_scope::ui::{App, Settings, Tab};
+
+pub fn synthetic_run() -> Run {
+    synthetic::run(&SyntheticSpec::small())
+}
+
+fn harness(settings: Settings) -> Harness<'static, App> {
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .with_accessibility_check(false)
+        .wgpu()
+        .build_eframe(move |cc| App::with_settings_cc(cc, settings.clone()))
+}
+
+fn with_run(settings: Settings) -> Harness<'static, App> {
+    let mut h = harness(settings);
+    h.state_mut().store.open(synthetic_run());
+    h.run_steps(3);
+    h
+}
+
+#[test]
+fn empty_app_snapshot() {
+    let mut h = harness(Settings::default());
+    h.run_steps(2);
+    h.get_by_label("Generate");
+    h.snapshot("empty_app");
+}
+
+#[test]
+fn run_view_snapshot() {
+    let mut h = with_run(Settings::default());
+    h.snapshot("run_view");
+}
+
+#[test]
+fn token_heatmap_snapshot_and_click() {
+    let mut h = with_run(Settings::default());
+    h.get_by_label("red").click();
+    h.run_steps(3);
+    assert_eq!(h.state().view.tokens, vec![vec![2]]);
+    // Shift-click adds a second word for side-by-side comparison.
+    h.get_by_label("circle").click_modifiers(egui::Modifiers::SHIFT);
+    h.run_steps(3);
+    assert_eq!(h.state().view.tokens.len(), 2);
+    assert_eq!(h.state().view.heatmap_rects.len(), 2);
+    h.snapshot("token_heatmaps");
+}
+
+#[test]
+fn arrow_keys_scrub_the_timeline() {
+    let mut h = with_run(Settings::default());
+    h.state_mut().view.step = 4;
+    h.state_mut().view.follow = false;
+    h.key_press(egui::Key::ArrowRight);
+    h.run_steps(2);
+    assert_eq!(h.state().view.step, 5);
+    h.key_press(egui::Key::ArrowLeft);
+    h.key_press(egui::Key::ArrowLeft);
+    h.run_steps(2);
+    assert_eq!(h.state().view.step, 3);
+}
+
+#[test]
+fn schedules_snapshot() {
+    let mut h = with_run(Settings::default());
+    h.state_mut().view.tab = Tab::Schedules;
+    h.run_steps(3);
+    h.snapshot("schedules");
+}
+
+/// The GPU shader and the PNG exporter agree: with opacity 1 the rendered heatmap pixel at a
+/// cell's centre is the exporter's colour for that cell's value.
+#[test]
+fn shader_matches_exporter_colours() {
+    let settings = Settings {
+        opacity: 1.0,
+        colormap: Colormap::Magma,
+        ..Settings::default()
+    };
+    let mut h = with_run(settings);
+    h.state_mut().view.tokens = vec![vec![2]];
+    h.state_mut().view.step = 9;
+    h.state_mut().view.follow = false;
+    h.run_steps(3);
+    let rect = h.state().view.heatmap_rects[0];
+    let img = h.render().expect("wgpu render");
+    let run = synthetic_run();
+    let map = diffusion_scope::analysis::token_map_at(&run.steps[9], &diffusion_scope::analysis::MapSource::All, 2).unwrap();
+    let vmax = map.values.iter().copied().fold(0.0, f32::max);
+    let lut = Colormap::Magma.lut();
+    let ppp = h.ctx.pixels_per_point();
+    let mut checked = 0;
+    for (cx, cy) in [(2usize, 8usize), (4, 8), (12, 3), (15, 15), (0, 0), (8, 8)] {
+        let px = ((rect.min.x + (cx as f32 + 0.5) * rect.width() / map.width as f32) * ppp) as u32;
+        let py = ((rect.min.y + (cy as f32 + 0.5) * rect.height() / map.height as f32) * ppp) as u32;
+        let got = img.get_pixel(px, py).0;
+        let want = diffusion_scope::ui::export::overlay_pixel(&lut, map.values[cy * map.width + cx], 0.0, vmax, 1.0, [0, 0, 0]);
+        for k in 0..3 {
+            assert!(
+                (got[k] as i32 - want[k] as i32).abs() <= 1,
+                "cell ({cx},{cy}): screen {got:?} vs exporter {want:?}"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+}
+
+/// The real worker with a tiny model: Generate streams a run into the store to completion.
+#[test]
+fn end_to_end_generate_with_the_tiny_model() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny-sd1")
+        .display()
+        .to_string();
+    let settings = Settings {
+        model,
+        steps: 6,
+        prompt: "a red circle".into(),
+        sampler: Some(diffusion_scope::sampling::SamplerKind::Euler),
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.run_steps(2);
+    h.get_by_label("Generate").click();
+    let t0 = Instant::now();
+    loop {
+        h.step();
+        let s = &h.state().store;
+        if let Some(run) = &s.run
+            && run.image.is_some()
+        {
+            assert_eq!(run.steps.len(), 6);
+            assert_eq!(run.meta.status, RunStatus::Complete);
+            break;
+        }
+        assert!(s.error.is_none(), "{:?}", s.error);
+        assert!(t0.elapsed() < Duration::from_secs(120), "run did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The streamed run can be scrubbed and its tokens clicked.
+    h.run_steps(2);
+    h.get_by_label("red").click();
+    h.run_steps(3);
+    assert_eq!(h.state().view.heatmap_rects.len(), 1);
+}
