@@ -252,7 +252,7 @@ impl App {
         }
         let n = self.store.run.as_ref().map_or(0, |r| r.steps.len());
         if n > 0 {
-            if self.view.follow && self.store.busy() {
+            if self.view.follow {
                 self.view.step = n - 1;
                 self.view.range.1 = n - 1;
             }
