@@ -196,6 +196,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             Event::Decoding => bar.set_message("decoding"),
+            Event::Decoded { .. } | Event::DecodeFailed { .. } => {}
             Event::Finished { image, .. } => {
                 if let Some(r) = run.as_mut() {
                     r.image = Some(image);

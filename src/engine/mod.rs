@@ -29,7 +29,18 @@ pub struct ModelRequest {
 }
 
 pub enum Command {
-    Generate { model: ModelRequest, config: Box<RunConfig> },
+    Generate {
+        model: ModelRequest,
+        config: Box<RunConfig>,
+    },
+    /// Decode latents [C, h, w] (e.g. a step's x0) with the model's VAE; answered by
+    /// `Decoded` / `DecodeFailed` with the same `id`. Queued behind a running generation.
+    Decode {
+        model: ModelRequest,
+        id: u64,
+        latents: Vec<f32>,
+        shape: [usize; 3],
+    },
     Shutdown,
 }
 
@@ -54,6 +65,15 @@ pub enum Event {
     Finished {
         image: RgbImage,
         total_secs: f64,
+    },
+    /// Answer to `Command::Decode`.
+    Decoded {
+        id: u64,
+        image: RgbImage,
+    },
+    DecodeFailed {
+        id: u64,
+        error: String,
     },
     Cancelled {
         completed: usize,
@@ -97,6 +117,11 @@ impl Worker {
             model,
             config: Box::new(config),
         });
+    }
+
+    /// Asks for a full VAE decode of latents [C, h, w]; the answer comes as `Event::Decoded`.
+    pub fn decode(&self, model: ModelRequest, id: u64, latents: Vec<f32>, shape: [usize; 3]) {
+        let _ = self.commands.try_send(Command::Decode { model, id, latents, shape });
     }
 
     /// Asks the running generation to stop after the current UNet evaluation.
@@ -145,6 +170,46 @@ fn load(request: &ModelRequest) -> Result<StableDiffusion, ModelError> {
     StableDiffusion::load(&root, &device, request.dtype.dtype())
 }
 
+/// Makes `request` the loaded model, reporting progress; false when loading failed (already
+/// reported) or the consumer is gone (`alive` cleared).
+fn ensure_loaded(loaded: &mut Option<Loaded>, request: &ModelRequest, send: &dyn Fn(Event) -> bool, alive: &mut bool) -> bool {
+    if loaded.as_ref().is_some_and(|l| &l.request == request) {
+        return true;
+    }
+    *loaded = None;
+    if !send(Event::LoadingModel {
+        spec: request.spec.clone(),
+    }) {
+        *alive = false;
+        return false;
+    }
+    let t0 = Instant::now();
+    match load(request) {
+        Ok(sd) => {
+            let info = ModelInfo {
+                spec: request.spec.clone(),
+                path: sd.root.display().to_string(),
+                default_size: sd.default_size(),
+                vae_scale_factor: sd.vae_scale_factor(),
+                attn_layers: sd.unet.attn_layers().len(),
+                load_secs: t0.elapsed().as_secs_f64(),
+            };
+            *loaded = Some(Loaded {
+                request: request.clone(),
+                model: sd,
+            });
+            *alive = send(Event::ModelLoaded(info));
+            *alive
+        }
+        Err(e) => {
+            *alive = send(Event::Failed {
+                error: first_line(&format!("loading model '{}': {e}", request.spec)),
+            });
+            false
+        }
+    }
+}
+
 fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, cancel: Arc<AtomicBool>, wake: Box<dyn Fn() + Send>) {
     let send = |e: Event| -> bool {
         let ok = events.send(e).is_ok();
@@ -152,47 +217,30 @@ fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, cancel: Arc<A
         ok
     };
     let mut loaded: Option<Loaded> = None;
-    while let Ok(cmd) = commands.recv() {
+    let mut alive = true;
+    while alive && let Ok(cmd) = commands.recv() {
         match cmd {
             Command::Shutdown => break,
+            Command::Decode { model, id, latents, shape } => {
+                if !ensure_loaded(&mut loaded, &model, &send, &mut alive) {
+                    continue;
+                }
+                let Some(l) = &loaded else { continue };
+                let ev = match denoise::decode(&l.model, latents, shape) {
+                    Ok(image) => Event::Decoded { id, image },
+                    Err(e) => Event::DecodeFailed {
+                        id,
+                        error: first_line(&e.to_string()),
+                    },
+                };
+                alive = send(ev);
+            }
             Command::Generate { model, config } => {
-                if loaded.as_ref().is_none_or(|l| l.request != model) {
-                    loaded = None;
-                    if !send(Event::LoadingModel { spec: model.spec.clone() }) {
-                        break;
-                    }
-                    let t0 = Instant::now();
-                    match load(&model) {
-                        Ok(sd) => {
-                            let info = ModelInfo {
-                                spec: model.spec.clone(),
-                                path: sd.root.display().to_string(),
-                                default_size: sd.default_size(),
-                                vae_scale_factor: sd.vae_scale_factor(),
-                                attn_layers: sd.unet.attn_layers().len(),
-                                load_secs: t0.elapsed().as_secs_f64(),
-                            };
-                            loaded = Some(Loaded {
-                                request: model.clone(),
-                                model: sd,
-                            });
-                            if !send(Event::ModelLoaded(info)) {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            if !send(Event::Failed {
-                                error: first_line(&format!("loading model '{}': {e}", model.spec)),
-                            }) {
-                                break;
-                            }
-                            continue;
-                        }
-                    }
+                if !ensure_loaded(&mut loaded, &model, &send, &mut alive) {
+                    continue;
                 }
                 let Some(l) = &loaded else { continue };
                 let t0 = Instant::now();
-                let mut alive = true;
                 let result = denoise::run(&l.model, &model.spec, &config, &cancel, &mut |ev| {
                     let e = match ev {
                         RunEvent::Started(meta) => Event::Started(meta),
@@ -217,9 +265,7 @@ fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, cancel: Arc<A
                         error: first_line(&e.to_string()),
                     },
                 };
-                if !send(ev) {
-                    break;
-                }
+                alive = send(ev);
             }
         }
     }

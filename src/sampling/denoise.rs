@@ -347,6 +347,19 @@ pub fn run(
     Ok(image)
 }
 
+/// Decodes latents [C, h, w] (as the sampler holds them) with the VAE to an 8-bit image.
+pub fn decode(sd: &StableDiffusion, latents: Vec<f32>, shape: [usize; 3]) -> Result<RgbImage, RunError> {
+    let [c, h, w] = shape;
+    if latents.len() != c * h * w || c != sd.latent_channels() {
+        return Err(RunError::BadInput(format!(
+            "latents of shape {shape:?} do not fit this model ({} channels)",
+            sd.latent_channels()
+        )));
+    }
+    let t = Tensor::from_vec(latents, (1, c, h, w), &sd.device)?.to_dtype(sd.dtype)?;
+    Ok(Vae::to_rgb8(&sd.vae.decode_unit(&t)?)?)
+}
+
 /// Turns the probe's device tensors into plain maps: one per layer (full) or the mean over the
 /// layers of each resolution, finest first (aggregate). `layer` gives a layer's path and size.
 pub fn attention_to_maps(

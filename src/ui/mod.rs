@@ -121,6 +121,8 @@ pub struct ViewState {
     pub message: Option<String>,
     /// Screen rects of the heatmaps drawn last frame (for tests and hover logic).
     pub heatmap_rects: Vec<egui::Rect>,
+    /// Full VAE decodes asked of the worker: (run generation, step) → request id.
+    pub decode_requests: HashMap<(u64, usize), u64>,
 }
 
 impl Default for ViewState {
@@ -137,6 +139,7 @@ impl Default for ViewState {
             textures: HashMap::new(),
             message: None,
             heatmap_rects: Vec::new(),
+            decode_requests: HashMap::new(),
         }
     }
 }
@@ -227,6 +230,29 @@ impl App {
         self.view.follow = true;
         self.view.playing = false;
         self.worker.generate(model, cfg);
+    }
+
+    /// The full VAE decode of the selected step's x0: the image when the worker has answered;
+    /// asks for it (when idle) otherwise. `Err` carries a failed decode's message.
+    pub fn decoded_x0(&mut self) -> Option<Result<crate::trace::RgbImage, String>> {
+        let run = self.store.run.as_ref()?;
+        let step = self.view.step.min(run.steps.len().checked_sub(1)?);
+        let key = (self.store.generation, step);
+        if let Some(id) = self.view.decode_requests.get(&key) {
+            return self.store.decoded.get(id).cloned();
+        }
+        if self.store.busy() || run.meta.model_path == "synthetic" {
+            return None;
+        }
+        let id = self.view.decode_requests.len() as u64 + 1 + (self.store.generation << 32);
+        let model = ModelRequest {
+            spec: run.meta.model.clone(),
+            device: Default::default(),
+            dtype: Default::default(),
+        };
+        self.worker.decode(model, id, run.steps[step].x0.clone(), run.meta.latent_shape);
+        self.view.decode_requests.insert(key, id);
+        None
     }
 
     pub fn cancel(&self) {

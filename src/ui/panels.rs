@@ -377,6 +377,12 @@ enum Pic {
 }
 
 fn pic_texture(app: &mut App, ctx: &egui::Context, pic: Pic) -> Option<(egui::TextureHandle, &'static str)> {
+    if pic == Pic::X0
+        && let Some(Ok(img)) = app.decoded_x0()
+    {
+        let key = format!("g{}:s{}:x0-vae", app.store.generation, app.view.step);
+        return Some((texture(app, ctx, key, || img), "x0 (VAE decode)"));
+    }
     let run = app.store.run.as_ref()?;
     let [c, h, w] = run.meta.latent_shape;
     let step = app.view.step.min(run.steps.len().checked_sub(1)?);
@@ -384,7 +390,7 @@ fn pic_texture(app: &mut App, ctx: &egui::Context, pic: Pic) -> Option<(egui::Te
     let generation = app.store.generation;
     let (data, title) = match pic {
         Pic::Latent => (s.latents.clone(), "x_t (latent preview)"),
-        Pic::X0 => (s.x0.clone(), "x0 (predicted clean)"),
+        Pic::X0 => (s.x0.clone(), "x0 (latent preview; VAE decode when idle)"),
         Pic::Eps => (s.model_output.clone(), "model output"),
         Pic::Final => {
             let img = run.image.clone()?;

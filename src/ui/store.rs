@@ -23,6 +23,8 @@ pub struct RunStore {
     pub error: Option<String>,
     /// A short status line ("cancelled after 3 of 30 steps", "done in 1.2 s").
     pub status: String,
+    /// Full VAE decodes answered by the worker, by request id (errors as text).
+    pub decoded: std::collections::HashMap<u64, Result<crate::trace::RgbImage, String>>,
 }
 
 impl Default for RunStore {
@@ -34,6 +36,7 @@ impl Default for RunStore {
             model: None,
             error: None,
             status: String::new(),
+            decoded: Default::default(),
         }
     }
 }
@@ -81,6 +84,12 @@ impl RunStore {
                 }
                 self.activity = Activity::Idle;
                 self.status = format!("cancelled after {completed} of {total} steps");
+            }
+            Event::Decoded { id, image } => {
+                self.decoded.insert(id, Ok(image));
+            }
+            Event::DecodeFailed { id, error } => {
+                self.decoded.insert(id, Err(error));
             }
             Event::Failed { error } => {
                 if let Some(run) = &mut self.run
