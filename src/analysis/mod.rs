@@ -123,6 +123,20 @@ pub fn token_map_at(step: &StepRecord, source: &MapSource, token: usize) -> Opti
     }
 }
 
+/// A word's attention at one step: the sum of its sub-tokens' maps (as DAAM treats a word
+/// split into several tokens). None when the step has no maps for them.
+pub fn word_map_at(step: &StepRecord, source: &MapSource, tokens: &[usize]) -> Option<TokenMap> {
+    let mut acc: Option<TokenMap> = None;
+    for &t in tokens {
+        let m = token_map_at(step, source, t)?;
+        match &mut acc {
+            None => acc = Some(m),
+            Some(a) => a.values.iter_mut().zip(&m.values).for_each(|(x, y)| *x += y),
+        }
+    }
+    acc
+}
+
 /// The attention of `token` summed over the steps in `range` (inclusive), as DAAM aggregates
 /// over time; divided by the number of steps so values stay comparable to one step's.
 pub fn token_map_over(run: &Run, range: std::ops::RangeInclusive<usize>, source: &MapSource, token: usize) -> Option<TokenMap> {
@@ -158,14 +172,6 @@ pub fn entropy(values: &[f32]) -> f32 {
         .filter(|&p| p > 0.0)
         .map(|p| p * p.ln())
         .sum::<f64>() as f32
-}
-
-/// Attention entropy of `token` at every step (None where the step has no maps).
-pub fn entropy_curve(run: &Run, source: &MapSource, token: usize) -> Vec<Option<f32>> {
-    run.steps
-        .iter()
-        .map(|s| token_map_at(s, source, token).map(|m| entropy(&m.values)))
-        .collect()
 }
 
 /// Linear latent → RGB factors for 4-channel SD latents (the approximation ComfyUI and A1111

@@ -485,18 +485,9 @@ fn vmax_for(app: &mut App, pos: &[usize], own: f32) -> f32 {
     let source = app.settings.source.clone();
     let n = run.steps.len();
     let mut best = own;
-    for i in 0..n {
-        let mut acc: Option<Vec<f32>> = None;
-        for &t in pos {
-            if let Some(m) = analysis::token_map_at(&run.steps[i], &source, t) {
-                match &mut acc {
-                    None => acc = Some(m.values),
-                    Some(a) => a.iter_mut().zip(&m.values).for_each(|(x, y)| *x += y),
-                }
-            }
-        }
-        if let Some(a) = acc {
-            best = best.max(a.iter().copied().fold(0.0, f32::max));
+    for step in &run.steps[..n] {
+        if let Some(m) = analysis::word_map_at(step, &source, pos) {
+            best = best.max(m.max());
         }
     }
     best
@@ -619,20 +610,10 @@ fn timeline_ui(app: &mut App, ui: &mut egui::Ui) {
     let (std, change) = analysis::step_curves(&run.steps);
     let entropy = app.view.tokens.first().map(|pos| {
         let source = app.settings.source.clone();
-        let mut out = vec![None; n];
-        for (i, o) in out.iter_mut().enumerate() {
-            let mut acc: Option<Vec<f32>> = None;
-            for &t in pos {
-                if let Some(m) = analysis::token_map_at(&run.steps[i], &source, t) {
-                    match &mut acc {
-                        None => acc = Some(m.values),
-                        Some(a) => a.iter_mut().zip(&m.values).for_each(|(x, y)| *x += y),
-                    }
-                }
-            }
-            *o = acc.map(|a| analysis::entropy(&a));
-        }
-        out
+        run.steps
+            .iter()
+            .map(|s| analysis::word_map_at(s, &source, pos).map(|m| analysis::entropy(&m.values)))
+            .collect::<Vec<_>>()
     });
     let width = (ui.available_width() - 24.0) / 3.0;
     let plot_height = (ui.available_height() - 28.0).max(60.0);
