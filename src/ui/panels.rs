@@ -83,6 +83,13 @@ fn top_bar_ui(app: &mut App, ui: &mut egui::Ui) {
         if ui.add_enabled(has_run, egui::Button::new("Export heatmap…")).clicked() {
             export_heatmap(app);
         }
+        if ui
+            .add_enabled(has_run, egui::Button::new("Copy heatmap"))
+            .on_hover_text("copy the heatmap figure to the clipboard")
+            .clicked()
+        {
+            copy_heatmap(app, ui.ctx());
+        }
         if ui.add_enabled(has_run, egui::Button::new("Export strip…")).clicked() {
             export_strip(app);
         }
@@ -759,14 +766,30 @@ fn save_run(app: &mut App) {
 
 /// The x0 preview (or the final image) and the first selected word's map, as a figure.
 fn export_heatmap(app: &mut App) {
+    if let Some((fig, name)) = heatmap_figure_for(app) {
+        save_png_dialog(app, fig, &name);
+    }
+}
+
+/// Puts the heatmap figure on the clipboard (where the platform allows images there).
+fn copy_heatmap(app: &mut App, ctx: &egui::Context) {
+    if let Some((fig, _)) = heatmap_figure_for(app) {
+        let size = [fig.width() as usize, fig.height() as usize];
+        ctx.copy_image(egui::ColorImage::from_rgba_unmultiplied(size, fig.as_raw()));
+        app.view.message = Some("heatmap figure copied to the clipboard".into());
+    }
+}
+
+/// The figure of the first selected word's heatmap and a file name for it.
+fn heatmap_figure_for(app: &mut App) -> Option<(image::RgbaImage, String)> {
     let Some(pos) = app.view.tokens.first().cloned() else {
         app.view.message = Some("select a token first".into());
-        return;
+        return None;
     };
-    let Some((_, map)) = app.token_map(&pos) else { return };
+    let (_, map) = app.token_map(&pos)?;
     let own = map.values.iter().copied().fold(0.0, f32::max);
     let vmax = vmax_for(app, &pos, own);
-    let Some(run) = &app.store.run else { return };
+    let run = app.store.run.as_ref()?;
     let step = app.view.step.min(run.steps.len() - 1);
     let s = &run.steps[step];
     let [c, h, w] = run.meta.latent_shape;
@@ -807,7 +830,7 @@ fn export_heatmap(app: &mut App) {
         ),
     };
     let fig = super::export::heatmap_figure(&base, &overlay, &labels, 512);
-    save_png_dialog(app, fig, &format!("heatmap-{word}-step{}.png", step + 1));
+    Some((fig, format!("heatmap-{word}-step{}.png", step + 1)))
 }
 
 fn export_strip(app: &mut App) {

@@ -57,6 +57,10 @@ fn token_heatmap_snapshot_and_click() {
     assert_eq!(h.state().view.tokens.len(), 2);
     assert_eq!(h.state().view.heatmap_rects.len(), 2);
     h.snapshot("token_heatmaps");
+    // The figure of the first word goes to the clipboard.
+    h.get_by_label("Copy heatmap").click();
+    h.run_steps(2);
+    assert_eq!(h.state().view.message.as_deref(), Some("heatmap figure copied to the clipboard"));
 }
 
 #[test]
