@@ -68,6 +68,8 @@ pub struct Settings {
     pub source: MapSource,
     pub show_special_tokens: bool,
     pub aggregate_steps: bool,
+    /// Frames in an exported trajectory strip.
+    pub strip_frames: usize,
 }
 
 impl Default for Settings {
@@ -92,6 +94,7 @@ impl Default for Settings {
             source: MapSource::All,
             show_special_tokens: false,
             aggregate_steps: false,
+            strip_frames: 6,
         }
     }
 }

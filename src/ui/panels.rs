@@ -90,9 +90,14 @@ fn top_bar_ui(app: &mut App, ui: &mut egui::Ui) {
         {
             copy_heatmap(app, ui.ctx());
         }
-        if ui.add_enabled(has_run, egui::Button::new("Export strip…")).clicked() {
+        if ui
+            .add_enabled(has_run, egui::Button::new("Export strip…"))
+            .on_hover_text("x0 at evenly spaced steps (of the aggregation range when set)")
+            .clicked()
+        {
             export_strip(app);
         }
+        ui.add(egui::DragValue::new(&mut app.settings.strip_frames).range(1..=20).suffix(" frames"));
         ui.separator();
         match &app.store.activity {
             Activity::Idle => {}
@@ -833,14 +838,25 @@ fn heatmap_figure_for(app: &mut App) -> Option<(image::RgbaImage, String)> {
     Some((fig, format!("heatmap-{word}-step{}.png", step + 1)))
 }
 
+/// Steps shown in the strip: `count` evenly spaced over the aggregation range when one is set,
+/// else over the whole run (first and last always included).
+pub fn strip_steps(n: usize, range: Option<(usize, usize)>, count: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let (lo, hi) = range.map_or((0, n - 1), |(a, b)| (a.min(n - 1), b.min(n - 1)));
+    let k = count.clamp(1, hi - lo + 1);
+    (0..k).map(|i| if k == 1 { hi } else { lo + i * (hi - lo) / (k - 1) }).collect()
+}
+
 fn export_strip(app: &mut App) {
     let Some(run) = &app.store.run else { return };
     let n = run.steps.len();
     let [c, h, w] = run.meta.latent_shape;
-    let k = 6.min(n);
-    let frames: Vec<(RgbImage, String)> = (0..k)
-        .map(|i| {
-            let idx = if k == 1 { 0 } else { i * (n - 1) / (k - 1) };
+    let range = app.settings.aggregate_steps.then_some(app.view.range);
+    let frames: Vec<(RgbImage, String)> = strip_steps(n, range, app.settings.strip_frames)
+        .into_iter()
+        .map(|idx| {
             let s = &run.steps[idx];
             (
                 analysis::latent_preview(&s.x0, c, h, w),

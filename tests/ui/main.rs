@@ -161,3 +161,12 @@ fn end_to_end_generate_with_the_tiny_model() {
     h.run_steps(3);
     assert_eq!(h.state().view.heatmap_rects.len(), 1);
 }
+
+#[test]
+fn strip_steps_are_even_and_inclusive() {
+    use diffusion_scope::ui::panels::strip_steps;
+    assert_eq!(strip_steps(10, None, 6), vec![0, 1, 3, 5, 7, 9]);
+    assert_eq!(strip_steps(10, Some((2, 4)), 6), vec![2, 3, 4]);
+    assert_eq!(strip_steps(10, None, 1), vec![9]);
+    assert_eq!(strip_steps(0, None, 6), Vec::<usize>::new());
+}
