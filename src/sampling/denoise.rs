@@ -284,7 +284,11 @@ pub fn run(
         latent_shape: geo.latent,
         vae_scale_factor: sd.vae_scale_factor(),
         prediction_type: sampler.config().prediction_type.as_str().into(),
-        sigmas: (0..total).map(|i| sampler.sigma(i)).collect(),
+        // JSON has no infinity (zero-terminal-SNR schedules end at sigma = inf): store f32::MAX.
+        sigmas: (0..total)
+            .map(|i| sampler.sigma(i))
+            .map(|s| if s.is_finite() { s } else { f32::MAX })
+            .collect(),
         timesteps: timesteps.clone(),
         init_noise_sigma: init_sigma,
         attention: cfg.attention,
