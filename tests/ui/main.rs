@@ -16,6 +16,12 @@ pub fn synthetic_run() -> Run {
     synthetic::run(&SyntheticSpec::small())
 }
 
+/// Settings with a machine-independent model path (the snapshots show the model field; tests
+/// run from the crate root).
+fn settings() -> Settings {
+    Settings { model: "tests/fixtures/tiny-sd1".into(), ..Settings::default() }
+}
+
 fn harness(settings: Settings) -> Harness<'static, App> {
     Harness::builder()
         .with_size(egui::vec2(1280.0, 800.0))
@@ -33,7 +39,7 @@ fn with_run(settings: Settings) -> Harness<'static, App> {
 
 #[test]
 fn empty_app_snapshot() {
-    let mut h = harness(Settings::default());
+    let mut h = harness(settings());
     h.run_steps(2);
     h.get_by_label("Generate");
     h.snapshot("empty_app");
@@ -41,13 +47,13 @@ fn empty_app_snapshot() {
 
 #[test]
 fn run_view_snapshot() {
-    let mut h = with_run(Settings::default());
+    let mut h = with_run(settings());
     h.snapshot("run_view");
 }
 
 #[test]
 fn token_heatmap_snapshot_and_click() {
-    let mut h = with_run(Settings::default());
+    let mut h = with_run(settings());
     h.get_by_label("red").click();
     h.run_steps(3);
     assert_eq!(h.state().view.tokens, vec![vec![2]]);
@@ -65,7 +71,7 @@ fn token_heatmap_snapshot_and_click() {
 
 #[test]
 fn arrow_keys_scrub_the_timeline() {
-    let mut h = with_run(Settings::default());
+    let mut h = with_run(settings());
     h.state_mut().view.step = 4;
     h.state_mut().view.follow = false;
     h.key_press(egui::Key::ArrowRight);
@@ -79,7 +85,7 @@ fn arrow_keys_scrub_the_timeline() {
 
 #[test]
 fn schedules_snapshot() {
-    let mut h = with_run(Settings::default());
+    let mut h = with_run(settings());
     h.state_mut().view.tab = Tab::Schedules;
     h.run_steps(3);
     h.snapshot("schedules");
