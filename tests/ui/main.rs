@@ -19,7 +19,10 @@ pub fn synthetic_run() -> Run {
 /// Settings with a machine-independent model path (the snapshots show the model field; tests
 /// run from the crate root).
 fn settings() -> Settings {
-    Settings { model: "tests/fixtures/tiny-sd1".into(), ..Settings::default() }
+    Settings {
+        model: "tests/fixtures/tiny-sd1".into(),
+        ..Settings::default()
+    }
 }
 
 fn harness(settings: Settings) -> Harness<'static, App> {
