@@ -137,24 +137,21 @@ pub fn word_map_at(step: &StepRecord, source: &MapSource, tokens: &[usize]) -> O
     acc
 }
 
-/// The attention of `token` summed over the steps in `range` (inclusive), as DAAM aggregates
-/// over time; divided by the number of steps so values stay comparable to one step's.
-pub fn token_map_over(run: &Run, range: std::ops::RangeInclusive<usize>, source: &MapSource, token: usize) -> Option<TokenMap> {
+/// A word's attention averaged over the steps in `range` (inclusive), as DAAM aggregates over
+/// time (divided by the number of steps so values stay comparable to one step's).
+pub fn word_map_over(run: &Run, range: std::ops::RangeInclusive<usize>, source: &MapSource, tokens: &[usize]) -> Option<TokenMap> {
+    let hi = (*range.end()).min(run.steps.len().checked_sub(1)?);
+    let steps = run.steps.get(*range.start()..=hi)?;
     let mut out: Option<TokenMap> = None;
-    let mut n = 0;
-    for s in run
-        .steps
-        .get(*range.start()..=(*range.end()).min(run.steps.len().saturating_sub(1)))?
-    {
-        let m = token_map_at(s, source, token)?;
+    for s in steps {
+        let m = word_map_at(s, source, tokens)?;
         match &mut out {
             None => out = Some(m),
             Some(o) => o.values.iter_mut().zip(&m.values).for_each(|(a, b)| *a += b),
         }
-        n += 1;
     }
     out.map(|mut o| {
-        o.values.iter_mut().for_each(|v| *v /= n as f32);
+        o.values.iter_mut().for_each(|v| *v /= steps.len() as f32);
         o
     })
 }

@@ -99,6 +99,13 @@ impl Default for Settings {
     }
 }
 
+/// What the timeline and the across-steps scaling need of a word's map at one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WordStepStats {
+    pub max: f32,
+    pub entropy: f32,
+}
+
 /// Top-level tabs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
@@ -124,6 +131,9 @@ pub struct ViewState {
     pub message: Option<String>,
     /// Screen rects of the heatmaps drawn last frame (for tests and hover logic).
     pub heatmap_rects: Vec<egui::Rect>,
+    /// Per-step statistics of selected words' maps (max, entropy), filled in as steps arrive;
+    /// keyed by run generation, map source and token positions.
+    pub word_stats: HashMap<String, Vec<Option<WordStepStats>>>,
     /// Full VAE decodes asked of the worker: (run generation, step) → request id.
     pub decode_requests: HashMap<(u64, usize), u64>,
 }
@@ -143,6 +153,7 @@ impl Default for ViewState {
             message: None,
             heatmap_rects: Vec::new(),
             decode_requests: HashMap::new(),
+            word_stats: HashMap::new(),
         }
     }
 }
@@ -275,6 +286,7 @@ impl App {
             self.seen_generation = self.store.generation;
             self.view.maps.clear();
             self.view.textures.clear();
+            self.view.word_stats.clear();
             self.view.step = 0;
             self.view.range = (0, 0);
             self.view.tokens.retain(|_| false);
@@ -295,6 +307,24 @@ impl App {
         }
     }
 
+    /// Max and entropy of a word's map at every step so far (None where a step has no maps),
+    /// computed once per step and extended as a run streams in.
+    pub fn word_stats(&mut self, word_tokens: &[usize]) -> &[Option<WordStepStats>] {
+        let key = format!("g{}:{:?}:{word_tokens:?}", self.store.generation, self.settings.source);
+        let stats = self.view.word_stats.entry(key).or_default();
+        if let Some(run) = &self.store.run {
+            for step in &run.steps[stats.len().min(run.steps.len())..] {
+                stats.push(
+                    analysis::word_map_at(step, &self.settings.source, word_tokens).map(|m| WordStepStats {
+                        max: m.max(),
+                        entropy: analysis::entropy(&m.values),
+                    }),
+                );
+            }
+        }
+        stats
+    }
+
     /// The map of selected word `word` (its sub-tokens summed, as DAAM does) under the
     /// current settings, cached by key.
     pub fn token_map(&mut self, word_tokens: &[usize]) -> Option<(String, Arc<MapData>)> {
@@ -312,16 +342,7 @@ impl App {
         if let Some(m) = self.view.maps.get(&key) {
             return Some((key, m.clone()));
         }
-        // Only cache maps of steps that are complete (a streaming run only appends steps).
-        let mut acc: Option<analysis::TokenMap> = None;
-        for &t in word_tokens {
-            let m = analysis::token_map_over(run, lo..=hi, &self.settings.source, t)?;
-            match &mut acc {
-                None => acc = Some(m),
-                Some(a) => a.values.iter_mut().zip(&m.values).for_each(|(x, y)| *x += y),
-            }
-        }
-        let m = acc?;
+        let m = analysis::word_map_over(run, lo..=hi, &self.settings.source, word_tokens)?;
         let data = Arc::new(MapData {
             width: m.width,
             height: m.height,

@@ -389,29 +389,41 @@ enum Pic {
 }
 
 fn pic_texture(app: &mut App, ctx: &egui::Context, pic: Pic) -> Option<(egui::TextureHandle, &'static str)> {
-    if pic == Pic::X0
-        && let Some(Ok(img)) = app.decoded_x0()
-    {
-        let key = format!("g{}:s{}:x0-vae", app.store.generation, app.view.step);
-        return Some((texture(app, ctx, key, || img), "x0 (VAE decode)"));
+    let generation = app.store.generation;
+    let step = app.view.step.min(app.store.run.as_ref()?.steps.len().checked_sub(1)?);
+    let title = match pic {
+        Pic::Latent => "x_t (latent preview)",
+        Pic::X0 => "x0 (latent preview; VAE decode when idle)",
+        Pic::Eps => "model output",
+        Pic::Final => "final image (VAE)",
+    };
+    if pic == Pic::X0 {
+        let key = format!("g{generation}:s{step}:x0-vae");
+        if let Some(t) = app.view.textures.get(&key) {
+            return Some((t.clone(), "x0 (VAE decode)"));
+        }
+        if let Some(Ok(img)) = app.decoded_x0() {
+            return Some((texture(app, ctx, key, || img), "x0 (VAE decode)"));
+        }
+    }
+    let key = if pic == Pic::Final {
+        format!("g{generation}:final")
+    } else {
+        format!("g{generation}:s{step}:{title}")
+    };
+    if let Some(t) = app.view.textures.get(&key) {
+        return Some((t.clone(), title));
     }
     let run = app.store.run.as_ref()?;
     let [c, h, w] = run.meta.latent_shape;
-    let step = app.view.step.min(run.steps.len().checked_sub(1)?);
     let s = &run.steps[step];
-    let generation = app.store.generation;
-    let (data, title) = match pic {
-        Pic::Latent => (s.latents.clone(), "x_t (latent preview)"),
-        Pic::X0 => (s.x0.clone(), "x0 (latent preview; VAE decode when idle)"),
-        Pic::Eps => (s.model_output.clone(), "model output"),
-        Pic::Final => {
-            let img = run.image.clone()?;
-            let key = format!("g{generation}:final");
-            return Some((texture(app, ctx, key, || img), "final image (VAE)"));
-        }
+    let img = match pic {
+        Pic::Latent => analysis::latent_preview(&s.latents, c, h, w),
+        Pic::X0 => analysis::latent_preview(&s.x0, c, h, w),
+        Pic::Eps => analysis::latent_preview(&s.model_output, c, h, w),
+        Pic::Final => run.image.clone()?,
     };
-    let key = format!("g{generation}:s{step}:{}", title);
-    Some((texture(app, ctx, key, || analysis::latent_preview(&data, c, h, w)), title))
+    Some((texture(app, ctx, key, || img), title))
 }
 
 fn image_ui(app: &mut App, ui: &mut egui::Ui) {
@@ -493,16 +505,7 @@ fn vmax_for(app: &mut App, pos: &[usize], own: f32) -> f32 {
     if app.settings.normalize == Normalize::PerMap {
         return own;
     }
-    let Some(run) = app.store.run.as_ref() else { return own };
-    let source = app.settings.source.clone();
-    let n = run.steps.len();
-    let mut best = own;
-    for step in &run.steps[..n] {
-        if let Some(m) = analysis::word_map_at(step, &source, pos) {
-            best = best.max(m.max());
-        }
-    }
-    best
+    app.word_stats(pos).iter().flatten().map(|st| st.max).fold(own, f32::max)
 }
 
 fn heatmap_image_ui(app: &mut App, ui: &mut egui::Ui, tex: &egui::TextureHandle, pos: &[usize], slot: usize, side: f32) {
@@ -620,13 +623,12 @@ fn timeline_ui(app: &mut App, ui: &mut egui::Ui) {
         ui.label(RichText::new(format!("step {} · t = {:.1} · σ = {:.3}", step + 1, rec.timestep, rec.sigma)).monospace());
     });
     let (std, change) = analysis::step_curves(&run.steps);
-    let entropy = app.view.tokens.first().map(|pos| {
-        let source = app.settings.source.clone();
-        run.steps
-            .iter()
-            .map(|s| analysis::word_map_at(s, &source, pos).map(|m| analysis::entropy(&m.values)))
-            .collect::<Vec<_>>()
-    });
+    let entropy = app
+        .view
+        .tokens
+        .first()
+        .cloned()
+        .map(|pos| app.word_stats(&pos).iter().map(|st| st.map(|st| st.entropy)).collect::<Vec<_>>());
     let width = (ui.available_width() - 24.0) / 3.0;
     let plot_height = (ui.available_height() - 28.0).max(60.0);
     let mut jump = None;
