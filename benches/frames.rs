@@ -44,7 +44,6 @@ fn main() {
     );
     let mut h = Harness::builder()
         .with_size(egui::vec2(1400.0, 900.0))
-        .with_accessibility_check(false)
         .wgpu()
         .build_eframe(|cc| App::with_settings_cc(cc, Settings::default()));
     h.run_steps(2);

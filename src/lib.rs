@@ -4,6 +4,7 @@
 
 pub mod analysis;
 pub mod engine;
+pub mod eval;
 pub mod model;
 pub mod sampling;
 pub mod trace;

@@ -23,6 +23,9 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Write a shapes-world dataset (images, masks, captions) for training the bundled model.
     Dataset(cli::dataset::DatasetArgs),
+    /// Evaluate a shapes-world model: generate from held-out captions, judge the images with the
+    /// world's detector, score each object word's attention against the object's mask.
+    Eval(cli::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         Some(Command::Generate(args)) => cli::generate::run(args),
         Some(Command::Bench(args)) => cli::bench::run(args),
         Some(Command::Dataset(args)) => cli::dataset::run(args),
+        Some(Command::Eval(args)) => cli::eval::run(args),
         None => match diffusion_scope::ui::run_app() {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e) => Err(anyhow::anyhow!("the app failed to start: {e}")),

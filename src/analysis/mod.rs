@@ -3,6 +3,7 @@
 //! colormaps. No candle, no UI.
 
 pub mod colormap;
+pub mod pointing;
 pub mod schedules;
 
 use crate::trace::{AttnMap, RgbImage, Run, StepRecord};

@@ -1,5 +1,7 @@
 //! `diffusion-scope bench`: UNet step time on the SD 1.5 config with random weights, all
 //! variants measured in one run, interleaved so that drift affects them alike.
+//! `bench --generate`: whole generations on a real model (the bundled one by default) with
+//! attention capture off / aggregate / full, and the model load time.
 
 use std::process::ExitCode;
 
@@ -22,6 +24,21 @@ pub struct BenchArgs {
     dtype: DTypeChoice,
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+    /// Time whole generations (prompt to decoded image) on --model instead of the UNet alone.
+    #[arg(long)]
+    generate: bool,
+    /// With --generate: the model (default: the bundled model).
+    #[arg(long, requires = "generate")]
+    model: Option<String>,
+    /// With --generate: sampling steps per generation.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// With --generate: classifier-free guidance scale.
+    #[arg(long, default_value_t = 5.0)]
+    guidance: f32,
+    /// With --generate: the prompt.
+    #[arg(long, default_value = "a small red circle on the left")]
+    prompt: String,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -31,6 +48,9 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    if a.generate {
+        return run_generate(a);
+    }
     anyhow::ensure!(a.size.is_multiple_of(64) && a.size > 0, "--size must be a positive multiple of 64");
     anyhow::ensure!(a.reps > 0, "--reps must be at least 1");
     let device = a.device.device()?;
@@ -76,5 +96,80 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         med[0] / med[3]
     );
     println!("({} cross-attention layers, {} reps per variant)", setup.attn_layers(), a.reps);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whole generations on a real model at its default size: load once (timed), then the capture
+/// modes interleaved, `reps` timed runs each after one warm-up.
+fn run_generate(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    use diffusion_scope::engine::{ModelRequest, load_model};
+    use diffusion_scope::sampling::denoise::{self, RunConfig};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    anyhow::ensure!(a.reps > 0, "--reps must be at least 1");
+    anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
+    let spec = super::model_spec(a.model.clone())?;
+    let t0 = Instant::now();
+    let sd = load_model(&ModelRequest {
+        spec: spec.clone(),
+        device: a.device,
+        dtype: a.dtype,
+    })
+    .with_context(|| format!("loading {spec}"))?;
+    let load_secs = t0.elapsed().as_secs_f64();
+    let size = sd.default_size();
+    println!(
+        "{}: {size}x{size} image, {} steps, guidance {} ({}), prompt '{}', {}, {:?}, {} threads",
+        sd.root.display(),
+        a.steps,
+        a.guidance,
+        if a.guidance > 1.0 { "CFG, UNet batch 2" } else { "no CFG" },
+        a.prompt,
+        a.dtype.as_str(),
+        a.device,
+        candle_core::utils::get_num_threads()
+    );
+    println!("model load: {load_secs:.3} s");
+    let modes = [CaptureMode::None, CaptureMode::Aggregate, CaptureMode::Full];
+    let never = AtomicBool::new(false);
+    let time = |mode: CaptureMode, seed: u64| -> anyhow::Result<f64> {
+        let cfg = RunConfig {
+            prompt: a.prompt.clone(),
+            steps: a.steps,
+            guidance: a.guidance,
+            seed,
+            attention: mode,
+            ..RunConfig::default()
+        };
+        let t = Instant::now();
+        denoise::run(&sd, &spec, &cfg, &never, &mut |_| {})?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let first = time(CaptureMode::Aggregate, 0)?; // warm-up, also the "cold" figure
+    for &m in &modes[..] {
+        time(m, 0)?;
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for rep in 0..a.reps {
+        for k in 0..modes.len() {
+            let i = (k + rep) % modes.len();
+            times[i].push(time(modes[i], rep as u64 + 1)?);
+        }
+    }
+    let med: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    println!("\n{:<28} {:>12} {:>10}", "capture", "median s", "ratio");
+    for (i, m) in modes.iter().enumerate() {
+        println!("{:<28} {:>12.3} {:>10.3}", m.as_str(), med[i], med[i] / med[0]);
+    }
+    println!(
+        "\n{}-step generation with attention capture (aggregate, the default): {:.3} s   (target <= 1.5 s)",
+        a.steps, med[1]
+    );
+    println!(
+        "with the model load included: {:.3} s   (first generation after load: {first:.3} s)",
+        load_secs + med[1]
+    );
+    println!("({} timed runs per capture mode, interleaved)", a.reps);
     Ok(ExitCode::SUCCESS)
 }

@@ -76,19 +76,7 @@ struct GenerateConfig {
 
 impl GenerateConfig {
     fn from_args(a: GenerateArgs) -> anyhow::Result<Self> {
-        let spec = match a.model {
-            Some(m) => m,
-            None => {
-                let p = diffusion_scope::bundled_model_path();
-                if !p.join("model_index.json").is_file() {
-                    bail!(
-                        "no --model given and the bundled model is not present at {}; pass --model FOLDER_OR_HUB_ID",
-                        p.display()
-                    );
-                }
-                p.display().to_string()
-            }
-        };
+        let spec = super::model_spec(a.model)?;
         if a.steps == 0 {
             bail!("--steps must be at least 1");
         }

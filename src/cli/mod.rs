@@ -3,4 +3,22 @@
 
 pub mod bench;
 pub mod dataset;
+pub mod eval;
 pub mod generate;
+
+/// The model to use: `--model` when given, else the bundled model (an error naming its
+/// folder when it is missing).
+pub fn model_spec(model: Option<String>) -> anyhow::Result<String> {
+    match model {
+        Some(m) => Ok(m),
+        None => {
+            let p = diffusion_scope::bundled_model_path();
+            anyhow::ensure!(
+                p.join("model_index.json").is_file(),
+                "no --model given and the bundled model is not present at {}; pass --model FOLDER_OR_HUB_ID",
+                p.display()
+            );
+            Ok(p.display().to_string())
+        }
+    }
+}

@@ -163,7 +163,9 @@ struct Loaded {
     model: StableDiffusion,
 }
 
-fn load(request: &ModelRequest) -> Result<StableDiffusion, ModelError> {
+/// Resolves a model request (folder or hub id) and loads it: what the worker does, for
+/// headless commands that drive the pipeline themselves.
+pub fn load_model(request: &ModelRequest) -> Result<StableDiffusion, ModelError> {
     let source = ModelSource::parse(&request.spec)?;
     let root = hub::resolve(&source, request.dtype == DTypeChoice::F16)?;
     let device = request.device.device()?;
@@ -184,7 +186,7 @@ fn ensure_loaded(loaded: &mut Option<Loaded>, request: &ModelRequest, send: &dyn
         return false;
     }
     let t0 = Instant::now();
-    match load(request) {
+    match load_model(request) {
         Ok(sd) => {
             let info = ModelInfo {
                 spec: request.spec.clone(),

@@ -77,7 +77,7 @@ impl Default for Settings {
         Self {
             model: String::new(),
             recent_models: Vec::new(),
-            prompt: "a big red circle left of a small blue square".into(),
+            prompt: "a red circle left of a blue square".into(),
             negative_prompt: String::new(),
             seed: 0,
             steps: 30,

@@ -97,7 +97,9 @@ fn top_bar_ui(app: &mut App, ui: &mut egui::Ui) {
         {
             export_strip(app);
         }
-        ui.add(egui::DragValue::new(&mut app.settings.strip_frames).range(1..=20).suffix(" frames"));
+        let l = ui.label("strip:");
+        ui.add(egui::DragValue::new(&mut app.settings.strip_frames).range(1..=20).suffix(" frames"))
+            .labelled_by(l.id);
         ui.separator();
         match &app.store.activity {
             Activity::Idle => {}
@@ -127,13 +129,14 @@ fn top_bar_ui(app: &mut App, ui: &mut egui::Ui) {
 
 fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
     let s = &mut app.settings;
-    ui.heading("Model");
+    let model_heading = ui.heading("Model").id;
     ui.horizontal(|ui| {
         ui.add(
             egui::TextEdit::singleline(&mut s.model)
                 .hint_text("folder or owner/name")
                 .desired_width(190.0),
-        );
+        )
+        .labelled_by(model_heading);
         if ui.button("Browse").on_hover_text("Pick a diffusers folder").clicked()
             && let Some(dir) = rfd::FileDialog::new().pick_folder()
         {
@@ -150,22 +153,26 @@ fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
                         s.model = m;
                     }
                 }
-            });
+            })
+            .response
+            .labelled_by(model_heading);
     }
     ui.add_space(6.0);
-    ui.heading("Prompt");
+    let l = ui.heading("Prompt");
     ui.add(
         egui::TextEdit::multiline(&mut s.prompt)
             .desired_rows(2)
             .desired_width(f32::INFINITY),
-    );
-    ui.label("Negative prompt");
-    ui.add(egui::TextEdit::singleline(&mut s.negative_prompt).desired_width(f32::INFINITY));
+    )
+    .labelled_by(l.id);
+    let l = ui.label("Negative prompt");
+    ui.add(egui::TextEdit::singleline(&mut s.negative_prompt).desired_width(f32::INFINITY))
+        .labelled_by(l.id);
     ui.add_space(6.0);
     egui::Grid::new("settings").num_columns(2).show(ui, |ui| {
-        ui.label("Seed");
+        let l = ui.label("Seed");
         ui.horizontal(|ui| {
-            ui.add(egui::DragValue::new(&mut s.seed));
+            ui.add(egui::DragValue::new(&mut s.seed)).labelled_by(l.id);
             if ui.button("Random").on_hover_text("roll a random seed").clicked() {
                 s.seed = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -175,10 +182,10 @@ fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
             }
         });
         ui.end_row();
-        ui.label("Steps");
-        ui.add(egui::DragValue::new(&mut s.steps).range(1..=1000));
+        let l = ui.label("Steps");
+        ui.add(egui::DragValue::new(&mut s.steps).range(1..=1000)).labelled_by(l.id);
         ui.end_row();
-        ui.label("Sampler");
+        let l = ui.label("Sampler");
         egui::ComboBox::from_id_salt("sampler")
             .selected_text(s.sampler.map_or("model's own", |k| k.as_str()))
             .show_ui(ui, |ui| {
@@ -186,7 +193,9 @@ fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
                 for k in SamplerKind::ALL {
                     ui.selectable_value(&mut s.sampler, Some(k), k.as_str());
                 }
-            });
+            })
+            .response
+            .labelled_by(l.id);
         ui.end_row();
         if s.sampler.is_some_and(|k| k.supports_karras()) {
             ui.label("");
@@ -196,12 +205,13 @@ fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
         ui.label("Size");
         let mut custom = s.size.is_some();
         ui.horizontal(|ui| {
-            ui.checkbox(&mut custom, "");
+            ui.checkbox(&mut custom, "custom");
             if custom {
-                let (mut w, mut h) = s.size.unwrap_or((128, 128));
-                ui.add(egui::DragValue::new(&mut w).range(8..=2048).speed(8));
-                ui.label("×");
-                ui.add(egui::DragValue::new(&mut h).range(8..=2048).speed(8));
+                let (mut w, mut h) = s.size.unwrap_or((64, 64));
+                let l = ui.label("w");
+                ui.add(egui::DragValue::new(&mut w).range(8..=2048).speed(8)).labelled_by(l.id);
+                let l = ui.label("h");
+                ui.add(egui::DragValue::new(&mut h).range(8..=2048).speed(8)).labelled_by(l.id);
                 s.size = Some((w, h));
             } else {
                 s.size = None;
@@ -209,18 +219,22 @@ fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
             }
         });
         ui.end_row();
-        ui.label("Attention");
+        let l = ui.label("Attention");
         egui::ComboBox::from_id_salt("capture")
             .selected_text(s.attention.as_str())
             .show_ui(ui, |ui| {
                 for m in [CaptureMode::None, CaptureMode::Aggregate, CaptureMode::Full] {
                     ui.selectable_value(&mut s.attention, m, m.as_str());
                 }
-            });
+            })
+            .response
+            .labelled_by(l.id);
         ui.end_row();
     });
-    ui.label("Guidance scale");
-    let g = ui.add(egui::Slider::new(&mut s.guidance, 1.0..=15.0).step_by(0.1));
+    let l = ui.label("Guidance scale");
+    let g = ui
+        .add(egui::Slider::new(&mut s.guidance, 1.0..=15.0).step_by(0.1))
+        .labelled_by(l.id);
     ui.checkbox(&mut s.auto_rerun, "re-run when the slider is released");
     let rerun = g.drag_stopped() && s.auto_rerun;
     ui.add_space(8.0);
@@ -253,19 +267,21 @@ fn heatmap_controls_ui(app: &mut App, ui: &mut egui::Ui) {
     let s = &mut app.settings;
     ui.heading("Heatmap");
     egui::Grid::new("heatmap").num_columns(2).show(ui, |ui| {
-        ui.label("Colormap");
+        let l = ui.label("Colormap");
         egui::ComboBox::from_id_salt("cmap")
             .selected_text(s.colormap.name())
             .show_ui(ui, |ui| {
                 for c in Colormap::ALL {
                     ui.selectable_value(&mut s.colormap, c, c.name());
                 }
-            });
+            })
+            .response
+            .labelled_by(l.id);
         ui.end_row();
-        ui.label("Opacity");
-        ui.add(egui::Slider::new(&mut s.opacity, 0.0..=1.0));
+        let l = ui.label("Opacity");
+        ui.add(egui::Slider::new(&mut s.opacity, 0.0..=1.0)).labelled_by(l.id);
         ui.end_row();
-        ui.label("Layers");
+        let l = ui.label("Layers");
         let label = match &s.source {
             MapSource::All => "all resolutions".to_string(),
             MapSource::Key(k) => short_key(k),
@@ -278,7 +294,9 @@ fn heatmap_controls_ui(app: &mut App, ui: &mut egui::Ui) {
                 for k in &keys {
                     ui.selectable_value(&mut s.source, MapSource::Key(k.clone()), short_key(k));
                 }
-            });
+            })
+            .response
+            .labelled_by(l.id);
         ui.end_row();
         ui.label("Scale");
         ui.horizontal(|ui| {
@@ -689,8 +707,10 @@ fn schedules_ui(app: &mut App, ui: &mut egui::Ui) {
         ui.selectable_value(&mut which, 2, "beta");
         ui.separator();
         ui.label("Exponential time-step sampling (arXiv 2402.10404):");
-        ui.add(egui::DragValue::new(&mut gamma).range(0.0..=500.0).prefix("γ "));
-        ui.add(egui::DragValue::new(&mut l).range(2..=200).prefix("steps "));
+        let lg = ui.label("γ");
+        ui.add(egui::DragValue::new(&mut gamma).range(0.0..=500.0)).labelled_by(lg.id);
+        let ls = ui.label("steps");
+        ui.add(egui::DragValue::new(&mut l).range(2..=200)).labelled_by(ls.id);
         ui.checkbox(&mut latter, "latter");
     });
     CURVE.set(which);

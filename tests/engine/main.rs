@@ -4,6 +4,7 @@
 mod common;
 mod components;
 mod errors;
+mod eval;
 mod hub;
 mod parity;
 mod trace_io;

@@ -28,7 +28,6 @@ fn settings() -> Settings {
 fn harness(settings: Settings) -> Harness<'static, App> {
     Harness::builder()
         .with_size(egui::vec2(1280.0, 800.0))
-        .with_accessibility_check(false)
         .wgpu()
         .build_eframe(move |cc| App::with_settings_cc(cc, settings.clone()))
 }

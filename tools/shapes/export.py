@@ -14,7 +14,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from shapes_config import SCHEDULE  # noqa: E402
+from shapes_config import IMAGE_SIZE, SCHEDULE  # noqa: E402
 import train  # noqa: E402
 
 CHECK_PROMPTS = ["a red circle", "a big blue square", "a small green triangle on the left",
@@ -63,15 +63,27 @@ def main():
     p2.set_progress_bar_config(disable=True)
     t0 = time.time()
     imgs = []
+    parity = {}
     for i, prompt in enumerate(CHECK_PROMPTS[: a.check]):
         g = torch.Generator().manual_seed(i)
-        imgs.append(p2(prompt, num_inference_steps=a.steps, guidance_scale=a.guidance, generator=g,
-                       height=128, width=128).images[0])
+        lat = p2(prompt, num_inference_steps=a.steps, guidance_scale=a.guidance, generator=g,
+                 output_type="latent").images
+        parity[f"latents_{i}"] = lat.float().contiguous()
+        with torch.no_grad():
+            img = p2.vae.decode(lat / p2.vae.config.scaling_factor).sample
+        imgs.append(p2.image_processor.postprocess(img)[0])
     dt = (time.time() - t0) / max(1, len(imgs))
+    # Final latents of the check prompts (seed i for prompt i): the engine's parity test
+    # (tests/engine/bundled.rs) reads them from tests/fixtures/ref/shapes_model_parity.*
+    from safetensors.torch import save_file
+    save_file(parity, os.path.join(a.run, "parity.safetensors"))
+    with open(os.path.join(a.run, "parity.json"), "w") as f:
+        json.dump({"prompts": CHECK_PROMPTS[: a.check], "seeds": list(range(len(imgs))), "steps": a.steps,
+                   "guidance": a.guidance, "scheduler": "DDIMScheduler (the model's own)"}, f, indent=2)
     from PIL import Image
-    grid = Image.new("RGB", (128 * len(imgs), 128))
+    grid = Image.new("RGB", (IMAGE_SIZE * len(imgs), IMAGE_SIZE))
     for i, im in enumerate(imgs):
-        grid.paste(im, (128 * i, 0))
+        grid.paste(im, (IMAGE_SIZE * i, 0))
     grid.save(os.path.join(a.run, "export_check.png"))
     print(f"reloaded in diffusers; {a.steps}-step generation with guidance {a.guidance}: {dt:.2f} s/image "
           f"(PyTorch, 2 threads); grid of {CHECK_PROMPTS[: a.check]} -> {os.path.join(a.run, 'export_check.png')}")

@@ -5,8 +5,8 @@ Stages (run in this order, each resumable with --resume):
   latents  encode the dataset with the trained VAE (posterior mean and std, fp16) and measure
            the latent scaling factor (1 / std, as SD's 0.18215)
   unet     CLIP text encoder + UNet2DConditionModel jointly: epsilon prediction, DDPM
-           scaled_linear schedule (SD's), 10% caption dropout (classifier-free guidance),
-           EMA of the weights
+           scaled_linear schedule (SD's), Min-SNR-5 loss weighting, 10% caption dropout
+           (classifier-free guidance), EMA of the weights
   plot     redraw the loss curves (also done at the end of each stage)
 
 Everything lives in one run folder (--run): checkpoints ckpt_<stage>.pt, loss_<stage>.csv,
@@ -345,7 +345,11 @@ def stage_unet(args):
         noise = torch.randn_like(x0)
         a = acp[t].view(b, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(model(noisy, t, tok_ids), noise)
+        err = (model(noisy, t, tok_ids) - noise).pow(2).mean(dim=(1, 2, 3))
+        if args.min_snr > 0:  # Min-SNR-gamma weighting (Hang et al. 2023), epsilon form: min(SNR, g) / SNR
+            snr = a.view(b) / (1 - a.view(b))
+            err = err * snr.clamp(max=args.min_snr) / snr
+        loss = err.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -380,6 +384,7 @@ def main():
     ap.add_argument("--val-every", type=int, default=250)
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--min-snr", type=float, default=5.0, help="UNet: Min-SNR-gamma loss weighting (0 = plain MSE)")
     ap.add_argument("--ckpt-every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
