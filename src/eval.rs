@@ -1,11 +1,16 @@
 //! The shapes-world evaluation: generate from held-out captions, judge every image with the
 //! world's rule-based detector, and score each object word's cross-attention against the
-//! object's mask (pointing game and IoU, overall, per layer and per step).
+//! object's mask (pointing game and IoU, overall, per layer and per step), twice:
 //!
-//! Masks: the image is generated, so its ground truth is what the detector finds in it (on
-//! clean world renders the detector is exact; see `world::tests`). Each caption object is
-//! matched to a detection by [`crate::world::judge`]; a word of an object with no matched
-//! detection is counted as unscored, not as a miss.
+//! * on the generated images, with masks from the detector (each caption object is matched to a
+//!   detection by [`crate::world::judge`]; a word of an object with no matched detection is
+//!   counted as unscored, not as a miss). This is DAAM's protocol (maps of a generation,
+//!   masks of its image), with the detector as annotator;
+//! * on rendered scenes with exact masks ([`attention_on_truth`]): the world draws a scene
+//!   for the caption, the VAE encodes it (posterior mean), and the latent is noised to each
+//!   step's timestep with a seeded noise, `x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`, as in
+//!   training; one conditional UNet call per step gives the maps. No detector, no generation
+//!   errors: only whether attention points at the object.
 //!
 //! Everything here is plain data in and out; `cli::eval` adds the progress bar and the files.
 
@@ -13,14 +18,18 @@ use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 
+use candle_core::Tensor;
+
 use crate::analysis::pointing::{self, PointScore};
-use crate::analysis::{MapSource, word_map_at, word_map_over};
+use crate::analysis::{MapSource, TokenMap, word_map_at};
 use crate::model::StableDiffusion;
-use crate::model::unet::CaptureMode;
-use crate::sampling::SamplerKind;
+use crate::model::unet::{AttnProbe, CaptureMode};
+use crate::model::vae::VaeEncoder;
 use crate::sampling::denoise::{self, RunConfig, RunError, RunEvent};
+use crate::sampling::{SamplerKind, SamplerOptions, build_sampler};
 use crate::trace::{AttnMap, Run, RunMeta, RunStatus, StepRecord};
-use crate::world::{self, Colour, Detection, Judgement, Position, Shape, Size, Template};
+use crate::world::rng::{Rng, seed_of};
+use crate::world::{self, Colour, Detection, Judgement, Position, Shape, Size, Template, WorldConfig};
 
 /// What to evaluate and how to sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +70,10 @@ pub enum EvalError {
     Caption { caption: String, message: String },
     #[error("the model's image is {width}x{height}; the world's detector needs a square image of at least 32 pixels")]
     ImageSize { width: usize, height: usize },
+    #[error("{0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
 }
 
 /// Which property a caption word names.
@@ -210,44 +223,21 @@ pub fn evaluate_case(
         image: Some(image),
     };
     let layer_keys: Vec<String> = run.meta.attn_layers.iter().map(|l| AttnMap::layer_key(&l.path)).collect();
-    let mut scores = Vec::new();
-    for (k, word) in words.iter().enumerate() {
-        let (Some(object), Some(kind)) = (word_object[k], WordKind::of(word)) else {
-            continue;
-        };
-        let tokens: Vec<usize> = (0..run.meta.tokens_used)
-            .filter(|&t| run.meta.word_of_token.get(t) == Some(&Some(k)))
-            .collect();
-        if tokens.is_empty() {
-            return Err(bad(format!("no token carries the word '{word}'")));
-        }
-        let mask = judgement.objects.get(object).and_then(|j| j.detection).map(|d| &detections[d].mask);
-        let mut ws = WordScore {
-            word: word.clone(),
-            word_index: k,
-            kind,
-            object,
-            aggregate: None,
-            per_layer: Vec::new(),
-            per_step: Vec::new(),
-        };
-        if let Some(mask) = mask {
-            let last = run.steps.len() - 1;
-            let sc = |m: Option<crate::analysis::TokenMap>| -> Result<PointScore, EvalError> {
-                let m = m.ok_or_else(|| bad(format!("no attention maps for '{word}'")))?;
-                Ok(pointing::score(&m, mask, w, h, settings.threshold))
-            };
-            ws.aggregate = Some(sc(word_map_over(&run, 0..=last, &MapSource::All, &tokens))?);
-            for key in &layer_keys {
-                ws.per_layer
-                    .push(sc(word_map_over(&run, 0..=last, &MapSource::Key(key.clone()), &tokens))?);
-            }
-            for s in &run.steps {
-                ws.per_step.push(sc(word_map_at(s, &MapSource::All, &tokens))?);
-            }
-        }
-        scores.push(ws);
-    }
+    let masks: Vec<Option<&[bool]>> = (0..spec.objects.len())
+        .map(|o| {
+            judgement
+                .objects
+                .get(o)
+                .and_then(|j| j.detection)
+                .map(|d| detections[d].mask.as_slice())
+        })
+        .collect();
+    let tokens = WordTokens {
+        words: &run.meta.words,
+        word_of_token: &run.meta.word_of_token,
+        tokens_used: run.meta.tokens_used,
+    };
+    let scores = score_words(&run.steps, &layer_keys, &tokens, &word_object, &masks, w, h, settings.threshold).map_err(bad)?;
     let result = CaseResult {
         index,
         caption: caption.to_owned(),
@@ -259,6 +249,201 @@ pub fn evaluate_case(
         secs,
     };
     Ok((result, run))
+}
+
+/// Which prompt tokens carry which word.
+struct WordTokens<'a> {
+    words: &'a [String],
+    word_of_token: &'a [Option<usize>],
+    tokens_used: usize,
+}
+
+/// Scores every object word (a word with an object and a [`WordKind`]) of the caption against
+/// `masks[object]` (`None`: unscored) with the maps of `steps`.
+#[allow(clippy::too_many_arguments)]
+fn score_words(
+    steps: &[StepRecord],
+    layer_keys: &[String],
+    tokens: &WordTokens,
+    word_object: &[Option<usize>],
+    masks: &[Option<&[bool]>],
+    w: usize,
+    h: usize,
+    threshold: f32,
+) -> Result<Vec<WordScore>, String> {
+    let mean_over_steps = |source: &MapSource, toks: &[usize]| -> Option<TokenMap> {
+        let mut acc: Option<TokenMap> = None;
+        for s in steps {
+            let m = word_map_at(s, source, toks)?;
+            match &mut acc {
+                None => acc = Some(m),
+                Some(a) => a.values.iter_mut().zip(&m.values).for_each(|(x, y)| *x += y),
+            }
+        }
+        acc.map(|mut a| {
+            a.values.iter_mut().for_each(|v| *v /= steps.len() as f32);
+            a
+        })
+    };
+    let mut scores = Vec::new();
+    for (k, word) in tokens.words.iter().enumerate() {
+        let (Some(&Some(object)), Some(kind)) = (word_object.get(k), WordKind::of(word)) else {
+            continue;
+        };
+        let toks: Vec<usize> = (0..tokens.tokens_used)
+            .filter(|&t| tokens.word_of_token.get(t) == Some(&Some(k)))
+            .collect();
+        if toks.is_empty() {
+            return Err(format!("no token carries the word '{word}'"));
+        }
+        let mut ws = WordScore {
+            word: word.clone(),
+            word_index: k,
+            kind,
+            object,
+            aggregate: None,
+            per_layer: Vec::new(),
+            per_step: Vec::new(),
+        };
+        if let Some(mask) = masks.get(object).copied().flatten() {
+            let sc = |m: Option<TokenMap>| -> Result<PointScore, String> {
+                let m = m.ok_or_else(|| format!("no attention maps for '{word}'"))?;
+                Ok(pointing::score(&m, mask, w, h, threshold))
+            };
+            ws.aggregate = Some(sc(mean_over_steps(&MapSource::All, &toks))?);
+            for key in layer_keys {
+                ws.per_layer.push(sc(mean_over_steps(&MapSource::Key(key.clone()), &toks))?);
+            }
+            for s in steps {
+                ws.per_step.push(sc(word_map_at(s, &MapSource::All, &toks))?);
+            }
+        }
+        scores.push(ws);
+    }
+    Ok(scores)
+}
+
+/// Attention on a rendered scene of the caption, against its exact masks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TruthCase {
+    pub index: usize,
+    pub caption: String,
+    pub template: Template,
+    /// Seeds the scene layout and the noise.
+    pub seed: u64,
+    pub words: Vec<WordScore>,
+}
+
+/// Renders a scene of `caption` at the model's size (layout and background from the case's
+/// seed), encodes it with the VAE (posterior mean), noises it to each timestep of the sampler's
+/// schedule with one seeded noise (the torch-compatible generator, like the pipeline's initial
+/// noise), and scores every object word's attention of the conditional UNet call at each step
+/// against the scene's exact masks. Returns the scores and the rendered sample.
+pub fn attention_on_truth(
+    sd: &StableDiffusion,
+    encoder: &VaeEncoder,
+    index: usize,
+    caption: &str,
+    settings: &EvalSettings,
+    cancel: &AtomicBool,
+) -> Result<(TruthCase, world::Sample), EvalError> {
+    let bad = |message: String| EvalError::Caption {
+        caption: caption.to_owned(),
+        message,
+    };
+    let spec = world::parse_caption(caption).map_err(|e| bad(e.to_string()))?;
+    let (words, word_object) = world::caption_words(&spec);
+    let size = sd.default_size();
+    if size < 32 {
+        return Err(EvalError::ImageSize { width: size, height: size });
+    }
+    let seed = settings.seed.wrapping_add(index as u64);
+    let scene = world::scene_from_spec(&spec, true, &mut Rng::new(seed_of(&[seed, 0x7A07]))).map_err(|e| bad(e.to_string()))?;
+    let sample = world::render(&scene, &WorldConfig::with_size(size));
+    let device = &sd.device;
+
+    // x0: the scene's latent.
+    let pixels: Vec<f32> = sample.rgb.iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+    let image = Tensor::from_vec(pixels, (1, size, size, 3), device)?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?
+        .to_dtype(sd.dtype)?;
+    let x0 = encoder.encode_mean(&image)?.to_dtype(candle_core::DType::F32)?;
+    let (_, c, h, w) = x0.dims4()?;
+    let x0: Vec<f32> = x0.flatten_all()?.to_vec1()?;
+    let eps = crate::sampling::NoiseSource::randn(&mut crate::sampling::rng::TorchRng::new(seed), c * h * w);
+
+    let prompt = sd.tokenizer.encode(caption);
+    if prompt.words != words {
+        return Err(bad(format!(
+            "the tokenizer splits it into {:?}, the world into {words:?}",
+            prompt.words
+        )));
+    }
+    let ids = Tensor::new(prompt.ids.as_slice(), device)?.unsqueeze(0)?;
+    let context = sd.text_encoder.forward(&ids)?;
+    let kind = match settings.sampler {
+        Some(k) => k,
+        None => denoise::model_sampler(&sd.scheduler_config)?,
+    };
+    let options = SamplerOptions {
+        karras: false,
+        spacing: None,
+        eta: 0.0,
+    };
+    let sampler = build_sampler(kind, &sd.scheduler_config, settings.steps, &options).map_err(RunError::from)?;
+    let layers = denoise::attn_layer_sizes(sd, h, w);
+    let mut steps = Vec::new();
+    for (i, &t) in sampler.timesteps().iter().enumerate() {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(RunError::Cancelled {
+                completed: i,
+                total: sampler.timesteps().len(),
+            }
+            .into());
+        }
+        // alpha_bar of this step from its sigma: sigma^2 = (1 - a) / a.
+        let sigma = sampler.sigma(i) as f64;
+        let a = 1.0 / (1.0 + sigma * sigma);
+        let (sa, sb) = (a.sqrt() as f32, (1.0 - a).sqrt() as f32);
+        let xt: Vec<f32> = x0.iter().zip(&eps).map(|(x, e)| sa * x + sb * e).collect();
+        let x = Tensor::from_vec(xt, (1, c, h, w), device)?.to_dtype(sd.dtype)?;
+        let mut probe = AttnProbe::new(CaptureMode::Full, 0);
+        sd.unet.forward(&x, t, &context, &mut probe)?;
+        let attention = denoise::attention_to_maps(probe, CaptureMode::Full, &|l| {
+            (layers[l].path.clone(), layers[l].height, layers[l].width)
+        })?;
+        steps.push(StepRecord {
+            index: i,
+            timestep: t,
+            sigma: sigma as f32,
+            latents: Vec::new(),
+            x0: Vec::new(),
+            x0_from_scheduler: false,
+            model_output: Vec::new(),
+            attention,
+            elapsed_secs: 0.0,
+        });
+    }
+    let layer_keys: Vec<String> = layers.iter().map(|l| AttnMap::layer_key(&l.path)).collect();
+    let object_masks: Vec<Vec<bool>> = (0..spec.objects.len()).map(|o| sample.mask_bool(o)).collect();
+    let masks: Vec<Option<&[bool]>> = object_masks.iter().map(|m| Some(m.as_slice())).collect();
+    let tokens = WordTokens {
+        words: &prompt.words,
+        word_of_token: &prompt.word_of_token,
+        tokens_used: prompt.n_used,
+    };
+    let words = score_words(&steps, &layer_keys, &tokens, &word_object, &masks, size, size, settings.threshold).map_err(bad)?;
+    Ok((
+        TruthCase {
+            index,
+            caption: caption.to_owned(),
+            template: spec.template(),
+            seed,
+            words,
+        },
+        sample,
+    ))
 }
 
 /// `k` of `n`.
@@ -313,6 +498,58 @@ impl PointingRate {
     }
 }
 
+/// Pointing game and IoU of a set of word scores: overall, per word kind, layer and step.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AttentionSummary {
+    /// Object words whose object has a mask (all kinds).
+    pub pointing: PointingRate,
+    /// Object words whose object has no mask (not found in the image; not scored).
+    pub unscored_words: usize,
+    pub by_kind: Vec<(WordKind, PointingRate)>,
+    /// Per layer path (all steps).
+    pub by_layer: Vec<(String, PointingRate)>,
+    /// Per step (timestep; all layers).
+    pub by_step: Vec<(f64, PointingRate)>,
+}
+
+impl AttentionSummary {
+    /// `layers` and `timesteps` name the columns of the per-layer and per-step scores (words
+    /// with other lengths are left out there).
+    pub fn of<'a>(words: impl IntoIterator<Item = &'a WordScore>, layers: &[String], timesteps: &[f64]) -> Self {
+        let words: Vec<&WordScore> = words.into_iter().collect();
+        AttentionSummary {
+            pointing: PointingRate::of(words.iter().filter_map(|w| w.aggregate.as_ref())),
+            unscored_words: words.iter().filter(|w| w.aggregate.is_none()).count(),
+            by_kind: WordKind::ALL
+                .iter()
+                .map(|&k| {
+                    (
+                        k,
+                        PointingRate::of(words.iter().filter(|w| w.kind == k).filter_map(|w| w.aggregate.as_ref())),
+                    )
+                })
+                .filter(|(_, r)| r.hits.n > 0)
+                .collect(),
+            by_layer: layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let it = words.iter().filter(|w| w.per_layer.len() == layers.len()).map(|w| &w.per_layer[i]);
+                    (l.clone(), PointingRate::of(it))
+                })
+                .collect(),
+            by_step: timesteps
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| {
+                    let it = words.iter().filter(|w| w.per_step.len() == timesteps.len()).map(|w| &w.per_step[i]);
+                    (t, PointingRate::of(it))
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The headline figures of an evaluation.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Summary {
@@ -330,20 +567,15 @@ pub struct Summary {
     pub two_all: Rate,
     /// Every stated attribute right and no extra object, per template.
     pub strict_by_template: Vec<(Template, Rate)>,
-    /// Object words whose object was detected (all kinds).
-    pub pointing: PointingRate,
-    /// Object words whose object was not found (not scored).
-    pub unscored_words: usize,
-    pub pointing_by_kind: Vec<(WordKind, PointingRate)>,
-    /// Per layer path (all steps).
-    pub pointing_by_layer: Vec<(String, PointingRate)>,
-    /// Per step (timestep; all layers).
-    pub pointing_by_step: Vec<(f64, PointingRate)>,
+    /// Attention of the generations against the detected objects' masks.
+    pub attention: AttentionSummary,
+    /// Attention on rendered scenes against their exact masks.
+    pub attention_truth: AttentionSummary,
 }
 
 /// Tallies the cases. `layers` and `timesteps` name the columns of the per-layer and per-step
-/// scores (every case has the same; cases with other lengths are skipped there).
-pub fn summarize(cases: &[CaseResult], layers: &[String], timesteps: &[f64]) -> Summary {
+/// scores.
+pub fn summarize(cases: &[CaseResult], truth: &[TruthCase], layers: &[String], timesteps: &[f64]) -> Summary {
     let mut s = Summary {
         cases: cases.len(),
         ..Default::default()
@@ -377,35 +609,8 @@ pub fn summarize(cases: &[CaseResult], layers: &[String], timesteps: &[f64]) -> 
             (t, r)
         })
         .collect();
-    let words: Vec<&WordScore> = cases.iter().flat_map(|c| &c.words).collect();
-    s.unscored_words = words.iter().filter(|w| w.aggregate.is_none()).count();
-    s.pointing = PointingRate::of(words.iter().filter_map(|w| w.aggregate.as_ref()));
-    s.pointing_by_kind = WordKind::ALL
-        .iter()
-        .map(|&k| {
-            (
-                k,
-                PointingRate::of(words.iter().filter(|w| w.kind == k).filter_map(|w| w.aggregate.as_ref())),
-            )
-        })
-        .filter(|(_, r)| r.hits.n > 0)
-        .collect();
-    s.pointing_by_layer = layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let it = words.iter().filter(|w| w.per_layer.len() == layers.len()).map(|w| &w.per_layer[i]);
-            (l.clone(), PointingRate::of(it))
-        })
-        .collect();
-    s.pointing_by_step = timesteps
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| {
-            let it = words.iter().filter(|w| w.per_step.len() == timesteps.len()).map(|w| &w.per_step[i]);
-            (t, PointingRate::of(it))
-        })
-        .collect();
+    s.attention = AttentionSummary::of(cases.iter().flat_map(|c| &c.words), layers, timesteps);
+    s.attention_truth = AttentionSummary::of(truth.iter().flat_map(|c| &c.words), layers, timesteps);
     s
 }
 
@@ -424,6 +629,8 @@ pub struct EvalReport {
     pub complete: bool,
     pub summary: Summary,
     pub cases: Vec<CaseResult>,
+    /// Attention on rendered scenes of the same captions (same order).
+    pub truth: Vec<TruthCase>,
 }
 
 #[cfg(test)]
@@ -489,21 +696,23 @@ mod tests {
             case(Template::Relation, vec![ok, ok], true, vec![]),
             case(Template::Relation, vec![ok, wrong_shape], false, vec![]),
         ];
-        let s = summarize(&cases, &["l0".into()], &[999.0, 500.0]);
+        let s = summarize(&cases, &[], &["l0".into()], &[999.0, 500.0]);
         assert_eq!(s.single_colour, Rate { k: 2, n: 2 });
         assert_eq!(s.single_shape, Rate { k: 1, n: 2 });
         assert_eq!(s.single_position, Rate { k: 0, n: 2 });
         assert_eq!(s.single_size, Rate { k: 0, n: 0 });
         assert_eq!(s.two_both_objects, Rate { k: 1, n: 2 });
         assert_eq!(s.two_all, Rate { k: 1, n: 2 });
-        assert_eq!(s.pointing.hits, Rate { k: 1, n: 2 });
-        assert!((s.pointing.mean_iou - 0.3).abs() < 1e-6);
-        assert_eq!(s.unscored_words, 1);
-        assert_eq!(s.pointing_by_layer[0].1.hits, Rate { k: 1, n: 2 });
-        assert_eq!(s.pointing_by_step.len(), 2);
-        assert_eq!(s.pointing_by_step[1].1.hits, Rate { k: 1, n: 2 });
-        let kinds: Vec<WordKind> = s.pointing_by_kind.iter().map(|(k, _)| *k).collect();
+        let a = &s.attention;
+        assert_eq!(a.pointing.hits, Rate { k: 1, n: 2 });
+        assert!((a.pointing.mean_iou - 0.3).abs() < 1e-6);
+        assert_eq!(a.unscored_words, 1);
+        assert_eq!(a.by_layer[0].1.hits, Rate { k: 1, n: 2 });
+        assert_eq!(a.by_step.len(), 2);
+        assert_eq!(a.by_step[1].1.hits, Rate { k: 1, n: 2 });
+        let kinds: Vec<WordKind> = a.by_kind.iter().map(|(k, _)| *k).collect();
         assert_eq!(kinds, vec![WordKind::Colour, WordKind::Shape]);
+        assert_eq!(s.attention_truth.pointing.hits.n, 0);
     }
 
     #[test]

@@ -14,7 +14,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use diffusion_scope::engine::{ModelRequest, load_model};
-use diffusion_scope::eval::{CaseResult, EvalError, EvalReport, EvalSettings, PointingRate, evaluate_case, summarize};
+use diffusion_scope::eval::{
+    AttentionSummary, CaseResult, EvalError, EvalReport, EvalSettings, PointingRate, TruthCase, attention_on_truth, evaluate_case,
+    summarize,
+};
 use diffusion_scope::model::{DTypeChoice, DeviceChoice};
 use diffusion_scope::sampling::SamplerKind;
 use diffusion_scope::sampling::denoise::RunError;
@@ -96,6 +99,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         dtype: a.dtype,
     };
     let sd = load_model(&request).with_context(|| format!("loading {spec}"))?;
+    let encoder = sd.vae_encoder().context("loading the VAE encoder")?;
     if !a.quiet {
         eprintln!("loaded {} in {:.2}s", sd.root.display(), t_load.elapsed().as_secs_f64());
     }
@@ -111,6 +115,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut cases: Vec<CaseResult> = Vec::new();
+    let mut truth: Vec<TruthCase> = Vec::new();
     let mut images: Vec<RgbImage> = Vec::new();
     let mut layers: Vec<String> = Vec::new();
     let mut timesteps: Vec<f64> = Vec::new();
@@ -118,8 +123,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let mut failure: Option<anyhow::Error> = None;
     for (i, caption) in captions.iter().enumerate() {
         bar.set_message(caption.clone());
-        match evaluate_case(&sd, &spec, i, caption, &settings, &cancel) {
-            Ok((case, run)) => {
+        let both = evaluate_case(&sd, &spec, i, caption, &settings, &cancel)
+            .and_then(|(case, run)| Ok((case, run, attention_on_truth(&sd, &encoder, i, caption, &settings, &cancel)?)));
+        match both {
+            Ok((case, run, (truth_case, scene))) => {
                 if layers.is_empty() {
                     layers = run.meta.attn_layers.iter().map(|l| l.path.clone()).collect();
                     timesteps = run.meta.timesteps.clone();
@@ -127,6 +134,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
                 }
                 if let (Some(out), Some(img)) = (&a.out, &run.image) {
                     save_png(img, &out.join("images").join(format!("{i:03}.png")))?;
+                    scene
+                        .save_png(out.join("images").join(format!("{i:03}_scene.png")))
+                        .with_context(|| format!("writing the scene of caption {i}"))?;
                     if a.save_traces {
                         let dir = out.join("traces").join(format!("{i:03}"));
                         save_run(&run, &dir).with_context(|| format!("writing {}", dir.display()))?;
@@ -136,6 +146,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
                     images.push(img);
                 }
                 cases.push(case);
+                truth.push(truth_case);
                 bar.inc(1);
             }
             Err(EvalError::Run(RunError::Cancelled { .. })) => break,
@@ -148,7 +159,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
 
     let complete = cases.len() == captions.len();
-    let summary = summarize(&cases, &layers, &timesteps);
+    let summary = summarize(&cases, &truth, &layers, &timesteps);
     let report = EvalReport {
         model: spec,
         settings,
@@ -158,6 +169,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         complete,
         summary,
         cases,
+        truth,
     };
     let text = render_summary(&report);
     print!("{text}");
@@ -272,25 +284,38 @@ pub fn render_summary(r: &EvalReport) -> String {
         };
         let _ = writeln!(t, "    {name:<46} {rate}");
     }
+    let width = s.attention.by_layer.iter().map(|(l, _)| l.len() + 2).max().unwrap_or(0).max(34);
     let _ = writeln!(
         t,
-        "\nAttention vs the object's mask (threshold {} for IoU; maps upsampled to the image)",
+        "\nAttention of the generations vs the detected objects' masks (maps averaged over all layers and steps,\n\
+         upsampled to the image; pointing game: the peak lies in the mask; IoU of the map thresholded at {} of its range)",
         st.threshold
     );
-    let width = s.pointing_by_layer.iter().map(|(l, _)| l.len() + 2).max().unwrap_or(0).max(34);
-    t.push_str(&pointing_line("all object words, steps + layers", width, &s.pointing));
+    attention_section(&mut t, &s.attention, width, true);
+    let _ = writeln!(
+        t,
+        "\nAttention on rendered scenes of the same captions vs their exact masks (the scene's latent noised to\n\
+         each step's t, one conditional UNet call per step)"
+    );
+    attention_section(&mut t, &s.attention_truth, width, false);
+    t
+}
+
+fn attention_section(t: &mut String, a: &AttentionSummary, width: usize, generated: bool) {
+    t.push_str(&pointing_line("all object words", width, &a.pointing));
     let _ = writeln!(t, "  {:<width$} target >= 80%", "");
-    for (k, rate) in &s.pointing_by_kind {
+    for (k, rate) in &a.by_kind {
         t.push_str(&pointing_line(&format!("{} words", k.name()), width, rate));
     }
-    let _ = writeln!(t, "  words not scored (object not found): {}", s.unscored_words);
+    if generated {
+        let _ = writeln!(t, "  words not scored (object not found): {}", a.unscored_words);
+    }
     let _ = writeln!(t, "  per layer (all steps):");
-    for (l, rate) in &s.pointing_by_layer {
+    for (l, rate) in &a.by_layer {
         t.push_str(&pointing_line(&format!("  {l}"), width, rate));
     }
     let _ = writeln!(t, "  per step (all layers):");
-    for (i, (ts, rate)) in s.pointing_by_step.iter().enumerate() {
+    for (i, (ts, rate)) in a.by_step.iter().enumerate() {
         t.push_str(&pointing_line(&format!("  step {:>2}  t = {ts:>4}", i + 1), width, rate));
     }
-    t
 }

@@ -244,6 +244,13 @@ impl StableDiffusion {
         })
     }
 
+    /// The VAE encoder (posterior mean); built on demand, the pipeline itself needs only the
+    /// decoder.
+    pub fn vae_encoder(&self) -> Result<super::vae::VaeEncoder, ModelError> {
+        let files = weight_files(&self.root.join("vae"), "diffusion_pytorch_model", self.dtype)?;
+        super::vae::VaeEncoder::load(&files, &self.vae.config, self.dtype, &self.device).map_err(weights_err("vae encoder"))
+    }
+
     /// Pixels per latent cell (2^(len(vae.block_out_channels) - 1)).
     pub fn vae_scale_factor(&self) -> usize {
         self.vae.config.scale_factor()

@@ -1,7 +1,11 @@
 //! The VAE decoder: candle-transformers' `AutoEncoderKL` (weight names match diffusers),
-//! configured from `vae/config.json`, plus diffusers' post-processing to 8-bit RGB.
+//! configured from `vae/config.json`, plus diffusers' post-processing to 8-bit RGB; and
+//! [`VaeEncoder`], the encoder's posterior mean.
 
-use candle_core::{DType, Result, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 
@@ -49,5 +53,59 @@ impl Vae {
             height: h,
             pixels,
         })
+    }
+}
+
+/// The VAE encoder's posterior mean times `scaling_factor` (diffusers'
+/// `vae.encode(x).latent_dist.mean * vae.config.scaling_factor`).
+///
+/// candle-transformers' `AutoEncoderKL::encode` hands out a distribution that can only be
+/// sampled. To read its mean deterministically, the encoder is built from weights in which the
+/// output channels carrying the log-variance (the second half of `quant_conv`, or of
+/// `encoder.conv_out` when there is no `quant_conv`) are zeroed and biased to -300: the
+/// distribution's std is then exp(-150), which is 0 in f32, and `sample()` returns the mean
+/// exactly.
+pub struct VaeEncoder {
+    inner: AutoEncoderKL,
+    scaling_factor: f64,
+}
+
+impl VaeEncoder {
+    /// Builds the encoder from the VAE's safetensors files.
+    pub fn load(files: &[PathBuf], config: &VaeConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for f in files {
+            tensors.extend(candle_core::safetensors::load(f, device)?);
+        }
+        let head = if config.use_quant_conv { "quant_conv" } else { "encoder.conv_out" };
+        let lc = config.latent_channels;
+        let (wk, bk) = (format!("{head}.weight"), format!("{head}.bias"));
+        let w = tensors.get(&wk).ok_or_else(|| candle_core::Error::Msg(format!("no tensor {wk}")))?;
+        let b = tensors.get(&bk).ok_or_else(|| candle_core::Error::Msg(format!("no tensor {bk}")))?;
+        let (w_dtype, b_dtype) = (w.dtype(), b.dtype());
+        let w = w.to_dtype(DType::F32)?;
+        let b = b.to_dtype(DType::F32)?;
+        let w = Tensor::cat(&[&w.narrow(0, 0, lc)?, &w.narrow(0, lc, lc)?.zeros_like()?], 0)?.to_dtype(w_dtype)?;
+        let b = Tensor::cat(&[&b.narrow(0, 0, lc)?, &(b.narrow(0, lc, lc)?.zeros_like()? - 300.0)?], 0)?.to_dtype(b_dtype)?;
+        tensors.insert(wk, w);
+        tensors.insert(bk, b);
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        let cfg = AutoEncoderKLConfig {
+            block_out_channels: config.block_out_channels.clone(),
+            layers_per_block: config.layers_per_block,
+            latent_channels: config.latent_channels,
+            norm_num_groups: config.norm_num_groups,
+            use_quant_conv: config.use_quant_conv,
+            use_post_quant_conv: config.use_post_quant_conv,
+        };
+        Ok(Self {
+            inner: AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg)?,
+            scaling_factor: config.scaling_factor,
+        })
+    }
+
+    /// `image` [1, 3, H, W] in [-1, 1] → scaled latents [1, C, H/f, W/f].
+    pub fn encode_mean(&self, image: &Tensor) -> Result<Tensor> {
+        self.inner.encode(image)?.sample()? * self.scaling_factor
     }
 }

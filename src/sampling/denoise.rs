@@ -187,6 +187,23 @@ pub fn geometry(sd: &StableDiffusion, cfg: &RunConfig) -> Result<Geometry, RunEr
     })
 }
 
+/// The UNet's cross-attention layers and their map sizes for latents of `h` x `w`.
+pub fn attn_layer_sizes(sd: &StableDiffusion, h: usize, w: usize) -> Vec<AttnLayer> {
+    sd.unet
+        .attn_layers()
+        .iter()
+        .map(|l| {
+            let (lh, lw) = (0..l.level).fold((h, w), |(a, b), _| (a.div_ceil(2), b.div_ceil(2)));
+            AttnLayer {
+                path: l.path.clone(),
+                heads: l.heads,
+                height: lh,
+                width: lw,
+            }
+        })
+        .collect()
+}
+
 /// Runs the whole pipeline. `sink` gets every event as it happens; `cancel` is polled between
 /// UNet evaluations. Returns the decoded image.
 pub fn run(
@@ -241,20 +258,7 @@ pub fn run(
     let init_sigma = sampler.init_noise_sigma();
     let mut latents: Vec<f32> = noise.iter().map(|v| v * init_sigma).collect();
 
-    let layer_sizes: Vec<AttnLayer> = sd
-        .unet
-        .attn_layers()
-        .iter()
-        .map(|l| {
-            let (lh, lw) = (0..l.level).fold((h, w), |(a, b), _| (a.div_ceil(2), b.div_ceil(2)));
-            AttnLayer {
-                path: l.path.clone(),
-                heads: l.heads,
-                height: lh,
-                width: lw,
-            }
-        })
-        .collect();
+    let layer_sizes = attn_layer_sizes(sd, h, w);
     let meta = RunMeta {
         format_version: crate::trace::FORMAT_VERSION,
         app_version: env!("CARGO_PKG_VERSION").into(),

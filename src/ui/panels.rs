@@ -97,6 +97,13 @@ fn top_bar_ui(app: &mut App, ui: &mut egui::Ui) {
         {
             export_strip(app);
         }
+        if ui
+            .add_enabled(has_run, egui::Button::new("Export step…"))
+            .on_hover_text("x_t, x0, model output (and the final image) of the selected step, labelled")
+            .clicked()
+        {
+            export_step(app);
+        }
         let l = ui.label("strip:");
         ui.add(egui::DragValue::new(&mut app.settings.strip_frames).range(1..=20).suffix(" frames"))
             .labelled_by(l.id);
@@ -888,6 +895,40 @@ fn export_strip(app: &mut App) {
         .collect();
     let fig = super::export::strip(&frames, 160, &format!("x0 over the trajectory: {}", run.meta.prompt));
     save_png_dialog(app, fig, "trajectory.png");
+}
+
+/// The image panel of the selected step as a figure: x_t, x0 (the VAE decode when the worker
+/// has made it, else the latent preview), model output, and the final image when there is one.
+fn export_step(app: &mut App) {
+    let decoded = match app.decoded_x0() {
+        Some(Ok(img)) => Some(img),
+        _ => None,
+    };
+    let Some(run) = &app.store.run else { return };
+    let step = app.view.step.min(run.steps.len().saturating_sub(1));
+    let Some(s) = run.steps.get(step) else { return };
+    let [c, h, w] = run.meta.latent_shape;
+    let mut frames = vec![
+        (analysis::latent_preview(&s.latents, c, h, w), "x_t (latent preview)".to_string()),
+        match decoded {
+            Some(img) => (img, "x0 (VAE decode)".to_string()),
+            None => (analysis::latent_preview(&s.x0, c, h, w), "x0 (latent preview)".to_string()),
+        },
+        (analysis::latent_preview(&s.model_output, c, h, w), "model output".to_string()),
+    ];
+    if let Some(img) = &run.image {
+        frames.push((img.clone(), "final image".to_string()));
+    }
+    let title = format!(
+        "step {}/{}  t={:.0}  sigma={:.3}: {}",
+        step + 1,
+        run.steps.len(),
+        s.timestep,
+        s.sigma,
+        run.meta.prompt
+    );
+    let fig = super::export::strip(&frames, 200, &title);
+    save_png_dialog(app, fig, &format!("step{:03}.png", step + 1));
 }
 
 fn save_png_dialog(app: &mut App, fig: image::RgbaImage, name: &str) {

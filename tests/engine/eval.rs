@@ -4,7 +4,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use diffusion_scope::eval::{EvalSettings, WordKind, evaluate_case, summarize};
+use diffusion_scope::eval::{EvalSettings, WordKind, attention_on_truth, evaluate_case, summarize};
 use diffusion_scope::world::Template;
 
 use crate::common::{fixtures, load_model};
@@ -63,14 +63,39 @@ fn every_object_word_is_scored_or_counted_unscored() {
     }
     assert_eq!(cases[0].template, Template::SizeColourPosition);
     assert_eq!(cases[1].template, Template::Relation);
-    let s = summarize(&cases, &layers, &timesteps);
+    let s = summarize(&cases, &[], &layers, &timesteps);
     assert_eq!(s.single_colour.n, 1);
     assert_eq!(s.single_position.n, 1);
     assert_eq!(s.single_size.n, 1);
     assert_eq!(s.two_both_objects.n, 1);
-    assert_eq!(s.pointing.hits.n + s.unscored_words, 8);
-    assert_eq!(s.pointing_by_layer.len(), layers.len());
-    assert_eq!(s.pointing_by_step.len(), timesteps.len());
+    assert_eq!(s.attention.pointing.hits.n + s.attention.unscored_words, 8);
+    assert_eq!(s.attention.by_layer.len(), layers.len());
+    assert_eq!(s.attention.by_step.len(), timesteps.len());
+}
+
+#[test]
+fn rendered_scenes_score_every_object_word_against_exact_masks() {
+    let sd = load_model("tiny-sd1");
+    let encoder = sd.vae_encoder().expect("VAE encoder");
+    let settings = EvalSettings {
+        steps: 4,
+        ..EvalSettings::default()
+    };
+    let never = AtomicBool::new(false);
+    let (case, scene) = attention_on_truth(&sd, &encoder, 3, "a blue square above a green triangle", &settings, &never).expect("runs");
+    assert_eq!(case.seed, 3);
+    assert_eq!(scene.width, sd.default_size());
+    // Exact masks: every object word is scored, with one score per layer and per step.
+    assert_eq!(case.words.len(), 4);
+    let layers = sd.unet.attn_layers().len();
+    for w in &case.words {
+        assert!(w.aggregate.is_some(), "{}", w.word);
+        assert_eq!(w.per_layer.len(), layers);
+        assert_eq!(w.per_step.len(), 4 + 1, "PNDM (the tiny model's own) makes steps + 1 UNet calls");
+    }
+    // Deterministic: the same case gives the same scores.
+    let (again, _) = attention_on_truth(&sd, &encoder, 3, "a blue square above a green triangle", &settings, &never).unwrap();
+    assert_eq!(case, again);
 }
 
 #[test]

@@ -292,6 +292,75 @@ def stage_latents(args):
 
 # ---------------------------------------------------------------- stage: unet
 
+class CaptureProbs:
+    """An attention processor for the cross-attention (attn2) layers: diffusers' plain
+    AttnProcessor, keeping the softmax probabilities [batch * heads, h * w, 77] in `store`."""
+
+    def __init__(self, store, name):
+        from diffusers.models.attention_processor import AttnProcessor
+        self.inner, self.store, self.name = AttnProcessor(), store, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        orig = attn.get_attention_scores
+
+        def grab(q, k, mask=None):
+            p = orig(q, k, mask)
+            self.store[self.name] = (p, attn.heads)
+            return p
+        attn.get_attention_scores = grab
+        try:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        finally:
+            del attn.get_attention_scores
+
+
+def install_capture(unet, store):
+    procs = {}
+    for name, proc in unet.attn_processors.items():
+        procs[name] = CaptureProbs(store, name) if ".attn2." in name else proc
+    unet.set_attn_processor(procs)
+
+
+def grounding_targets(data_dir, n, captions, tok_ids, tok):
+    """Per sample: which prompt token describes which object (-1: none) [N, 77], and the
+    objects' coverage masks [N, 2, 64, 64] as float16 in [0, 1]. The world's tokenizer makes
+    every world word one token, so word k is token k + 1 (after <|startoftext|>); checked."""
+    with open(os.path.join(data_dir, "captions.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    owner = torch.full((n, MAX_LENGTH), -1, dtype=torch.int8)
+    for i, r in enumerate(rows):
+        if i < 200:  # one token per word
+            assert len(tok(r["caption"]).input_ids) == len(r["words"]) + 2, r["caption"]
+        for k, o in enumerate(r["word_object"]):
+            if o is not None and k + 1 < MAX_LENGTH - 1:
+                owner[i, k + 1] = o
+    masks = torch.from_numpy(load_file(os.path.join(data_dir, "images.safetensors"))["masks"])
+    return owner, masks
+
+
+def grounding_loss(store, owner, masks):
+    """TokenCompose's token loss (Wang et al., CVPR 2024), per attn2 layer: for every object
+    word's token, 1 - (attention inside the object's mask) / (all its attention), with the
+    head-mean map and the mask area-averaged to the layer's resolution; mean over tokens and
+    layers. `owner` [B, 77] (-1: no object), `masks` [B, 2, H, W] float in [0, 1]."""
+    valid = owner >= 0
+    if not bool(valid.any()):
+        return torch.zeros(())
+    idx = owner.clamp(min=0).long()
+    losses = []
+    for probs, heads in store.values():
+        bh, n, t = probs.shape
+        b = bh // heads
+        a = probs.view(b, heads, n, t).mean(1)  # [B, n, 77]
+        side = int(round(n ** 0.5))
+        m = F.adaptive_avg_pool2d(masks, side).flatten(2)  # [B, 2, n]
+        tok_mask = torch.gather(m, 1, idx.unsqueeze(-1).expand(b, t, n))  # [B, 77, n]
+        inside = torch.einsum("bnt,btn->bt", a, tok_mask)
+        total = a.sum(1) + 1e-8
+        losses.append(((1 - inside / total) * valid).sum() / valid.sum())
+    return torch.stack(losses).mean()
+
+
 class TextUNet(torch.nn.Module):
     def __init__(self, text_encoder, unet):
         super().__init__()
@@ -318,6 +387,11 @@ def stage_unet(args):
     ema = copy.deepcopy(model).requires_grad_(False)
     print(f"text encoder {n_params(model.text_encoder):,} params, UNet {n_params(model.unet):,} params; "
           f"{len(captions)} samples, vocab {len(tok)}, latent scaling {scaling:.5f}")
+    store = {}
+    if args.ground_weight > 0:
+        install_capture(model.unet, store)
+        owner_all, masks_all = grounding_targets(args.data, len(captions), captions, ids, tok)
+        print(f"grounding loss (TokenCompose token loss) on the object words, weight {args.ground_weight}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     ck = os.path.join(args.run, "ckpt_unet.pt")
     step = 0
@@ -327,7 +401,7 @@ def stage_unet(args):
         set_rng_state(s["rng"]); step = s["step"]
         print(f"resumed UNet at step {step}")
     order = Order(len(captions), args.batch, args.seed)
-    log = Log(args.run, "unet", ["step", "loss", "lr", "seconds"], step if args.resume else 0)
+    log = Log(args.run, "unet", ["step", "loss", "ground", "lr", "seconds"], step if args.resume else 0)
     model.train()
     bar = tqdm(total=args.steps, initial=step, desc="unet", unit="it", dynamic_ncols=True, smoothing=0.05)
     t0 = time.time()
@@ -350,15 +424,23 @@ def stage_unet(args):
             snr = a.view(b) / (1 - a.view(b))
             err = err * snr.clamp(max=args.min_snr) / snr
         loss = err.mean()
+        l_ground = None
+        if args.ground_weight > 0:
+            owner = owner_all[idx].clone()
+            owner[drop] = -1
+            l_ground = grounding_loss(store, owner, masks_all[idx].float() / 255.0)
+            loss = loss + args.ground_weight * l_ground
+        store.clear()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
         ema_update(ema, model, min(args.ema, (1 + step) / (10 + step)))
-        log.row(step=step, loss=f"{loss.item():.6f}", lr=f"{lr:.3g}", seconds=f"{time.time() - t0:.1f}")
+        log.row(step=step, loss=f"{loss.item():.6f}", ground="" if l_ground is None else f"{l_ground.item():.4f}",
+                lr=f"{lr:.3g}", seconds=f"{time.time() - t0:.1f}")
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", **({} if l_ground is None else {"ground": f"{l_ground.item():.3f}"}))
         if step % args.ckpt_every == 0 or step == args.steps:
             save_ckpt(ck, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), rng=rng_state(),
                       step=step, scaling_factor=scaling)
@@ -385,6 +467,8 @@ def main():
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--min-snr", type=float, default=5.0, help="UNet: Min-SNR-gamma loss weighting (0 = plain MSE)")
+    ap.add_argument("--ground-weight", type=float, default=0.0,
+                    help="UNet: weight of the TokenCompose grounding loss on object-word attention (0 = off)")
     ap.add_argument("--ckpt-every", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
