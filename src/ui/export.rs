@@ -4,6 +4,7 @@
 //! round(t * 255), premultiplied blend with the given opacity.
 
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont, point};
+use eframe::egui;
 use image::{Rgba, RgbaImage};
 
 use crate::analysis::colormap::Colormap;
@@ -206,9 +207,46 @@ pub fn strip(frames: &[(RgbImage, String)], side: u32, title: &str) -> RgbaImage
     fig
 }
 
+/// The part of a window screenshot under `rect` (in points; the screenshot is in physical
+/// pixels, `pixels_per_point` of them per point). None when the rect misses the image.
+pub fn crop_screenshot(shot: &egui::ColorImage, rect: egui::Rect, pixels_per_point: f32) -> Option<RgbaImage> {
+    let [sw, sh] = shot.size;
+    let x0 = ((rect.min.x * pixels_per_point).round().max(0.0) as usize).min(sw);
+    let y0 = ((rect.min.y * pixels_per_point).round().max(0.0) as usize).min(sh);
+    let x1 = ((rect.max.x * pixels_per_point).round().max(0.0) as usize).min(sw);
+    let y1 = ((rect.max.y * pixels_per_point).round().max(0.0) as usize).min(sh);
+    if x1 <= x0 || y1 <= y0 {
+        return None;
+    }
+    let mut out = RgbaImage::new((x1 - x0) as u32, (y1 - y0) as u32);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let c = shot.pixels[y * sw + x].to_srgba_unmultiplied();
+            out.put_pixel((x - x0) as u32, (y - y0) as u32, Rgba(c));
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn screenshot_crop_honours_pixels_per_point() {
+        // 8x6 physical pixels whose colour encodes their position.
+        let pixels = (0..48)
+            .map(|i| egui::Color32::from_rgb((i % 8) as u8, (i / 8) as u8, 200))
+            .collect();
+        let shot = egui::ColorImage::new([8, 6], pixels);
+        let rect = egui::Rect::from_min_max(egui::pos2(1.0, 0.5), egui::pos2(3.0, 2.5));
+        let crop = crop_screenshot(&shot, rect, 2.0).unwrap();
+        assert_eq!(crop.dimensions(), (4, 4));
+        assert_eq!(crop.get_pixel(0, 0).0, [2, 1, 200, 255]);
+        assert_eq!(crop.get_pixel(3, 3).0, [5, 4, 200, 255]);
+        let off = egui::Rect::from_min_max(egui::pos2(10.0, 10.0), egui::pos2(12.0, 12.0));
+        assert!(crop_screenshot(&shot, off, 1.0).is_none());
+    }
 
     #[test]
     fn overlay_uses_the_shared_table() {

@@ -136,6 +136,12 @@ pub struct ViewState {
     pub word_stats: HashMap<String, Vec<Option<WordStepStats>>>,
     /// Full VAE decodes asked of the worker: (run generation, step) → request id.
     pub decode_requests: HashMap<(u64, usize), u64>,
+    /// Screen rects of the exportable plot panels drawn last frame ("plots", "schedules").
+    pub panel_rects: HashMap<&'static str, egui::Rect>,
+    /// A panel export waiting for the window screenshot: (panel, file name).
+    pub pending_capture: Option<(&'static str, String)>,
+    /// Where the screenshot callback (run by the integration) leaves the window image.
+    pub capture_slot: Arc<std::sync::Mutex<Option<Arc<egui::ColorImage>>>>,
 }
 
 impl Default for ViewState {
@@ -154,6 +160,9 @@ impl Default for ViewState {
             heatmap_rects: Vec::new(),
             decode_requests: HashMap::new(),
             word_stats: HashMap::new(),
+            panel_rects: HashMap::new(),
+            pending_capture: None,
+            capture_slot: Arc::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::trace::{RgbImage, Run};
 
 pub fn app_ui(app: &mut App, ui: &mut egui::Ui) {
     app.view.heatmap_rects.clear();
+    receive_panel_capture(app, ui.ctx());
     keyboard(app, ui);
     egui::Panel::top("top").show(ui, |ui| top_bar_ui(app, ui));
     egui::Panel::left("controls").resizable(true).default_size(300.0).show(ui, |ui| {
@@ -620,6 +621,7 @@ fn timeline_ui(app: &mut App, ui: &mut egui::Ui) {
     let step = app.view.step.min(n - 1);
     let rec = &run.steps[step];
     let total = run.meta.timesteps.len();
+    let mut export_plots = false;
     ui.horizontal(|ui| {
         if ui
             .button(if app.view.playing { "Pause" } else { "Play" })
@@ -644,6 +646,10 @@ fn timeline_ui(app: &mut App, ui: &mut egui::Ui) {
             app.view.follow = false;
         }
         ui.checkbox(&mut app.view.follow, "follow");
+        export_plots = ui
+            .button("Export plots…")
+            .on_hover_text("the three plots below as a PNG, as drawn")
+            .clicked();
         ui.separator();
         ui.label(RichText::new(format!("step {} · t = {:.1} · σ = {:.3}", step + 1, rec.timestep, rec.sigma)).monospace());
     });
@@ -657,7 +663,7 @@ fn timeline_ui(app: &mut App, ui: &mut egui::Ui) {
     let width = (ui.available_width() - 24.0) / 3.0;
     let plot_height = (ui.available_height() - 28.0).max(60.0);
     let mut jump = None;
-    ui.horizontal(|ui| {
+    let plots = ui.horizontal(|ui| {
         for (name, values) in [
             ("latent std", std.iter().map(|&v| Some(v)).collect::<Vec<_>>()),
             ("x0 change (RMS)", change.iter().map(|&v| Some(v)).collect()),
@@ -694,6 +700,10 @@ fn timeline_ui(app: &mut App, ui: &mut egui::Ui) {
             });
         }
     });
+    app.view.panel_rects.insert("plots", plots.response.rect);
+    if export_plots {
+        request_panel_export(app, ui.ctx(), "plots", "step-curves.png");
+    }
     if let Some(j) = jump {
         app.view.step = j;
         app.view.follow = false;
@@ -719,6 +729,19 @@ fn schedules_ui(app: &mut App, ui: &mut egui::Ui) {
         let ls = ui.label("steps");
         ui.add(egui::DragValue::new(&mut l).range(2..=200)).labelled_by(ls.id);
         ui.checkbox(&mut latter, "latter");
+        ui.separator();
+        if ui
+            .button("Export plot…")
+            .on_hover_text("the plot below as a PNG, as drawn")
+            .clicked()
+        {
+            request_panel_export(
+                app,
+                ui.ctx(),
+                "schedules",
+                &format!("schedules-{}.png", ["alpha_bar", "log-snr", "beta"][which]),
+            );
+        }
     });
     CURVE.set(which);
     EXP.set((gamma, l, latter));
@@ -746,7 +769,7 @@ fn schedules_ui(app: &mut App, ui: &mut egui::Ui) {
         }
     };
     let ylabel = ["alpha_bar", "log-SNR", "beta"][which];
-    Plot::new("schedules")
+    let plot = Plot::new("schedules")
         .legend(egui_plot::Legend::default())
         .x_axis_label("training timestep t")
         .y_axis_label(ylabel)
@@ -775,6 +798,42 @@ fn schedules_ui(app: &mut App, ui: &mut egui::Ui) {
                     .shape(egui_plot::MarkerShape::Diamond),
             );
         });
+    app.view.panel_rects.insert("schedules", plot.response.rect);
+}
+
+/// Asks the window for a screenshot; [`receive_panel_capture`] crops it to the panel drawn
+/// last frame and offers to save it. Plots are exported exactly as they are on screen (axes,
+/// legend, markers).
+fn request_panel_export(app: &mut App, ctx: &egui::Context, panel: &'static str, name: &str) {
+    if !app.view.panel_rects.contains_key(panel) {
+        return;
+    }
+    app.view.pending_capture = Some((panel, name.to_owned()));
+    let slot = app.view.capture_slot.clone();
+    let repaint = ctx.clone();
+    ctx.request_screenshot(move |image| {
+        if let Ok(mut s) = slot.lock() {
+            *s = Some(image);
+        }
+        repaint.request_repaint();
+    });
+}
+
+fn receive_panel_capture(app: &mut App, ctx: &egui::Context) {
+    let Some((panel, name)) = app.view.pending_capture.clone() else {
+        return;
+    };
+    let Some(shot) = app.view.capture_slot.lock().ok().and_then(|mut s| s.take()) else {
+        return;
+    };
+    app.view.pending_capture = None;
+    let Some(rect) = app.view.panel_rects.get(panel).copied() else {
+        return;
+    };
+    match super::export::crop_screenshot(&shot, rect, ctx.pixels_per_point()) {
+        Some(fig) => save_png_dialog(app, fig, &name),
+        None => app.view.message = Some("export failed: the panel is not on screen".into()),
+    }
 }
 
 fn open_run(app: &mut App) {

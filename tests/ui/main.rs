@@ -178,3 +178,21 @@ fn strip_steps_are_even_and_inclusive() {
     assert_eq!(strip_steps(10, None, 1), vec![9]);
     assert_eq!(strip_steps(0, None, 6), Vec::<usize>::new());
 }
+
+#[test]
+fn plot_panels_can_be_exported() {
+    let mut h = with_run(settings());
+    // The plots' rect is known after a frame; the button asks the window for a screenshot.
+    let plots = h.state().view.panel_rects.get("plots").copied().expect("plots drawn");
+    assert!(plots.width() > 300.0 && plots.height() > 100.0, "{plots:?}");
+    h.get_by_label("Export plots…").click();
+    h.run_steps(1);
+    assert_eq!(h.state().view.pending_capture.as_ref().map(|p| p.0), Some("plots"));
+    h.state_mut().view.pending_capture = None;
+    h.state_mut().view.tab = Tab::Schedules;
+    h.run_steps(2);
+    assert!(h.state().view.panel_rects.contains_key("schedules"));
+    h.get_by_label("Export plot…").click();
+    h.run_steps(1);
+    assert_eq!(h.state().view.pending_capture.as_ref().map(|p| p.0), Some("schedules"));
+}
