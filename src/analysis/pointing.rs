@@ -31,7 +31,8 @@ pub fn score(map: &TokenMap, mask: &[bool], width: usize, height: usize, thresho
             arg = i;
         }
     }
-    if !(hi > lo) {
+    // A constant map (or one with NaNs) has no peak.
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return PointScore { hit: false, iou: 0.0 };
     }
     let cut = lo + threshold * (hi - lo);

@@ -1,6 +1,7 @@
 //! Integration tests of the engine: parity with diffusers on tiny models, the trace format,
 //! and the CLI's handling of bad input. One binary, a module per area.
 
+mod bundled;
 mod common;
 mod components;
 mod errors;
