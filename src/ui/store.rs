@@ -61,6 +61,8 @@ impl RunStore {
                 self.generation += 1;
                 self.activity = Activity::Running;
                 self.error = None;
+                // The previous run's "done in …" would read as this run's.
+                self.status.clear();
             }
             Event::Step(rec) => {
                 if let Some(run) = &mut self.run {
