@@ -22,15 +22,32 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn report(name: &str, ui: &mut [f64], full: &mut [f64]) {
-    println!(
-        "{name:<22} UI pass p50 {:>7.2} ms  p95 {:>7.2} ms   | UI + render p50 {:>7.2} ms  p95 {:>7.2} ms   ({} frames)",
-        pct(ui, 0.5),
-        pct(ui, 0.95),
-        pct(full, 0.5),
-        pct(full, 0.95),
-        ui.len()
-    );
+/// Frame times in ms: the UI pass alone, and UI pass + wgpu render.
+#[derive(Default)]
+struct Frames {
+    ui: Vec<f64>,
+    full: Vec<f64>,
+}
+
+impl Frames {
+    fn time(&mut self, h: &mut Harness<'_, App>) {
+        let t = Instant::now();
+        h.step();
+        self.ui.push(t.elapsed().as_secs_f64() * 1e3);
+        let _ = h.render();
+        self.full.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+
+    fn report(mut self, name: &str) {
+        println!(
+            "{name:<22} UI pass p50 {:>7.2} ms  p95 {:>7.2} ms   | UI + render p50 {:>7.2} ms  p95 {:>7.2} ms   ({} frames)",
+            pct(&mut self.ui, 0.5),
+            pct(&mut self.ui, 0.95),
+            pct(&mut self.full, 0.5),
+            pct(&mut self.full, 0.95),
+            self.ui.len()
+        );
+    }
 }
 
 fn main() {
@@ -53,29 +70,21 @@ fn main() {
     meta.step_secs.clear();
     h.state_mut().store.apply(Event::Started(Box::new(meta)));
     h.state_mut().view.tokens = vec![vec![2]];
-    let (mut ui_t, mut full_t) = (Vec::new(), Vec::new());
+    let mut frames = Frames::default();
     for s in &run.steps {
         h.state_mut().store.apply(Event::Step(Box::new(s.clone())));
-        let t = Instant::now();
-        h.step();
-        ui_t.push(t.elapsed().as_secs_f64() * 1e3);
-        let _ = h.render();
-        full_t.push(t.elapsed().as_secs_f64() * 1e3);
+        frames.time(&mut h);
     }
-    report("while streaming", &mut ui_t, &mut full_t);
+    frames.report("while streaming");
 
     // Scrubbing: back and forth over all steps, one step per frame.
     h.state_mut().view.follow = false;
-    let (mut ui_t, mut full_t) = (Vec::new(), Vec::new());
+    let mut frames = Frames::default();
     let n = run.steps.len();
     for k in 0..2 * n {
         let step = if k < n { n - 1 - k } else { k - n };
         h.state_mut().view.step = step;
-        let t = Instant::now();
-        h.step();
-        ui_t.push(t.elapsed().as_secs_f64() * 1e3);
-        let _ = h.render();
-        full_t.push(t.elapsed().as_secs_f64() * 1e3);
+        frames.time(&mut h);
     }
-    report("while scrubbing", &mut ui_t, &mut full_t);
+    frames.report("while scrubbing");
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use candle_core::Tensor;
 
 use crate::analysis::pointing::{self, PointScore};
-use crate::analysis::{MapSource, TokenMap, word_map_at};
+use crate::analysis::{MapSource, TokenMap, mean_map, word_map_at, word_map_mean};
 use crate::model::StableDiffusion;
 use crate::model::unet::{AttnProbe, CaptureMode};
 use crate::model::vae::VaeEncoder;
@@ -271,20 +271,6 @@ fn score_words(
     h: usize,
     threshold: f32,
 ) -> Result<Vec<WordScore>, String> {
-    let mean_over_steps = |source: &MapSource, toks: &[usize]| -> Option<TokenMap> {
-        let mut acc: Option<TokenMap> = None;
-        for s in steps {
-            let m = word_map_at(s, source, toks)?;
-            match &mut acc {
-                None => acc = Some(m),
-                Some(a) => a.values.iter_mut().zip(&m.values).for_each(|(x, y)| *x += y),
-            }
-        }
-        acc.map(|mut a| {
-            a.values.iter_mut().for_each(|v| *v /= steps.len() as f32);
-            a
-        })
-    };
     let mut scores = Vec::new();
     for (k, word) in tokens.words.iter().enumerate() {
         let (Some(&Some(object)), Some(kind)) = (word_object.get(k), WordKind::of(word)) else {
@@ -306,16 +292,19 @@ fn score_words(
             per_step: Vec::new(),
         };
         if let Some(mask) = masks.get(object).copied().flatten() {
-            let sc = |m: Option<TokenMap>| -> Result<PointScore, String> {
-                let m = m.ok_or_else(|| format!("no attention maps for '{word}'"))?;
-                Ok(pointing::score(&m, mask, w, h, threshold))
-            };
-            ws.aggregate = Some(sc(mean_over_steps(&MapSource::All, &toks))?);
+            let missing = || format!("no attention maps for '{word}'");
+            let sc = |m: &TokenMap| pointing::score(m, mask, w, h, threshold);
+            // Each step's all-layer map once: scored per step, then averaged for the aggregate.
+            let per_step: Vec<TokenMap> = steps
+                .iter()
+                .map(|s| word_map_at(s, &MapSource::All, &toks))
+                .collect::<Option<_>>()
+                .ok_or_else(missing)?;
+            ws.per_step = per_step.iter().map(sc).collect();
+            ws.aggregate = Some(sc(&mean_map(per_step).ok_or_else(missing)?));
             for key in layer_keys {
-                ws.per_layer.push(sc(mean_over_steps(&MapSource::Key(key.clone()), &toks))?);
-            }
-            for s in steps {
-                ws.per_step.push(sc(word_map_at(s, &MapSource::All, &toks))?);
+                ws.per_layer
+                    .push(sc(&word_map_mean(steps, &MapSource::Key(key.clone()), &toks).ok_or_else(missing)?));
             }
         }
         scores.push(ws);
@@ -382,10 +371,7 @@ pub fn attention_on_truth(
     }
     let ids = Tensor::new(prompt.ids.as_slice(), device)?.unsqueeze(0)?;
     let context = sd.text_encoder.forward(&ids)?;
-    let kind = match settings.sampler {
-        Some(k) => k,
-        None => denoise::model_sampler(&sd.scheduler_config)?,
-    };
+    let kind = denoise::sampler_kind(sd, settings.sampler)?;
     let options = SamplerOptions {
         karras: false,
         spacing: None,

@@ -142,19 +142,25 @@ pub fn word_map_at(step: &StepRecord, source: &MapSource, tokens: &[usize]) -> O
 /// time (divided by the number of steps so values stay comparable to one step's).
 pub fn word_map_over(run: &Run, range: std::ops::RangeInclusive<usize>, source: &MapSource, tokens: &[usize]) -> Option<TokenMap> {
     let hi = (*range.end()).min(run.steps.len().checked_sub(1)?);
-    let steps = run.steps.get(*range.start()..=hi)?;
-    let mut out: Option<TokenMap> = None;
-    for s in steps {
-        let m = word_map_at(s, source, tokens)?;
-        match &mut out {
-            None => out = Some(m),
-            Some(o) => o.values.iter_mut().zip(&m.values).for_each(|(a, b)| *a += b),
-        }
+    word_map_mean(run.steps.get(*range.start()..=hi)?, source, tokens)
+}
+
+/// A word's attention averaged over `steps`; None when a step has no such maps.
+pub fn word_map_mean(steps: &[StepRecord], source: &MapSource, tokens: &[usize]) -> Option<TokenMap> {
+    let maps: Option<Vec<TokenMap>> = steps.iter().map(|s| word_map_at(s, source, tokens)).collect();
+    mean_map(maps?)
+}
+
+/// The element-wise mean of maps of one size; None for no maps.
+pub fn mean_map(maps: Vec<TokenMap>) -> Option<TokenMap> {
+    let n = maps.len() as f32;
+    let mut it = maps.into_iter();
+    let mut out = it.next()?;
+    for m in it {
+        out.values.iter_mut().zip(&m.values).for_each(|(a, b)| *a += b);
     }
-    out.map(|mut o| {
-        o.values.iter_mut().for_each(|v| *v /= steps.len() as f32);
-        o
-    })
+    out.values.iter_mut().for_each(|v| *v /= n);
+    Some(out)
 }
 
 /// Shannon entropy (nats) of a map normalised to a distribution over pixels: low when the

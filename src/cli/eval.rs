@@ -4,7 +4,7 @@
 //! `report.json`, `summary.txt`, every image and a contact sheet.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,7 @@ use diffusion_scope::eval::{
 use diffusion_scope::model::{DTypeChoice, DeviceChoice};
 use diffusion_scope::sampling::SamplerKind;
 use diffusion_scope::sampling::denoise::RunError;
-use diffusion_scope::trace::{RgbImage, save_run};
+use diffusion_scope::trace::{RgbImage, save_png, save_run};
 use diffusion_scope::world::{self, Template};
 
 #[derive(Args, Debug)]
@@ -197,13 +197,6 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn save_png(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
-    image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels.clone())
-        .context("image buffer size")?
-        .save(path)
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// All images in rows of 10, each framed green (every stated attribute right, no extra object)

@@ -12,6 +12,19 @@ use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEnco
 use super::config::VaeConfig;
 use crate::trace::RgbImage;
 
+/// candle-transformers' AutoencoderKL built from `vae/config.json`.
+fn autoencoder(vb: VarBuilder, config: &VaeConfig) -> Result<AutoEncoderKL> {
+    let cfg = AutoEncoderKLConfig {
+        block_out_channels: config.block_out_channels.clone(),
+        layers_per_block: config.layers_per_block,
+        latent_channels: config.latent_channels,
+        norm_num_groups: config.norm_num_groups,
+        use_quant_conv: config.use_quant_conv,
+        use_post_quant_conv: config.use_post_quant_conv,
+    };
+    AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg)
+}
+
 pub struct Vae {
     inner: AutoEncoderKL,
     pub config: VaeConfig,
@@ -19,16 +32,8 @@ pub struct Vae {
 
 impl Vae {
     pub fn new(vb: VarBuilder, config: &VaeConfig) -> Result<Self> {
-        let cfg = AutoEncoderKLConfig {
-            block_out_channels: config.block_out_channels.clone(),
-            layers_per_block: config.layers_per_block,
-            latent_channels: config.latent_channels,
-            norm_num_groups: config.norm_num_groups,
-            use_quant_conv: config.use_quant_conv,
-            use_post_quant_conv: config.use_post_quant_conv,
-        };
         Ok(Self {
-            inner: AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg)?,
+            inner: autoencoder(vb, config)?,
             config: config.clone(),
         })
     }
@@ -89,17 +94,8 @@ impl VaeEncoder {
         let b = Tensor::cat(&[&b.narrow(0, 0, lc)?, &(b.narrow(0, lc, lc)?.zeros_like()? - 300.0)?], 0)?.to_dtype(b_dtype)?;
         tensors.insert(wk, w);
         tensors.insert(bk, b);
-        let vb = VarBuilder::from_tensors(tensors, dtype, device);
-        let cfg = AutoEncoderKLConfig {
-            block_out_channels: config.block_out_channels.clone(),
-            layers_per_block: config.layers_per_block,
-            latent_channels: config.latent_channels,
-            norm_num_groups: config.norm_num_groups,
-            use_quant_conv: config.use_quant_conv,
-            use_post_quant_conv: config.use_post_quant_conv,
-        };
         Ok(Self {
-            inner: AutoEncoderKL::new(vb, config.in_channels, config.out_channels, cfg)?,
+            inner: autoencoder(VarBuilder::from_tensors(tensors, dtype, device), config)?,
             scaling_factor: config.scaling_factor,
         })
     }

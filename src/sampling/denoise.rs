@@ -187,6 +187,14 @@ pub fn geometry(sd: &StableDiffusion, cfg: &RunConfig) -> Result<Geometry, RunEr
     })
 }
 
+/// The sampler a run uses: the one asked for, else the model's own scheduler class.
+pub fn sampler_kind(sd: &StableDiffusion, asked: Option<SamplerKind>) -> Result<SamplerKind, RunError> {
+    match asked {
+        Some(k) => Ok(k),
+        None => model_sampler(&sd.scheduler_config),
+    }
+}
+
 /// The UNet's cross-attention layers and their map sizes for latents of `h` x `w`.
 pub fn attn_layer_sizes(sd: &StableDiffusion, h: usize, w: usize) -> Vec<AttnLayer> {
     sd.unet
@@ -243,10 +251,7 @@ pub fn run(
         spacing: cfg.spacing,
         eta: cfg.eta,
     };
-    let kind = match cfg.sampler {
-        Some(k) => k,
-        None => model_sampler(&sd.scheduler_config)?,
-    };
+    let kind = sampler_kind(sd, cfg.sampler)?;
     let mut sampler = build_sampler(kind, &sd.scheduler_config, cfg.steps, &options)?;
     let timesteps = sampler.timesteps().to_vec();
     let total = timesteps.len();

@@ -82,6 +82,7 @@ pub fn save_run(run: &Run, dir: &Path) -> Result<(), TraceError> {
     Ok(())
 }
 
+/// Writes an 8-bit RGB image as a PNG.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<(), TraceError> {
     let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels.clone())
         .ok_or_else(|| fmt_err(path, "pixel buffer does not match the image size"))?;

@@ -8,7 +8,7 @@
 mod io;
 pub mod synthetic;
 
-pub use io::{TraceError, load_run, save_run};
+pub use io::{TraceError, load_run, save_png, save_run};
 
 use serde::{Deserialize, Serialize};
 
