@@ -6,7 +6,10 @@ Stages (run in this order, each resumable with --resume):
            the latent scaling factor (1 / std, as SD's 0.18215)
   unet     CLIP text encoder + UNet2DConditionModel jointly: epsilon prediction, DDPM
            scaled_linear schedule (SD's), Min-SNR-5 loss weighting, 10% caption dropout
-           (classifier-free guidance), EMA of the weights
+           (classifier-free guidance), EMA of the weights; optional TokenCompose grounding
+           loss (--ground-weight), x0-weight floor (--x0-floor), high-noise-only training
+           (--t-min), batch focus on captions with given words (--focus, --focus-frac) and
+           fresh embeddings for collapsed words (--reinit-tokens): see README.md
   plot     redraw the loss curves (also done at the end of each stage)
 
 Everything lives in one run folder (--run): checkpoints ckpt_<stage>.pt, loss_<stage>.csv,
@@ -194,6 +197,11 @@ def seed_all(seed):
     random.seed(seed)
 
 
+def last_step(args):
+    """Where this invocation stops: --steps, or --stop-at when earlier (the schedule still spans --steps)."""
+    return args.steps if args.stop_at is None else min(args.stop_at, args.steps)
+
+
 def lr_at(step, base, warmup, total, min_frac=0.1):
     if step < warmup:
         return base * (step + 1) / warmup
@@ -218,7 +226,7 @@ def stage_vae(args):
     print(f"VAE: {n_params(vae):,} params; train {len(train)} images, val {n_val}")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     ck = os.path.join(args.run, "ckpt_vae.pt")
-    step = 0
+    step, reinit = 0, []
     if args.resume and os.path.exists(ck):
         s = torch.load(ck, weights_only=False)
         vae.load_state_dict(s["model"]); opt.load_state_dict(s["opt"]); set_rng_state(s["rng"]); step = s["step"]
@@ -237,9 +245,10 @@ def stage_vae(args):
         return torch.cat(ps).mean().item()
 
     vae.train()
-    bar = tqdm(total=args.steps, initial=step, desc="vae", unit="it", dynamic_ncols=True, smoothing=0.05)
+    stop = last_step(args)
+    bar = tqdm(total=stop, initial=step, desc="vae", unit="it", dynamic_ncols=True, smoothing=0.05)
     t0 = time.time()
-    while step < args.steps:
+    while step < stop:
         lr = lr_at(step, args.lr, args.warmup, args.steps)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -259,7 +268,7 @@ def stage_vae(args):
                 psnr="" if p is None else f"{p:.2f}", lr=f"{lr:.3g}", seconds=f"{time.time() - t0:.1f}")
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", **({"psnr": f"{p:.1f}"} if p is not None else {}))
-        if step % args.ckpt_every == 0 or step == args.steps:
+        if step % args.ckpt_every == 0 or step == stop:
             save_ckpt(ck, model=vae.state_dict(), opt=opt.state_dict(), rng=rng_state(), step=step)
             log.f.flush()
     bar.close()
@@ -361,6 +370,22 @@ def grounding_loss(store, owner, masks):
     return torch.stack(losses).mean()
 
 
+@torch.no_grad()
+def reinit_tokens(models, tok, caption_ids, words, seed):
+    """Give `words` fresh, distinct input embeddings (random directions, twice the mean norm of the
+    caption tokens) in every model of `models`. Words the loss has had no reason to tell apart
+    (left / right while the UNet ignored them) collapse together under weight decay, and then
+    neither the text encoder nor the UNet gets a gradient to separate them: this breaks that tie."""
+    rows = [tok.convert_tokens_to_ids(w + "</w>") for w in words]
+    assert tok.unk_token_id not in rows, f"not single tokens: {words}"
+    weight = models[0].text_encoder.get_input_embeddings().weight
+    norm = 2.0 * weight[torch.unique(caption_ids)].norm(dim=1).mean()
+    new = torch.randn(len(rows), weight.shape[1], generator=torch.Generator().manual_seed(seed))
+    new = new / new.norm(dim=1, keepdim=True) * norm
+    for m in models:
+        m.text_encoder.get_input_embeddings().weight[rows] = new
+
+
 class TextUNet(torch.nn.Module):
     def __init__(self, text_encoder, unet):
         super().__init__()
@@ -394,35 +419,55 @@ def stage_unet(args):
         print(f"grounding loss (TokenCompose token loss) on the object words, weight {args.ground_weight}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     ck = os.path.join(args.run, "ckpt_unet.pt")
-    step = 0
+    step, reinit = 0, []
     if args.resume and os.path.exists(ck):
         s = torch.load(ck, weights_only=False)
         model.load_state_dict(s["model"]); ema.load_state_dict(s["ema"]); opt.load_state_dict(s["opt"])
         set_rng_state(s["rng"]); step = s["step"]
+        reinit = s.get("reinit", [])
         print(f"resumed UNet at step {step}")
+    todo = [w for w in args.reinit_tokens.split() if w not in reinit]
+    if todo:
+        reinit_tokens([model, ema], tok, ids, todo, args.seed + step)
+        reinit = reinit + todo
+        print(f"re-initialised the input embeddings of {' '.join(todo)}")
+    focus = set(args.focus.split())
+    focus_idx = torch.tensor([i for i, c in enumerate(captions) if focus & set(c.split())], dtype=torch.long)
+    if args.focus_frac > 0:
+        assert len(focus_idx) > 0, f"no caption contains any of {sorted(focus)}"
+        print(f"{args.focus_frac:.0%} of each batch drawn from the {len(focus_idx)} captions with {' / '.join(sorted(focus))}")
     order = Order(len(captions), args.batch, args.seed)
     log = Log(args.run, "unet", ["step", "loss", "ground", "lr", "seconds"], step if args.resume else 0)
     model.train()
-    bar = tqdm(total=args.steps, initial=step, desc="unet", unit="it", dynamic_ncols=True, smoothing=0.05)
+    stop = last_step(args)
+    bar = tqdm(total=stop, initial=step, desc="unet", unit="it", dynamic_ncols=True, smoothing=0.05)
     t0 = time.time()
-    while step < args.steps:
+    while step < stop:
         lr = lr_at(step, args.lr, args.warmup, args.steps)
         for g in opt.param_groups:
             g["lr"] = lr
         idx = order.indices(step)
         b = len(idx)
+        k = int(round(b * args.focus_frac))
+        if k > 0:
+            idx = idx.clone()
+            idx[:k] = focus_idx[torch.randint(len(focus_idx), (k,))]
         x0 = (lat["mean"][idx].float() + lat["std"][idx].float() * torch.randn(b, *lat["mean"].shape[1:])) * scaling
         tok_ids = ids[idx].clone()
         drop = torch.rand(b) < args.caption_dropout
         tok_ids[drop] = empty
-        t = torch.randint(0, SCHEDULE["num_train_timesteps"], (b,))
+        t = torch.randint(args.t_min, SCHEDULE["num_train_timesteps"], (b,))
         noise = torch.randn_like(x0)
         a = acp[t].view(b, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         err = (model(noisy, t, tok_ids) - noise).pow(2).mean(dim=(1, 2, 3))
-        if args.min_snr > 0:  # Min-SNR-gamma weighting (Hang et al. 2023), epsilon form: min(SNR, g) / SNR
+        if args.min_snr > 0 or args.x0_floor > 0:
+            # The epsilon loss weighs the x0 error by SNR. Min-SNR-gamma (Hang et al. 2023) caps that
+            # weight at gamma; --x0-floor raises it to at least the floor at high noise, where SNR is
+            # ~0.01 and the layout (position) is decided: epsilon weight max(min(SNR, g), floor) / SNR.
             snr = a.view(b) / (1 - a.view(b))
-            err = err * snr.clamp(max=args.min_snr) / snr
+            x0_weight = snr.clamp(max=args.min_snr) if args.min_snr > 0 else snr
+            err = err * x0_weight.clamp(min=args.x0_floor) / snr
         loss = err.mean()
         l_ground = None
         if args.ground_weight > 0:
@@ -441,9 +486,9 @@ def stage_unet(args):
                 lr=f"{lr:.3g}", seconds=f"{time.time() - t0:.1f}")
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", **({} if l_ground is None else {"ground": f"{l_ground.item():.3f}"}))
-        if step % args.ckpt_every == 0 or step == args.steps:
+        if step % args.ckpt_every == 0 or step == stop:
             save_ckpt(ck, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), rng=rng_state(),
-                      step=step, scaling_factor=scaling)
+                      step=step, scaling_factor=scaling, reinit=reinit)
             log.f.flush()
     bar.close()
     log.close()
@@ -459,6 +504,8 @@ def main():
     ap.add_argument("--run", required=True, help="run folder (checkpoints, logs)")
     ap.add_argument("--tokenizer", help="tokenizer folder from make_tokenizer.py (default: build one into RUN/tokenizer)")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="stop (with a checkpoint) at this step; the learning-rate schedule still spans --steps")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--warmup", type=int, default=None)
@@ -467,6 +514,14 @@ def main():
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--min-snr", type=float, default=5.0, help="UNet: Min-SNR-gamma loss weighting (0 = plain MSE)")
+    ap.add_argument("--x0-floor", type=float, default=0.0,
+                    help="UNet: lowest weight of the x0 error in the loss (0 = none; epsilon loss weighs it by SNR, "
+                         "~0.01 at the high-noise steps that decide the layout)")
+    ap.add_argument("--reinit-tokens", default="",
+                    help="UNet: words whose input embeddings get fresh random values (once per run; see reinit_tokens)")
+    ap.add_argument("--t-min", type=int, default=0, help="UNet: lowest training timestep (0 = all)")
+    ap.add_argument("--focus", default="", help="UNet: words; --focus-frac of each batch comes from captions with any of them")
+    ap.add_argument("--focus-frac", type=float, default=0.0)
     ap.add_argument("--ground-weight", type=float, default=0.0,
                     help="UNet: weight of the TokenCompose grounding loss on object-word attention (0 = off)")
     ap.add_argument("--ckpt-every", type=int, default=500)
