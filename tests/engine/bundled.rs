@@ -84,7 +84,10 @@ fn bundled_model_draws_held_out_captions() {
             format!(
                 "{} -> {:?}",
                 c.caption,
-                c.found.iter().map(|f| format!("{} {} {:?}", f.colour, f.shape, f.position)).collect::<Vec<_>>()
+                c.found
+                    .iter()
+                    .map(|f| format!("{} {} {:?}", f.colour, f.shape, f.position))
+                    .collect::<Vec<_>>()
             )
         })
         .collect();
@@ -93,7 +96,11 @@ fn bundled_model_draws_held_out_captions() {
     assert!(s.single_colour.k >= 7, "colour right on {} of 8: {report:#?}", s.single_colour.k);
     assert!(s.single_shape.k >= 7, "shape right on {} of 8: {report:#?}", s.single_shape.k);
     assert_eq!(s.single_position.n, 4, "two captions per position template");
-    assert!(s.single_position.k >= 3, "position right on {} of 4: {report:#?}", s.single_position.k);
+    assert!(
+        s.single_position.k >= 3,
+        "position right on {} of 4: {report:#?}",
+        s.single_position.k
+    );
     assert!(
         s.attention.pointing.hits.pct() >= 80.0,
         "pointing game {}: {report:#?}",
