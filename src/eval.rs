@@ -352,12 +352,7 @@ pub fn attention_on_truth(
     let device = &sd.device;
 
     // x0: the scene's latent.
-    let pixels: Vec<f32> = sample.rgb.iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
-    let image = Tensor::from_vec(pixels, (1, size, size, 3), device)?
-        .permute((0, 3, 1, 2))?
-        .contiguous()?
-        .to_dtype(sd.dtype)?;
-    let x0 = encoder.encode_mean(&image)?.to_dtype(candle_core::DType::F32)?;
+    let x0 = encoder.encode_rgb(&sample.rgb, size, size)?;
     let (_, c, h, w) = x0.dims4()?;
     let x0: Vec<f32> = x0.flatten_all()?.to_vec1()?;
     let eps = crate::sampling::NoiseSource::randn(&mut crate::sampling::rng::TorchRng::new(seed), c * h * w);

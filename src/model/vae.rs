@@ -73,6 +73,8 @@ impl Vae {
 pub struct VaeEncoder {
     inner: AutoEncoderKL,
     scaling_factor: f64,
+    dtype: DType,
+    device: Device,
 }
 
 impl VaeEncoder {
@@ -97,11 +99,25 @@ impl VaeEncoder {
         Ok(Self {
             inner: autoencoder(VarBuilder::from_tensors(tensors, dtype, device), config)?,
             scaling_factor: config.scaling_factor,
+            dtype,
+            device: device.clone(),
         })
     }
 
+    /// An 8-bit RGB image (row-major `width` x `height` x 3, as [`RgbImage`] and the world's
+    /// renders store it) → scaled latents [1, C, H/f, W/f] in f32, with diffusers'
+    /// preprocessing (`x / 127.5 - 1`).
+    pub fn encode_rgb(&self, rgb: &[u8], width: usize, height: usize) -> Result<Tensor> {
+        let pixels: Vec<f32> = rgb.iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+        let image = Tensor::from_vec(pixels, (1, height, width, 3), &self.device)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?
+            .to_dtype(self.dtype)?;
+        self.encode_mean(&image)?.to_dtype(DType::F32)
+    }
+
     /// `image` [1, 3, H, W] in [-1, 1] → scaled latents [1, C, H/f, W/f].
-    pub fn encode_mean(&self, image: &Tensor) -> Result<Tensor> {
+    fn encode_mean(&self, image: &Tensor) -> Result<Tensor> {
         self.inner.encode(image)?.sample()? * self.scaling_factor
     }
 }

@@ -431,9 +431,9 @@ def stage_unet(args):
         reinit_tokens([model, ema], tok, ids, todo, args.seed + step)
         reinit = reinit + todo
         print(f"re-initialised the input embeddings of {' '.join(todo)}")
-    focus = set(args.focus.split())
-    focus_idx = torch.tensor([i for i, c in enumerate(captions) if focus & set(c.split())], dtype=torch.long)
     if args.focus_frac > 0:
+        focus = set(args.focus.split())
+        focus_idx = torch.tensor([i for i, c in enumerate(captions) if focus & set(c.split())], dtype=torch.long)
         assert len(focus_idx) > 0, f"no caption contains any of {sorted(focus)}"
         print(f"{args.focus_frac:.0%} of each batch drawn from the {len(focus_idx)} captions with {' / '.join(sorted(focus))}")
     order = Order(len(captions), args.batch, args.seed)
