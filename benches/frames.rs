@@ -1,7 +1,8 @@
 //! Frame-time benchmark of the app on a synthetic SD-1.5-sized run (50 steps, 4x64x64
 //! latents, 16 cross-attention layers with full capture, 77 tokens): p50/p95 of the UI pass
 //! and of UI + wgpu render, while the run streams in (one step per frame, a token selected so
-//! heatmaps are recomputed) and while scrubbing back and forth.
+//! heatmaps are recomputed), while scrubbing back and forth, and while the same run, saved as a
+//! ~400 MB trace folder, is opened in the background (the worst frame during the load).
 //!
 //!     cargo bench --bench frames
 //!
@@ -69,6 +70,9 @@ fn main() {
     let mut meta = run.meta.clone();
     meta.step_secs.clear();
     h.state_mut().store.apply(Event::Started(Box::new(meta)));
+    // One frame to take in the new run (a new current run clears the selected words), then
+    // select "red".
+    h.step();
     h.state_mut().view.tokens = vec![vec![2]];
     let mut frames = Frames::default();
     for s in &run.steps {
@@ -87,4 +91,30 @@ fn main() {
         frames.time(&mut h);
     }
     frames.report("while scrubbing");
+
+    // Opening the run saved to disk: the load runs on a file-job thread; the window keeps
+    // drawing. Frames are timed until the opened run is the current one.
+    let dir = std::env::temp_dir().join(format!("ds-frames-bench-{}", std::process::id()));
+    let t = Instant::now();
+    diffusion_scope::trace::save_run(&run, &dir).expect("saving the synthetic trace");
+    let bytes = std::fs::metadata(dir.join("trace.safetensors")).map(|m| m.len()).unwrap_or(0);
+    println!("saved the run: {:.0} MB in {:.1} s", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
+    let before = h.state().store.runs().len();
+    h.state_mut().open_path(dir.clone());
+    let mut frames = Frames::default();
+    let t = Instant::now();
+    while h.state().store.runs().len() == before {
+        frames.time(&mut h);
+        assert!(t.elapsed().as_secs() < 300, "the trace did not open");
+    }
+    let load_secs = t.elapsed().as_secs_f64();
+    frames.time(&mut h); // the first frame that shows it
+    let worst_ui = frames.ui.iter().copied().fold(0.0, f64::max);
+    let worst_full = frames.full.iter().copied().fold(0.0, f64::max);
+    println!(
+        "opening the {:.0} MB trace took {load_secs:.1} s; worst frame during the load: UI pass {worst_ui:.1} ms, UI + render {worst_full:.1} ms",
+        bytes as f64 / 1e6
+    );
+    frames.report("while opening");
+    let _ = std::fs::remove_dir_all(&dir);
 }

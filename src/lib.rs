@@ -4,10 +4,12 @@
 
 pub mod analysis;
 pub mod engine;
-pub mod eval;
+pub mod experiments;
 pub mod model;
+pub mod pipeline;
 pub mod sampling;
 pub mod trace;
+pub mod types;
 pub mod ui;
 pub mod world;
 

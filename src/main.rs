@@ -26,6 +26,25 @@ enum Command {
     /// Evaluate a shapes-world model: generate from held-out captions, judge the images with the
     /// world's detector, score each object word's attention against the object's mask.
     Eval(cli::eval::EvalArgs),
+    /// Open a saved run folder (written by generate, eval --save-traces or the app) in the app.
+    Open {
+        /// The run folder (trace.json, trace.safetensors, image.png).
+        dir: std::path::PathBuf,
+    },
+}
+
+fn open_app(dir: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
+    if let Some(d) = &dir {
+        anyhow::ensure!(
+            d.join("trace.json").is_file(),
+            "{} is not a run folder (no trace.json in it)",
+            d.display()
+        );
+    }
+    match diffusion_scope::ui::run_app(dir) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(anyhow::anyhow!("the app failed to start: {e}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -35,10 +54,8 @@ fn main() -> ExitCode {
         Some(Command::Bench(args)) => cli::bench::run(args),
         Some(Command::Dataset(args)) => cli::dataset::run(args),
         Some(Command::Eval(args)) => cli::eval::run(args),
-        None => match diffusion_scope::ui::run_app() {
-            Ok(()) => Ok(ExitCode::SUCCESS),
-            Err(e) => Err(anyhow::anyhow!("the app failed to start: {e}")),
-        },
+        Some(Command::Open { dir }) => open_app(Some(dir)),
+        None => open_app(None),
     };
     match result {
         Ok(code) => code,

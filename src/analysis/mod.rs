@@ -39,7 +39,7 @@ pub fn step_curves(steps: &[StepRecord]) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// Which attention maps of a step to use.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum MapSource {
     /// One saved map by its key (`attn_res.16x16` or `attn.<layer path>`).
     Key(String),

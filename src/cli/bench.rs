@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use diffusion_scope::model::bench::{self, Variant};
-use diffusion_scope::model::unet::CaptureMode;
+use super::unet_bench::{self as bench, Variant};
 use diffusion_scope::model::{DTypeChoice, DeviceChoice};
+use diffusion_scope::types::CaptureMode;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -103,7 +103,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
 /// modes interleaved, `reps` timed runs each after one warm-up.
 fn run_generate(a: BenchArgs) -> anyhow::Result<ExitCode> {
     use diffusion_scope::engine::{ModelRequest, load_model};
-    use diffusion_scope::sampling::denoise::{self, RunConfig};
+    use diffusion_scope::pipeline::{self, RunConfig};
     use std::sync::atomic::AtomicBool;
     use std::time::Instant;
 
@@ -143,7 +143,7 @@ fn run_generate(a: BenchArgs) -> anyhow::Result<ExitCode> {
             ..RunConfig::default()
         };
         let t = Instant::now();
-        denoise::run(&sd, &spec, &cfg, &never, &mut |_| {})?;
+        pipeline::run(&sd, &spec, &cfg, &never, &mut |_| {})?;
         Ok(t.elapsed().as_secs_f64())
     };
     let first = time(CaptureMode::Aggregate, 0)?; // warm-up, also the "cold" figure

@@ -1,9 +1,9 @@
 //! `diffusion-scope eval`: generates from held-out shapes-world captions, judges the images with
 //! the world's detector and scores the cross-attention of every object word against the
-//! object's mask (see `diffusion_scope::eval`). Prints the summary; with `--out` also writes
-//! `report.json`, `summary.txt`, every image and a contact sheet.
+//! object's mask (the experiment `diffusion_scope::experiments::shapes_eval`, run by the
+//! worker as the app runs it). Prints the summary; with `--out` also writes `report.json`,
+//! `summary.txt`, every image (as it is made) and a contact sheet.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,16 +13,12 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use diffusion_scope::engine::{ModelRequest, load_model};
-use diffusion_scope::eval::{
-    AttentionSummary, CaseResult, EvalError, EvalReport, EvalSettings, PointingRate, TruthCase, attention_on_truth, evaluate_case,
-    summarize,
-};
+use diffusion_scope::engine::{Event, ModelRequest, Worker};
+use diffusion_scope::experiments::shapes_eval::{CaseResult, EvalSettings, render_summary};
+use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, ExperimentSettings, Stop};
 use diffusion_scope::model::{DTypeChoice, DeviceChoice};
 use diffusion_scope::sampling::SamplerKind;
-use diffusion_scope::sampling::denoise::RunError;
 use diffusion_scope::trace::{RgbImage, save_png, save_run};
-use diffusion_scope::world::{self, Template};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -83,94 +79,83 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out.join("images")).with_context(|| format!("creating {}", out.display()))?;
     }
-    let cancel = Arc::new(AtomicBool::new(false));
+    let worker = Worker::spawn(Box::new(|| {})).context("starting the worker thread")?;
+    let interrupted = Arc::new(AtomicBool::new(false));
     {
-        let cancel = cancel.clone();
+        let interrupted = interrupted.clone();
+        let cancel = worker.cancel_flag();
+        // A second Ctrl-C exits at once.
         let _ = ctrlc::set_handler(move || {
-            if cancel.swap(true, Ordering::SeqCst) {
+            if interrupted.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
+            cancel.store(true, Ordering::SeqCst);
         });
     }
-    let t_load = std::time::Instant::now();
     let request = ModelRequest {
         spec: spec.clone(),
         device: a.device,
         dtype: a.dtype,
     };
-    let sd = load_model(&request).with_context(|| format!("loading {spec}"))?;
-    let encoder = sd.vae_encoder().context("loading the VAE encoder")?;
-    if !a.quiet {
-        eprintln!("loaded {} in {:.2}s", sd.root.display(), t_load.elapsed().as_secs_f64());
-    }
+    worker.experiment(request, ExperimentSettings::ShapesEval(settings))?;
 
-    let captions = world::eval_captions(a.count, a.caption_seed);
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(captions.len() as u64)
+        ProgressBar::new_spinner()
     };
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} captions  {per_sec}  eta {eta}  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut cases: Vec<CaseResult> = Vec::new();
-    let mut truth: Vec<TruthCase> = Vec::new();
     let mut images: Vec<RgbImage> = Vec::new();
-    let mut layers: Vec<String> = Vec::new();
-    let mut timesteps: Vec<f64> = Vec::new();
-    let mut sampler = String::new();
-    let mut failure: Option<anyhow::Error> = None;
-    for (i, caption) in captions.iter().enumerate() {
-        bar.set_message(caption.clone());
-        let both = evaluate_case(&sd, &spec, i, caption, &settings, &cancel)
-            .and_then(|(case, run)| Ok((case, run, attention_on_truth(&sd, &encoder, i, caption, &settings, &cancel)?)));
-        match both {
-            Ok((case, run, (truth_case, scene))) => {
-                if layers.is_empty() {
-                    layers = run.meta.attn_layers.iter().map(|l| l.path.clone()).collect();
-                    timesteps = run.meta.timesteps.clone();
-                    sampler = run.meta.sampler.clone();
+    let (report, stopped) = loop {
+        let Ok(ev) = worker.events().recv() else {
+            anyhow::bail!("the worker thread stopped unexpectedly");
+        };
+        match ev {
+            Event::LoadingModel { spec } => bar.set_message(format!("loading {spec}")),
+            Event::ModelLoaded(info) => {
+                if !a.quiet {
+                    bar.suspend(|| eprintln!("loaded {} in {:.2}s", info.path, info.load_secs));
                 }
-                if let (Some(out), Some(img)) = (&a.out, &run.image) {
-                    save_png(img, &out.join("images").join(format!("{i:03}.png")))?;
-                    scene
-                        .save_png(out.join("images").join(format!("{i:03}_scene.png")))
-                        .with_context(|| format!("writing the scene of caption {i}"))?;
-                    if a.save_traces {
-                        let dir = out.join("traces").join(format!("{i:03}"));
-                        save_run(&run, &dir).with_context(|| format!("writing {}", dir.display()))?;
+            }
+            Event::Experiment(ev) => match *ev {
+                ExperimentEvent::Progress(p) => {
+                    bar.set_length(p.total as u64);
+                    bar.set_position(p.done as u64);
+                    bar.set_message(p.message);
+                }
+                ExperimentEvent::ShapesEvalCase(c) => {
+                    let i = c.case.index;
+                    if let Some(out) = &a.out {
+                        save_png(
+                            c.run.image.as_ref().context("a finished case has an image")?,
+                            &out.join("images").join(format!("{i:03}.png")),
+                        )?;
+                        save_png(&c.scene, &out.join("images").join(format!("{i:03}_scene.png")))
+                            .with_context(|| format!("writing the scene of caption {i}"))?;
+                        if a.save_traces {
+                            let dir = out.join("traces").join(format!("{i:03}"));
+                            save_run(&c.run, &dir).with_context(|| format!("writing {}", dir.display()))?;
+                        }
+                    }
+                    if let Some(img) = c.run.image {
+                        images.push(img);
                     }
                 }
-                if let Some(img) = run.image {
-                    images.push(img);
-                }
-                cases.push(case);
-                truth.push(truth_case);
-                bar.inc(1);
+            },
+            Event::ExperimentFinished { outcome, .. } => {
+                let ExperimentReport::ShapesEval(report) = outcome.report;
+                break (*report, outcome.stopped);
             }
-            Err(EvalError::Run(RunError::Cancelled { .. })) => break,
-            Err(e) => {
-                failure = Some(anyhow::Error::new(e).context(format!("caption {i}")));
-                break;
-            }
+            Event::Failed { error, .. } => anyhow::bail!("{error}"),
+            _ => {}
         }
-    }
-    bar.finish_and_clear();
-
-    let complete = cases.len() == captions.len();
-    let summary = summarize(&cases, &truth, &layers, &timesteps);
-    let report = EvalReport {
-        model: spec,
-        settings,
-        sampler,
-        layers,
-        timesteps,
-        complete,
-        summary,
-        cases,
-        truth,
     };
+    bar.finish_and_clear();
+    drop(worker);
+
     let text = render_summary(&report);
     print!("{text}");
     if let Some(out) = &a.out {
@@ -185,16 +170,17 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         }
         println!("wrote {}", out.display());
     }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    if !complete {
-        eprintln!(
-            "cancelled after {} of {} captions (the summary covers those)",
-            report.cases.len(),
-            captions.len()
-        );
-        return Ok(ExitCode::from(130));
+    match stopped {
+        None => {}
+        Some(Stop::Failed(e)) => anyhow::bail!("{e}"),
+        Some(Stop::Cancelled) => {
+            eprintln!(
+                "cancelled after {} of {} captions (the summary covers those)",
+                report.cases.len(),
+                report.settings.count
+            );
+            return Ok(ExitCode::from(130));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -235,80 +221,4 @@ fn contact_sheet(images: &[RgbImage], cases: &[CaseResult]) -> image::RgbImage {
         }
     }
     sheet
-}
-
-fn pointing_line(label: &str, width: usize, r: &PointingRate) -> String {
-    format!("  {label:<width$} pointing {}   mean IoU {:.3}\n", r.hits, r.mean_iou)
-}
-
-/// The human-readable summary (printed and written to summary.txt).
-pub fn render_summary(r: &EvalReport) -> String {
-    let s = &r.summary;
-    let st = &r.settings;
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "Shapes-world evaluation of {}\n{} held-out captions{}, {} steps, guidance {}, {}, seeds {}..{}",
-        r.model,
-        s.cases,
-        if r.complete { "" } else { " (cancelled early)" },
-        st.steps,
-        st.guidance,
-        r.sampler,
-        st.seed,
-        st.seed + s.cases.saturating_sub(1) as u64
-    );
-    let _ = writeln!(t, "\nImages, judged by the world's rule-based detector");
-    let _ = writeln!(t, "  single object: colour right         {}   target >= 95%", s.single_colour);
-    let _ = writeln!(t, "                 shape right          {}   target >= 90%", s.single_shape);
-    let _ = writeln!(t, "                 position right       {}   target >= 90%", s.single_position);
-    let _ = writeln!(t, "                 size right           {}", s.single_size);
-    let _ = writeln!(t, "                 all stated right     {}", s.single_all);
-    let _ = writeln!(t, "  two objects:   both objects right   {}   target >= 75%", s.two_both_objects);
-    let _ = writeln!(t, "                 ... and relation     {}", s.two_all);
-    let _ = writeln!(t, "  strictly right (all stated attributes, no extra object), by template:");
-    for (tpl, rate) in &s.strict_by_template {
-        let name = match tpl {
-            Template::Colour => "a {colour} {shape}",
-            Template::SizeColour => "a {size} {colour} {shape}",
-            Template::ColourPosition => "a {colour} {shape} on the {position}",
-            Template::SizeColourPosition => "a {size} {colour} {shape} on the {position}",
-            Template::Relation => "a {colour} {shape} {relation} a ...",
-        };
-        let _ = writeln!(t, "    {name:<46} {rate}");
-    }
-    let width = s.attention.by_layer.iter().map(|(l, _)| l.len() + 2).max().unwrap_or(0).max(34);
-    let _ = writeln!(
-        t,
-        "\nAttention of the generations vs the detected objects' masks (maps averaged over all layers and steps,\n\
-         upsampled to the image; pointing game: the peak lies in the mask; IoU of the map thresholded at {} of its range)",
-        st.threshold
-    );
-    attention_section(&mut t, &s.attention, width, true);
-    let _ = writeln!(
-        t,
-        "\nAttention on rendered scenes of the same captions vs their exact masks (the scene's latent noised to\n\
-         each step's t, one conditional UNet call per step)"
-    );
-    attention_section(&mut t, &s.attention_truth, width, false);
-    t
-}
-
-fn attention_section(t: &mut String, a: &AttentionSummary, width: usize, generated: bool) {
-    t.push_str(&pointing_line("all object words", width, &a.pointing));
-    let _ = writeln!(t, "  {:<width$} target >= 80%", "");
-    for (k, rate) in &a.by_kind {
-        t.push_str(&pointing_line(&format!("{} words", k.name()), width, rate));
-    }
-    if generated {
-        let _ = writeln!(t, "  words not scored (object not found): {}", a.unscored_words);
-    }
-    let _ = writeln!(t, "  per layer (all steps):");
-    for (l, rate) in &a.by_layer {
-        t.push_str(&pointing_line(&format!("  {l}"), width, rate));
-    }
-    let _ = writeln!(t, "  per step (all layers):");
-    for (i, (ts, rate)) in a.by_step.iter().enumerate() {
-        t.push_str(&pointing_line(&format!("  step {:>2}  t = {ts:>4}", i + 1), width, rate));
-    }
 }

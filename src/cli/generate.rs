@@ -10,11 +10,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use diffusion_scope::engine::{Event, ModelRequest, Worker};
-use diffusion_scope::model::unet::CaptureMode;
 use diffusion_scope::model::{DTypeChoice, DeviceChoice};
-use diffusion_scope::sampling::denoise::RunConfig;
+use diffusion_scope::pipeline::{InitLatents, RunConfig};
 use diffusion_scope::sampling::{SamplerKind, TimestepSpacing};
-use diffusion_scope::trace::{Run, RunStatus, save_run};
+use diffusion_scope::trace::{Run, save_run};
+use diffusion_scope::types::CaptureMode;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -107,7 +107,8 @@ impl GenerateConfig {
                 seed,
                 height: a.height,
                 width: a.width,
-                init_latents: a.init_latents,
+                init_latents: a.init_latents.map_or(InitLatents::Seed, InitLatents::File),
+                embeddings: None,
                 attention: a.attention,
             },
             out: a.out,
@@ -131,7 +132,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             cancel.store(true, Ordering::SeqCst);
         });
     }
-    worker.generate(cfg.model.clone(), cfg.run.clone());
+    worker.generate(cfg.model.clone(), cfg.run.clone())?;
 
     let bar = if cfg.quiet {
         ProgressBar::hidden()
@@ -146,76 +147,61 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             outcome = Err("the worker thread stopped unexpectedly".into());
             break;
         };
-        match ev {
-            Event::LoadingModel { spec } => bar.set_message(format!("loading {spec}")),
-            Event::ModelLoaded(info) => {
+        if let Event::Started(meta) = &ev {
+            if !meta.truncated_words.is_empty() {
+                // Printed even with --quiet and without a terminal: it changes the result.
+                bar.suspend(|| {
+                    eprintln!(
+                        "warning: the prompt is longer than the tokenizer's {} tokens; dropped: {}",
+                        meta.token_ids.len(),
+                        meta.truncated_words.join(" ")
+                    )
+                });
+            }
+            bar.set_length(meta.timesteps.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_message("");
+        }
+        let end = match &ev {
+            Event::Finished { .. } => Some(Ok(())),
+            Event::Cancelled { completed, total, .. } => Some(Err(format!("cancelled after {completed} of {total} steps"))),
+            Event::Failed { error, .. } => Some(Err(error.clone())),
+            _ => None,
+        };
+        if matches!(ev, Event::Step(_)) {
+            bar.inc(1);
+        }
+        let rest = match (ev, run.as_mut()) {
+            (Event::Started(meta), _) => {
+                run = Some(Run::started(*meta));
+                None
+            }
+            (ev, Some(r)) => ev.record_into(r),
+            (ev, None) => Some(ev),
+        };
+        match rest {
+            Some(Event::LoadingModel { spec }) => bar.set_message(format!("loading {spec}")),
+            Some(Event::ModelLoaded(info)) => {
                 if !cfg.quiet {
                     bar.suspend(|| eprintln!("loaded {} in {:.2}s", info.path, info.load_secs));
                 }
             }
-            Event::Started(meta) => {
-                if !meta.truncated_words.is_empty() {
-                    // Printed even with --quiet and without a terminal: it changes the result.
-                    bar.suspend(|| {
-                        eprintln!(
-                            "warning: the prompt is longer than the tokenizer's {} tokens; dropped: {}",
-                            meta.token_ids.len(),
-                            meta.truncated_words.join(" ")
-                        )
-                    });
-                }
-                bar.set_length(meta.timesteps.len() as u64);
-                bar.set_style(
-                    ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                bar.set_message("");
-                run = Some(Run {
-                    meta: *meta,
-                    steps: Vec::new(),
-                    image: None,
-                });
-            }
-            Event::Step(rec) => {
-                bar.inc(1);
-                if let Some(r) = run.as_mut() {
-                    r.meta.step_secs.push(rec.elapsed_secs);
-                    r.steps.push(*rec);
-                }
-            }
-            Event::Decoding => bar.set_message("decoding"),
-            Event::Decoded { .. } | Event::DecodeFailed { .. } => {}
-            Event::Finished { image, .. } => {
-                if let Some(r) = run.as_mut() {
-                    r.image = Some(image);
-                    r.meta.status = RunStatus::Complete;
-                }
-                outcome = Ok(());
-                break;
-            }
-            Event::Cancelled { completed, total } => {
-                if let Some(r) = run.as_mut() {
-                    r.meta.status = RunStatus::Cancelled;
-                }
-                outcome = Err(format!("cancelled after {completed} of {total} steps"));
-                break;
-            }
-            Event::Failed { error } => {
-                if let Some(r) = run.as_mut() {
-                    r.meta.status = RunStatus::Failed;
-                    r.meta.error = Some(error.clone());
-                }
-                outcome = Err(error);
-                break;
-            }
+            Some(Event::Decoding) => bar.set_message("decoding"),
+            _ => {}
+        }
+        if let Some(end) = end {
+            outcome = end;
+            break;
         }
     }
     bar.finish_and_clear();
     drop(worker);
 
     // Whatever was computed is saved, also for a cancelled or failed run.
-    if let Some(r) = run.as_mut() {
-        r.meta.total_secs = t0.elapsed().as_secs_f64();
+    if let Some(r) = run.as_ref() {
         save_run(r, &cfg.out).with_context(|| format!("writing {}", cfg.out.display()))?;
     }
     match outcome {
@@ -224,7 +210,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             let n = r.map_or(0, |r| r.steps.len());
             let secs: f64 = r.map_or(0.0, |r| r.meta.step_secs.iter().sum());
             println!(
-                "wrote {} ({} steps, {:.2} s sampling, {:.2} steps/s, {:.2} s total)",
+                "wrote {} ({} steps, {:.2} s sampling, {:.2} steps/s, {:.2} s with the model load)",
                 cfg.out.display(),
                 n,
                 secs,

@@ -1,24 +1,35 @@
 //! The worker thread that owns the device, the loaded model and the sampler. Commands go in
 //! and events come out over bounded channels; the UI and the CLI are both clients.
 //!
-//! Architecture invariant: nothing outside this module and `model`/`sampling` touches candle;
-//! events carry plain data ([`StepRecord`], [`RunMeta`], [`RgbImage`]).
+//! Every command is answered by exactly one terminal event: `Generate` by `Finished`,
+//! `Cancelled` or `Failed`; `Decode` by `Decoded` or `DecodeFailed` (or `Failed` when the model
+//! could not be loaded); `Experiment` by `ExperimentFinished` or `Failed`. A panic while a
+//! command runs is caught: it becomes `Failed` with the panic message, the worker drops its
+//! loaded model (its state may be broken) and goes on with the next command, as a restarted
+//! worker would.
+//!
+//! Architecture invariant: events carry plain data ([`StepRecord`], [`RunMeta`], [`RgbImage`],
+//! experiment reports); nothing above this module sees candle.
 
-use std::sync::Arc;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
+use crate::experiments::{self, ExperimentEvent, ExperimentSettings, Outcome};
 use crate::model::hub::{self, ModelSource};
 use crate::model::{DTypeChoice, DeviceChoice, ModelError, StableDiffusion};
-use crate::sampling::denoise::{self, RunConfig, RunError, RunEvent};
-use crate::trace::{RgbImage, RunMeta, StepRecord};
+use crate::pipeline::{self, RunConfig, RunError, RunEvent};
+use crate::trace::{RgbImage, Run, RunEnd, RunMeta, RunStatus, StepRecord};
 
 /// Capacity of the event channel. Step records are data and are never dropped: when the
 /// consumer is slow the worker waits (backpressure).
 pub const EVENT_CAPACITY: usize = 64;
+/// Capacity of the command channel; a full queue is reported, never waited on.
+pub const COMMAND_CAPACITY: usize = 8;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelRequest {
@@ -28,19 +39,30 @@ pub struct ModelRequest {
     pub dtype: DTypeChoice,
 }
 
+/// A full VAE decode of latents [C, h, w] (e.g. a step's x0), answered by `Decoded` /
+/// `DecodeFailed` with the same `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeRequest {
+    pub model: ModelRequest,
+    pub id: u64,
+    pub latents: Vec<f32>,
+    pub shape: [usize; 3],
+}
+
 pub enum Command {
     Generate {
         model: ModelRequest,
         config: Box<RunConfig>,
     },
-    /// Decode latents [C, h, w] (e.g. a step's x0) with the model's VAE; answered by
-    /// `Decoded` / `DecodeFailed` with the same `id`. Queued behind a running generation.
-    Decode {
+    /// A decode request is waiting in the latest-wins slot (see [`Worker::decode`]).
+    DecodePending,
+    Experiment {
         model: ModelRequest,
-        id: u64,
-        latents: Vec<f32>,
-        shape: [usize; 3],
+        settings: Box<ExperimentSettings>,
     },
+    /// Panics inside the worker (tests of the panic boundary).
+    #[doc(hidden)]
+    InjectPanic,
     Shutdown,
 }
 
@@ -62,11 +84,13 @@ pub enum Event {
     Started(Box<RunMeta>),
     Step(Box<StepRecord>),
     Decoding,
+    /// `total_secs`: the run from prompt encoding to the decoded image, without the model load
+    /// (see [`Run::finish`]).
     Finished {
         image: RgbImage,
         total_secs: f64,
     },
-    /// Answer to `Command::Decode`.
+    /// Answer to a decode request.
     Decoded {
         id: u64,
         image: RgbImage,
@@ -78,11 +102,64 @@ pub enum Event {
     Cancelled {
         completed: usize,
         total: usize,
+        total_secs: f64,
     },
-    /// The run (or the model load) failed; the worker stays usable.
+    /// The run, the experiment or the model load failed (or the worker panicked and was
+    /// restarted); the worker stays usable. `total_secs`: how long the failed work ran.
     Failed {
         error: String,
+        total_secs: f64,
     },
+    /// Progress and per-item results of a running experiment.
+    Experiment(Box<ExperimentEvent>),
+    /// The experiment's report (also after a cancel or a failed item: see `Outcome::stopped`).
+    ExperimentFinished {
+        outcome: Box<Outcome>,
+        total_secs: f64,
+    },
+}
+
+impl Event {
+    /// Records a run event (`Step`, `Finished`, `Cancelled`, `Failed`) into `run` through the
+    /// one assembly ([`Run::push_step`], [`Run::finish`]; `Started` is [`Run::started`]). Other
+    /// events, and `Failed` (its message is for the caller too), are handed back.
+    pub fn record_into(self, run: &mut Run) -> Option<Event> {
+        match self {
+            Event::Step(rec) => run.push_step(*rec),
+            Event::Finished { image, total_secs } => run.finish(RunEnd::Complete(image), total_secs),
+            Event::Cancelled { total_secs, .. } => run.finish(RunEnd::Cancelled, total_secs),
+            Event::Failed { ref error, total_secs } => {
+                if run.meta.status == RunStatus::Running {
+                    run.finish(RunEnd::Failed(error.clone()), total_secs);
+                }
+                return Some(self);
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// Whether this event ends the command it answers (the worker is then free).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Event::Finished { .. }
+                | Event::Cancelled { .. }
+                | Event::Failed { .. }
+                | Event::Decoded { .. }
+                | Event::DecodeFailed { .. }
+                | Event::ExperimentFinished { .. }
+        )
+    }
+}
+
+/// Why a command was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the worker is busy ({COMMAND_CAPACITY} commands queued); try again when it is done")]
+    Busy,
+    #[error("the worker thread has stopped")]
+    Stopped,
 }
 
 /// Handle to the worker thread. Dropping it cancels any run, shuts the thread down and joins it.
@@ -90,41 +167,83 @@ pub struct Worker {
     commands: Sender<Command>,
     events: Receiver<Event>,
     cancel: Arc<AtomicBool>,
+    decode_slot: Arc<Mutex<Option<DecodeRequest>>>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Worker {
     /// `wake` is called after every event is queued (the UI passes `ctx.request_repaint`).
     pub fn spawn(wake: Box<dyn Fn() + Send>) -> std::io::Result<Self> {
-        let (cmd_tx, cmd_rx) = bounded::<Command>(8);
+        let (cmd_tx, cmd_rx) = bounded::<Command>(COMMAND_CAPACITY);
         let (ev_tx, ev_rx) = bounded::<Event>(EVENT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
-        let cancel_w = cancel.clone();
+        let decode_slot = Arc::new(Mutex::new(None));
+        let state = WorkerState {
+            events: ev_tx,
+            cancel: cancel.clone(),
+            decode_slot: decode_slot.clone(),
+            wake,
+            loaded: None,
+            alive: true,
+        };
         let handle = std::thread::Builder::new()
             .name("diffusion-worker".into())
-            .spawn(move || worker_loop(cmd_rx, ev_tx, cancel_w, wake))?;
+            .spawn(move || state.run(cmd_rx))?;
         Ok(Self {
             commands: cmd_tx,
             events: ev_rx,
             cancel,
+            decode_slot,
             handle: Some(handle),
         })
     }
 
-    pub fn generate(&self, model: ModelRequest, config: RunConfig) {
+    fn send(&self, cmd: Command) -> Result<(), SendError> {
+        self.commands.try_send(cmd).map_err(|e| match e {
+            TrySendError::Full(_) => SendError::Busy,
+            TrySendError::Disconnected(_) => SendError::Stopped,
+        })
+    }
+
+    pub fn generate(&self, model: ModelRequest, config: RunConfig) -> Result<(), SendError> {
         self.cancel.store(false, Ordering::SeqCst);
-        let _ = self.commands.send(Command::Generate {
+        self.send(Command::Generate {
             model,
             config: Box::new(config),
-        });
+        })
     }
 
-    /// Asks for a full VAE decode of latents [C, h, w]; the answer comes as `Event::Decoded`.
-    pub fn decode(&self, model: ModelRequest, id: u64, latents: Vec<f32>, shape: [usize; 3]) {
-        let _ = self.commands.try_send(Command::Decode { model, id, latents, shape });
+    /// Runs an experiment; progress comes as `Event::Experiment`, the report as
+    /// `Event::ExperimentFinished`.
+    pub fn experiment(&self, model: ModelRequest, settings: ExperimentSettings) -> Result<(), SendError> {
+        self.cancel.store(false, Ordering::SeqCst);
+        self.send(Command::Experiment {
+            model,
+            settings: Box::new(settings),
+        })
     }
 
-    /// Asks the running generation to stop after the current UNet evaluation.
+    /// Asks for a full VAE decode; the answer comes as `Event::Decoded` / `DecodeFailed`.
+    ///
+    /// Latest wins: there is one pending decode at a time. A request that is still waiting when
+    /// a newer one arrives is replaced and will not be answered; its id is returned so the caller
+    /// can forget it (and ask again later). Requests are never dropped silently.
+    pub fn decode(&self, request: DecodeRequest) -> Result<Option<u64>, SendError> {
+        if self.handle.as_ref().is_none_or(|h| h.is_finished()) {
+            return Err(SendError::Stopped);
+        }
+        let replaced = match self.decode_slot.lock() {
+            Ok(mut slot) => slot.replace(request).map(|r| r.id),
+            Err(_) => return Err(SendError::Stopped),
+        };
+        // A full queue is fine: the worker looks at the slot after every command.
+        match self.commands.try_send(Command::DecodePending) {
+            Err(TrySendError::Disconnected(_)) => Err(SendError::Stopped),
+            _ => Ok(replaced),
+        }
+    }
+
+    /// Asks the running generation or experiment to stop after the current UNet evaluation.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
     }
@@ -136,6 +255,12 @@ impl Worker {
 
     pub fn events(&self) -> &Receiver<Event> {
         &self.events
+    }
+
+    /// Makes the worker panic while handling a command (tests of the panic boundary).
+    #[doc(hidden)]
+    pub fn inject_panic(&self) -> Result<(), SendError> {
+        self.send(Command::InjectPanic)
     }
 }
 
@@ -158,117 +283,217 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().trim_end().to_owned()
 }
 
+/// The text of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+/// Resolves a model request (folder or hub id) and loads it, checking that its scheduler
+/// config parses.
+pub fn load_model(request: &ModelRequest) -> Result<StableDiffusion, ModelError> {
+    let source = ModelSource::parse(&request.spec)?;
+    let root = hub::resolve(&source, request.dtype == DTypeChoice::F16)?;
+    let device = request.device.device()?;
+    let sd = StableDiffusion::load(&root, &device, request.dtype.dtype())?;
+    pipeline::scheduler_config(&sd).map_err(|e| ModelError::Scheduler(e.to_string()))?;
+    Ok(sd)
+}
+
 struct Loaded {
     request: ModelRequest,
     model: StableDiffusion,
 }
 
-/// Resolves a model request (folder or hub id) and loads it: what the worker does, for
-/// headless commands that drive the pipeline themselves.
-pub fn load_model(request: &ModelRequest) -> Result<StableDiffusion, ModelError> {
-    let source = ModelSource::parse(&request.spec)?;
-    let root = hub::resolve(&source, request.dtype == DTypeChoice::F16)?;
-    let device = request.device.device()?;
-    StableDiffusion::load(&root, &device, request.dtype.dtype())
+/// Everything the worker thread owns.
+struct WorkerState {
+    events: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    decode_slot: Arc<Mutex<Option<DecodeRequest>>>,
+    wake: Box<dyn Fn() + Send>,
+    loaded: Option<Loaded>,
+    /// Cleared when the consumer is gone: the loop ends.
+    alive: bool,
 }
 
-/// Makes `request` the loaded model, reporting progress; false when loading failed (already
-/// reported) or the consumer is gone (`alive` cleared).
-fn ensure_loaded(loaded: &mut Option<Loaded>, request: &ModelRequest, send: &dyn Fn(Event) -> bool, alive: &mut bool) -> bool {
-    if loaded.as_ref().is_some_and(|l| &l.request == request) {
-        return true;
-    }
-    *loaded = None;
-    if !send(Event::LoadingModel {
-        spec: request.spec.clone(),
-    }) {
-        *alive = false;
-        return false;
-    }
-    let t0 = Instant::now();
-    match load_model(request) {
-        Ok(sd) => {
-            let info = ModelInfo {
-                spec: request.spec.clone(),
-                path: sd.root.display().to_string(),
-                default_size: sd.default_size(),
-                vae_scale_factor: sd.vae_scale_factor(),
-                attn_layers: sd.unet.attn_layers().len(),
-                load_secs: t0.elapsed().as_secs_f64(),
-            };
-            *loaded = Some(Loaded {
-                request: request.clone(),
-                model: sd,
-            });
-            *alive = send(Event::ModelLoaded(info));
-            *alive
-        }
-        Err(e) => {
-            *alive = send(Event::Failed {
-                error: first_line(&format!("loading model '{}': {e}", request.spec)),
-            });
-            false
+impl WorkerState {
+    fn run(mut self, commands: Receiver<Command>) {
+        while self.alive
+            && let Ok(cmd) = commands.recv()
+        {
+            if matches!(cmd, Command::Shutdown) {
+                break;
+            }
+            self.guarded(|s| s.handle(cmd));
+            // A decode waiting in the slot is served after every command.
+            if self.alive {
+                self.guarded(|s| s.serve_decode());
+            }
         }
     }
-}
 
-fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, cancel: Arc<AtomicBool>, wake: Box<dyn Fn() + Send>) {
-    let send = |e: Event| -> bool {
-        let ok = events.send(e).is_ok();
-        wake();
-        ok
-    };
-    let mut loaded: Option<Loaded> = None;
-    let mut alive = true;
-    while alive && let Ok(cmd) = commands.recv() {
+    /// Runs `f`; a panic becomes a `Failed` event and the loaded model is dropped.
+    fn guarded(&mut self, f: impl FnOnce(&mut Self)) {
+        let t0 = Instant::now();
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(self))) {
+            self.loaded = None;
+            let error = format!(
+                "internal error: the worker panicked ({}); it was restarted, the model will be loaded again",
+                first_line(&panic_message(payload.as_ref()))
+            );
+            self.send(Event::Failed {
+                error,
+                total_secs: t0.elapsed().as_secs_f64(),
+            });
+        }
+    }
+
+    fn send(&mut self, e: Event) {
+        if self.alive && self.events.send(e).is_err() {
+            self.alive = false;
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+        (self.wake)();
+    }
+
+    fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Shutdown => break,
-            Command::Decode { model, id, latents, shape } => {
-                if !ensure_loaded(&mut loaded, &model, &send, &mut alive) {
-                    continue;
-                }
-                let Some(l) = &loaded else { continue };
-                let ev = match denoise::decode(&l.model, latents, shape) {
-                    Ok(image) => Event::Decoded { id, image },
-                    Err(e) => Event::DecodeFailed {
-                        id,
-                        error: first_line(&e.to_string()),
-                    },
-                };
-                alive = send(ev);
-            }
-            Command::Generate { model, config } => {
-                if !ensure_loaded(&mut loaded, &model, &send, &mut alive) {
-                    continue;
-                }
-                let Some(l) = &loaded else { continue };
-                let t0 = Instant::now();
-                let result = denoise::run(&l.model, &model.spec, &config, &cancel, &mut |ev| {
-                    let e = match ev {
-                        RunEvent::Started(meta) => Event::Started(meta),
-                        RunEvent::Step(rec) => Event::Step(rec),
-                        RunEvent::Decoding => Event::Decoding,
+            Command::Shutdown | Command::DecodePending => {}
+            Command::InjectPanic => panic!("injected panic (test)"),
+            Command::Generate { model, config } => self.generate(&model, &config),
+            Command::Experiment { model, settings } => self.experiment(&model, &settings),
+        }
+    }
+
+    /// Makes `request` the loaded model, reporting progress; None when loading failed (already
+    /// reported).
+    fn ensure_loaded(&mut self, request: &ModelRequest) -> Option<&StableDiffusion> {
+        if !self.loaded.as_ref().is_some_and(|l| &l.request == request) {
+            self.loaded = None;
+            self.send(Event::LoadingModel {
+                spec: request.spec.clone(),
+            });
+            let t0 = Instant::now();
+            match load_model(request) {
+                Ok(sd) => {
+                    let info = ModelInfo {
+                        spec: request.spec.clone(),
+                        path: sd.root.display().to_string(),
+                        default_size: sd.default_size(),
+                        vae_scale_factor: sd.vae_scale_factor(),
+                        attn_layers: sd.unet.attn_layers().len(),
+                        load_secs: t0.elapsed().as_secs_f64(),
                     };
-                    if alive && !send(e) {
-                        alive = false;
-                        cancel.store(true, Ordering::SeqCst);
-                    }
-                });
-                if !alive {
-                    break;
+                    self.loaded = Some(Loaded {
+                        request: request.clone(),
+                        model: sd,
+                    });
+                    self.send(Event::ModelLoaded(info));
                 }
-                let ev = match result {
-                    Ok(image) => Event::Finished {
-                        image,
-                        total_secs: t0.elapsed().as_secs_f64(),
-                    },
-                    Err(RunError::Cancelled { completed, total }) => Event::Cancelled { completed, total },
-                    Err(e) => Event::Failed {
-                        error: first_line(&e.to_string()),
-                    },
-                };
-                alive = send(ev);
+                Err(e) => {
+                    self.send(Event::Failed {
+                        error: first_line(&format!("loading model '{}': {e}", request.spec)),
+                        total_secs: 0.0,
+                    });
+                    return None;
+                }
             }
         }
+        if !self.alive {
+            return None;
+        }
+        self.loaded.as_ref().map(|l| &l.model)
+    }
+
+    fn generate(&mut self, model: &ModelRequest, config: &RunConfig) {
+        if self.ensure_loaded(model).is_none() {
+            return;
+        }
+        let Some(l) = self.loaded.take() else { return };
+        let t0 = Instant::now();
+        let result = pipeline::run(&l.model, &model.spec, config, &self.cancel.clone(), &mut |ev| {
+            let e = match ev {
+                RunEvent::Started(meta) => Event::Started(meta),
+                RunEvent::Step(rec) => Event::Step(rec),
+                RunEvent::Decoding => Event::Decoding,
+            };
+            self.send(e);
+        });
+        self.loaded = Some(l);
+        if !self.alive {
+            return;
+        }
+        let total_secs = t0.elapsed().as_secs_f64();
+        let ev = match result {
+            Ok(image) => Event::Finished { image, total_secs },
+            Err(RunError::Cancelled { completed, total }) => Event::Cancelled {
+                completed,
+                total,
+                total_secs,
+            },
+            Err(e) => Event::Failed {
+                error: first_line(&e.to_string()),
+                total_secs,
+            },
+        };
+        self.send(ev);
+    }
+
+    fn experiment(&mut self, model: &ModelRequest, settings: &ExperimentSettings) {
+        if self.ensure_loaded(model).is_none() {
+            return;
+        }
+        let Some(l) = self.loaded.take() else { return };
+        let t0 = Instant::now();
+        let result = experiments::run(&l.model, &model.spec, settings, &self.cancel.clone(), &mut |ev| {
+            self.send(Event::Experiment(Box::new(ev)));
+        });
+        self.loaded = Some(l);
+        if !self.alive {
+            return;
+        }
+        let total_secs = t0.elapsed().as_secs_f64();
+        let ev = match result {
+            Ok(outcome) => Event::ExperimentFinished {
+                outcome: Box::new(outcome),
+                total_secs,
+            },
+            Err(e) => Event::Failed {
+                error: first_line(&format!("{}: {e}", settings.name())),
+                total_secs,
+            },
+        };
+        self.send(ev);
+    }
+
+    fn serve_decode(&mut self) {
+        let request = match self.decode_slot.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(_) => None,
+        };
+        let Some(DecodeRequest { model, id, latents, shape }) = request else {
+            return;
+        };
+        let Some(sd) = self.ensure_loaded(&model) else {
+            // The load failure was reported as `Failed`; answer the request too.
+            self.send(Event::DecodeFailed {
+                id,
+                error: format!("the model '{}' could not be loaded", model.spec),
+            });
+            return;
+        };
+        let ev = match pipeline::decode(sd, latents, shape) {
+            Ok(image) => Event::Decoded { id, image },
+            Err(e) => Event::DecodeFailed {
+                id,
+                error: first_line(&e.to_string()),
+            },
+        };
+        self.send(ev);
     }
 }

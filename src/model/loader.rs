@@ -14,7 +14,6 @@ use super::config::{ModelIndex, TextEncoderConfig, UNetConfig, VaeConfig};
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet;
 use super::vae::Vae;
-use crate::sampling::config::SchedulerConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -90,7 +89,9 @@ pub struct StableDiffusion {
     pub text_encoder: ClipTextEncoder,
     pub unet: UNet,
     pub vae: Vae,
-    pub scheduler_config: SchedulerConfig,
+    /// `scheduler/scheduler_config.json` as written. The model layer does not interpret it:
+    /// `sampling::config::SchedulerConfig` parses it (through `pipeline::scheduler_config`).
+    pub scheduler_json: String,
     pub device: Device,
     pub dtype: DType,
 }
@@ -192,7 +193,10 @@ impl StableDiffusion {
         let vae_cfg = VaeConfig::from_file(&require(root.join("vae/config.json"))?)?;
         let te_cfg = TextEncoderConfig::from_file(&require(root.join("text_encoder/config.json"))?)?;
         let sched_path = require(root.join("scheduler/scheduler_config.json"))?;
-        let scheduler_config = SchedulerConfig::from_file(&sched_path).map_err(|e| ModelError::Scheduler(e.to_string()))?;
+        let scheduler_json = std::fs::read_to_string(&sched_path).map_err(|source| ModelError::Io {
+            path: sched_path.clone(),
+            source,
+        })?;
         let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer"))?;
 
         if unet_cfg.in_channels != vae_cfg.latent_channels {
@@ -238,7 +242,7 @@ impl StableDiffusion {
             text_encoder,
             unet,
             vae,
-            scheduler_config,
+            scheduler_json,
             device: device.clone(),
             dtype,
         })

@@ -1,7 +1,6 @@
 //! Everything that knows about model files and candle modules: configs, loading (local
 //! folder, hub, bundled), tokenizer, text encoder, UNet with attention probes, VAE.
 
-pub mod bench;
 pub mod clip;
 pub mod config;
 pub mod hub;

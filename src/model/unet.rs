@@ -11,44 +11,7 @@ use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
 
 use super::config::UNetConfig;
-
-/// What to keep of the cross-attention probabilities during a forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CaptureMode {
-    /// Nothing: the probe is a no-op.
-    None,
-    /// Per step, per resolution: the mean over the attn2 layers of that resolution of the
-    /// head-averaged maps (conditional branch). Bounded memory.
-    #[default]
-    Aggregate,
-    /// Every attn2 layer at every step (head-averaged, conditional branch).
-    Full,
-}
-
-impl std::str::FromStr for CaptureMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "none" => Ok(Self::None),
-            "aggregate" => Ok(Self::Aggregate),
-            "full" => Ok(Self::Full),
-            other => Err(format!(
-                "unknown attention capture mode '{other}' (expected none, aggregate or full)"
-            )),
-        }
-    }
-}
-
-impl CaptureMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Aggregate => "aggregate",
-            Self::Full => "full",
-        }
-    }
-}
+use crate::types::CaptureMode;
 
 /// One cross-attention layer of the UNet, in diffusers' module order.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

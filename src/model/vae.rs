@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 
 use super::config::VaeConfig;
-use crate::trace::RgbImage;
+use crate::types::RgbImage;
 
 /// candle-transformers' AutoencoderKL built from `vae/config.json`.
 fn autoencoder(vb: VarBuilder, config: &VaeConfig) -> Result<AutoEncoderKL> {

@@ -15,7 +15,6 @@
 //! `step` must be called with consecutive indices starting at 0 (samplers keep history).
 
 pub mod config;
-pub mod denoise;
 pub mod noise;
 pub mod rng;
 pub mod schedule;

@@ -92,11 +92,17 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<(), TraceError> {
 /// Reads a run folder written by [`save_run`] (by this app or another tool writing the same
 /// format), without recomputing anything.
 pub fn load_run(dir: &Path) -> Result<Run, TraceError> {
+    load_run_with_progress(dir, &|_| {})
+}
+
+/// [`load_run`], calling `progress` with the fraction of `trace.safetensors` read so far (the
+/// file is read in 8 MiB pieces; the parsing after the last piece is quick by comparison).
+pub fn load_run_with_progress(dir: &Path, progress: &dyn Fn(f32)) -> Result<Run, TraceError> {
     let meta_path = dir.join("trace.json");
     let text = std::fs::read_to_string(&meta_path).map_err(io_err(&meta_path))?;
     let meta: RunMeta = serde_json::from_str(&text).map_err(|e| fmt_err(&meta_path, e))?;
     let st_path = dir.join("trace.safetensors");
-    let bytes = std::fs::read(&st_path).map_err(io_err(&st_path))?;
+    let bytes = read_with_progress(&st_path, progress)?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| fmt_err(&st_path, e))?;
     let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>), TraceError> {
         let t = st.tensor(name).map_err(|e| fmt_err(&st_path, format!("{name}: {e}")))?;
@@ -175,6 +181,23 @@ pub fn load_run(dir: &Path) -> Result<Run, TraceError> {
         None
     };
     Ok(Run { meta, steps, image })
+}
+
+fn read_with_progress(path: &Path, progress: &dyn Fn(f32)) -> Result<Vec<u8>, TraceError> {
+    use std::io::Read;
+    const PIECE: usize = 8 << 20;
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len() as usize;
+    let mut bytes = Vec::with_capacity(len);
+    loop {
+        let before = bytes.len();
+        let n = file.by_ref().take(PIECE as u64).read_to_end(&mut bytes).map_err(io_err(path))?;
+        progress((bytes.len() as f32 / len.max(1) as f32).min(1.0));
+        if n == 0 || bytes.len() == before {
+            break;
+        }
+    }
+    Ok(bytes)
 }
 
 fn attn_size(meta: &RunMeta, key: &str) -> Option<(usize, usize)> {

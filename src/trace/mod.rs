@@ -8,11 +8,11 @@
 mod io;
 pub mod synthetic;
 
-pub use io::{TraceError, load_run, save_png, save_run};
+pub use io::{TraceError, load_run, load_run_with_progress, save_png, save_run};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::unet::CaptureMode;
+pub use crate::types::{CaptureMode, RgbImage};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -122,7 +122,7 @@ pub struct RunMeta {
     pub error: Option<String>,
 }
 
-/// A run as the app and the CLI hold it.
+/// A run as the app, the CLI and the experiments hold it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
     pub meta: RunMeta,
@@ -130,10 +130,49 @@ pub struct Run {
     pub image: Option<RgbImage>,
 }
 
-/// An 8-bit RGB image, row-major, 3 bytes a pixel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RgbImage {
-    pub width: usize,
-    pub height: usize,
-    pub pixels: Vec<u8>,
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEnd {
+    Complete(RgbImage),
+    Cancelled,
+    Failed(String),
+}
+
+/// The one assembly of a run from what the pipeline streams (`Started`, `Step`s, the end):
+/// the CLI, the app's store and the experiments all build their `Run`s through these three
+/// methods, so `step_secs`, `status` and `total_secs` mean the same everywhere.
+///
+/// `total_secs` is the wall time of the run itself: from the start of the pipeline (prompt
+/// encoding) to its end (image decoded, or cancel / failure), without the model load.
+impl Run {
+    /// A run that has just started (its meta from the pipeline's `Started`), no steps yet.
+    pub fn started(meta: RunMeta) -> Self {
+        Run {
+            meta,
+            steps: Vec::new(),
+            image: None,
+        }
+    }
+
+    /// Appends one step and its time.
+    pub fn push_step(&mut self, step: StepRecord) {
+        self.meta.step_secs.push(step.elapsed_secs);
+        self.steps.push(step);
+    }
+
+    /// Records the end of the run.
+    pub fn finish(&mut self, end: RunEnd, total_secs: f64) {
+        self.meta.total_secs = total_secs;
+        match end {
+            RunEnd::Complete(image) => {
+                self.image = Some(image);
+                self.meta.status = RunStatus::Complete;
+            }
+            RunEnd::Cancelled => self.meta.status = RunStatus::Cancelled,
+            RunEnd::Failed(error) => {
+                self.meta.status = RunStatus::Failed;
+                self.meta.error = Some(error);
+            }
+        }
+    }
 }

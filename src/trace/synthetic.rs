@@ -3,7 +3,7 @@
 //! which the word "red" attends to a disc on the left that sharpens over the steps.
 
 use super::{AttnLayer, AttnMap, RgbImage, Run, RunMeta, RunStatus, StepRecord};
-use crate::model::unet::CaptureMode;
+use crate::types::CaptureMode;
 
 /// What to synthesise.
 pub struct SyntheticSpec {

@@ -1,7 +1,7 @@
 //! The attention heatmap on the GPU: an egui_wgpu paint callback that draws one latent map
 //! through the shared colormap table (shaders/heatmap.wgsl). Pipelines, layouts and the
 //! colormap tables are created once at start-up and kept in egui_wgpu's `callback_resources`;
-//! map textures are cached by key (run generation, step range, source, token), so scrubbing
+//! map textures are cached by key (run, step range, source, token positions), so scrubbing
 //! back to a step already seen uploads nothing.
 
 use std::collections::HashMap;
@@ -11,8 +11,7 @@ use eframe::egui_wgpu::{self, CallbackResources, CallbackTrait, ScreenDescriptor
 
 use crate::analysis::colormap::Colormap;
 
-/// Identifies the contents of one map texture.
-pub type MapKey = String;
+pub use super::MapKey;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

@@ -1,14 +1,18 @@
 //! The interactive app (eframe/egui, wgpu). One [`App`] owns the worker handle, the
-//! [`store::RunStore`] and the view state; `App::logic` drains worker events into the store with
-//! a small time budget, `App::ui` draws panels that read the store and send commands.
+//! [`store::RunStore`], the view state and the background file jobs; `App::logic` drains worker
+//! events and file results into the store with a small time budget, `App::ui` draws the panels
+//! (`panels/`, one file a panel), which read the store and send [`Action`]s; the actions are
+//! carried out after the panels have drawn.
 
 pub mod export;
+pub mod files;
 pub mod heatmap;
 pub mod panels;
 pub mod store;
 pub mod theme;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,13 +20,17 @@ use eframe::egui;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::colormap::Colormap;
+use crate::analysis::schedules::ScheduleCurves;
 use crate::analysis::{self, MapSource};
-use crate::engine::{ModelRequest, Worker};
-use crate::model::unet::CaptureMode;
+use crate::engine::{DecodeRequest, ModelRequest, Worker};
+use crate::experiments::ExperimentSettings;
+use crate::pipeline::{InitLatents, RunConfig};
 use crate::sampling::SamplerKind;
-use crate::sampling::denoise::RunConfig;
+use crate::trace::{RgbImage, Run};
+use crate::types::CaptureMode;
+use files::{FileJob, FileResult, Files, PathPurpose};
 use heatmap::MapData;
-use store::RunStore;
+use store::{DecodeState, RunId, RunStore};
 
 /// Which picture of a step the image panel shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +78,10 @@ pub struct Settings {
     pub aggregate_steps: bool,
     /// Frames in an exported trajectory strip.
     pub strip_frames: usize,
+    /// The folder file prompts start in.
+    pub last_dir: String,
+    /// The shapes-world evaluation's settings (Evaluate tab).
+    pub eval: crate::experiments::shapes_eval::EvalSettings,
 }
 
 impl Default for Settings {
@@ -95,6 +107,11 @@ impl Default for Settings {
             show_special_tokens: false,
             aggregate_steps: false,
             strip_frames: 6,
+            last_dir: String::new(),
+            eval: crate::experiments::shapes_eval::EvalSettings {
+                count: 20,
+                ..Default::default()
+            },
         }
     }
 }
@@ -111,11 +128,79 @@ pub struct WordStepStats {
 pub enum Tab {
     Run,
     Schedules,
+    Evaluate,
 }
 
-/// Transient view state (not persisted).
+/// A picture of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pic {
+    Latent,
+    X0,
+    /// The full VAE decode of the step's x0.
+    X0Decoded,
+    Eps,
+    Final,
+}
+
+/// Key of a step picture's egui texture.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TexKey {
+    pub run: RunId,
+    pub step: usize,
+    pub pic: Pic,
+}
+
+/// Key of a word's attention map (CPU copy and GPU texture): run, inclusive step range, layers,
+/// the word's token positions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MapKey {
+    pub run: RunId,
+    pub steps: (usize, usize),
+    pub source: MapSource,
+    pub tokens: Vec<usize>,
+}
+
+/// Key of a word's per-step statistics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StatsKey {
+    pub run: RunId,
+    pub source: MapSource,
+    pub tokens: Vec<usize>,
+}
+
+/// The Schedules tab's controls and its curves, rebuilt only when the shown run changes.
+pub struct ScheduleView {
+    /// 0 alpha_bar, 1 log-SNR, 2 beta.
+    pub curve: usize,
+    pub gamma: f64,
+    pub steps: usize,
+    pub latter: bool,
+    pub curves: Option<(Option<RunId>, Arc<Vec<ScheduleCurves>>)>,
+}
+
+impl Default for ScheduleView {
+    fn default() -> Self {
+        Self {
+            curve: 0,
+            gamma: 60.0,
+            steps: 10,
+            latter: false,
+            curves: None,
+        }
+    }
+}
+
+/// The in-app path prompt (every file action takes a typed path; Browse… opens the native
+/// dialog where there is one).
+pub struct PathPrompt {
+    pub purpose: PathPurpose,
+    pub text: String,
+}
+
+/// Transient view state (not persisted). Panels change it directly: it is theirs.
 pub struct ViewState {
     pub tab: Tab,
+    /// The selected step of the current run.
     pub step: usize,
     /// Inclusive step range for aggregation.
     pub range: (usize, usize),
@@ -125,23 +210,24 @@ pub struct ViewState {
     pub follow: bool,
     /// Selected token positions, one entry per selected word (its sub-token positions).
     pub tokens: Vec<Vec<usize>>,
-    /// CPU copies of maps shown, keyed like the GPU textures.
-    pub maps: HashMap<String, Arc<MapData>>,
-    pub textures: HashMap<String, egui::TextureHandle>,
+    /// CPU copies of maps shown.
+    pub maps: HashMap<MapKey, Arc<MapData>>,
+    pub textures: HashMap<TexKey, egui::TextureHandle>,
     pub message: Option<String>,
     /// Screen rects of the heatmaps drawn last frame (for tests and hover logic).
     pub heatmap_rects: Vec<egui::Rect>,
-    /// Per-step statistics of selected words' maps (max, entropy), filled in as steps arrive;
-    /// keyed by run generation, map source and token positions.
-    pub word_stats: HashMap<String, Vec<Option<WordStepStats>>>,
-    /// Full VAE decodes asked of the worker: (run generation, step) → request id.
-    pub decode_requests: HashMap<(u64, usize), u64>,
+    /// Per-step statistics of selected words' maps (max, entropy), filled in as steps arrive.
+    pub word_stats: HashMap<StatsKey, Vec<Option<WordStepStats>>>,
     /// Screen rects of the exportable plot panels drawn last frame ("plots", "schedules").
     pub panel_rects: HashMap<&'static str, egui::Rect>,
     /// A panel export waiting for the window screenshot: (panel, file name).
     pub pending_capture: Option<(&'static str, String)>,
     /// Where the screenshot callback (run by the integration) leaves the window image.
     pub capture_slot: Arc<std::sync::Mutex<Option<Arc<egui::ColorImage>>>>,
+    pub schedule: ScheduleView,
+    pub path_prompt: Option<PathPrompt>,
+    /// The current run last frame (a switch resets the step and the selected words).
+    seen_current: Option<RunId>,
 }
 
 impl Default for ViewState {
@@ -158,13 +244,45 @@ impl Default for ViewState {
             textures: HashMap::new(),
             message: None,
             heatmap_rects: Vec::new(),
-            decode_requests: HashMap::new(),
             word_stats: HashMap::new(),
             panel_rects: HashMap::new(),
             pending_capture: None,
             capture_slot: Arc::default(),
+            schedule: ScheduleView::default(),
+            path_prompt: None,
+            seen_current: None,
         }
     }
+}
+
+impl ViewState {
+    /// Drops everything cached for a run that left the store.
+    fn forget_run(&mut self, id: RunId) {
+        self.maps.retain(|k, _| k.run != id);
+        self.textures.retain(|k, _| k.run != id);
+        self.word_stats.retain(|k, _| k.run != id);
+    }
+}
+
+/// What panels ask of the app. Carried out after the panels have drawn
+/// ([`App::apply_actions`]); the only way panels change the store or start work.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Generate,
+    Cancel,
+    /// Shows the path prompt for `purpose`, starting at `default`.
+    AskPath(PathPurpose, String),
+    /// Opens the native dialog for the prompt on screen.
+    Browse,
+    /// Opens the native dialog for a model folder.
+    BrowseModel,
+    /// The prompt's OK: carries out its purpose with the typed path.
+    ConfirmPath,
+    OpenRun(PathBuf),
+    SelectRun(RunId),
+    Compare(Option<RunId>),
+    CloseRun(RunId),
+    RunExperiment(ExperimentSettings),
 }
 
 pub struct App {
@@ -172,14 +290,22 @@ pub struct App {
     pub store: RunStore,
     pub view: ViewState,
     worker: Worker,
+    files: Files,
+    actions: Vec<Action>,
+    ctx: egui::Context,
+    next_decode_id: u64,
     /// Whether a wgpu render state exists (heatmaps need it).
     pub gpu: bool,
-    seen_generation: u64,
 }
 
 const STORAGE_KEY: &str = "diffusion-scope-settings";
 /// Time budget per frame for draining worker events.
 const DRAIN_BUDGET: Duration = Duration::from_millis(4);
+
+fn spawn_worker(ctx: &egui::Context) -> std::io::Result<Worker> {
+    let wake_ctx = ctx.clone();
+    Worker::spawn(Box::new(move || wake_ctx.request_repaint()))
+}
 
 impl App {
     pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
@@ -212,16 +338,110 @@ impl App {
                     .to_string()
             };
         }
-        let wake_ctx = ctx.clone();
-        let worker = Worker::spawn(Box::new(move || wake_ctx.request_repaint())).expect("spawning the worker thread");
+        let worker = spawn_worker(&ctx).expect("spawning the worker thread");
         Self {
             settings,
             store: RunStore::default(),
             view: ViewState::default(),
             worker,
+            files: Files::default(),
+            actions: Vec::new(),
+            ctx,
+            next_decode_id: 1,
             gpu,
-            seen_generation: 0,
         }
+    }
+
+    /// Queues an action (panels call this).
+    pub fn send(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+
+    /// The background file jobs in flight (for the progress display).
+    pub fn file_jobs(&self) -> &[(u64, files::JobInfo)] {
+        &self.files.jobs
+    }
+
+    fn model_request(spec: &str) -> ModelRequest {
+        ModelRequest {
+            spec: spec.to_owned(),
+            device: Default::default(),
+            dtype: Default::default(),
+        }
+    }
+
+    /// Carries out the queued actions.
+    pub fn apply_actions(&mut self) {
+        for action in std::mem::take(&mut self.actions) {
+            self.apply(action);
+        }
+    }
+
+    fn apply(&mut self, action: Action) {
+        match action {
+            Action::Generate => self.generate(),
+            Action::Cancel => self.worker.cancel(),
+            Action::AskPath(purpose, text) => self.view.path_prompt = Some(PathPrompt { purpose, text }),
+            Action::Browse => {
+                if let Some(p) = &self.view.path_prompt {
+                    let job = FileJob::Pick {
+                        purpose: p.purpose.clone(),
+                        start: PathBuf::from(&p.text),
+                    };
+                    self.start_job(job);
+                }
+            }
+            Action::BrowseModel => self.start_job(FileJob::Pick {
+                purpose: PathPurpose::Model,
+                start: PathBuf::from(&self.settings.model),
+            }),
+            Action::ConfirmPath => {
+                let Some(p) = self.view.path_prompt.take() else { return };
+                let path = PathBuf::from(p.text.trim());
+                if path.as_os_str().is_empty() {
+                    self.view.message = Some("type a path first".into());
+                    self.view.path_prompt = Some(p);
+                    return;
+                }
+                if let Some(dir) = path.parent().filter(|_| !p.purpose.wants_folder()).or(Some(path.as_path())) {
+                    self.settings.last_dir = dir.display().to_string();
+                }
+                match p.purpose {
+                    PathPurpose::Model => self.settings.model = path.display().to_string(),
+                    PathPurpose::OpenRun => self.open_path(path),
+                    PathPurpose::SaveRun(id) => match self.store.get(id) {
+                        Some(r) if !self.store.is_streaming(id) => {
+                            let run = r.run.clone();
+                            self.start_job(FileJob::SaveRun { run, dir: path });
+                        }
+                        _ => self.store.report_error("that run is gone or still streaming; nothing saved".into()),
+                    },
+                    PathPurpose::ExportPng(image) => self.start_job(FileJob::SavePng { image, path }),
+                }
+            }
+            Action::OpenRun(path) => self.open_path(path),
+            Action::SelectRun(id) => self.store.select(id),
+            Action::Compare(id) => self.store.set_compare(id),
+            Action::CloseRun(id) => self.store.close(id),
+            Action::RunExperiment(settings) => {
+                self.store.clear_error();
+                let model = Self::model_request(&self.settings.model);
+                if let Err(e) = self.worker.experiment(model, settings) {
+                    self.store.report_error(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Opens a run folder in the background (the Open prompt, `diffusion-scope open DIR`, a
+    /// folder dropped on the window).
+    pub fn open_path(&mut self, path: PathBuf) {
+        self.start_job(FileJob::OpenRun(path));
+    }
+
+    fn start_job(&mut self, job: FileJob) {
+        let ctx = self.ctx.clone();
+        self.files.start(job, move || ctx.request_repaint());
     }
 
     pub fn generate(&mut self) {
@@ -238,69 +458,98 @@ impl App {
             seed: s.seed,
             height: s.size.map(|(_, h)| h),
             width: s.size.map(|(w, _)| w),
-            init_latents: None,
+            init_latents: InitLatents::Seed,
+            embeddings: None,
             attention: s.attention,
         };
-        let model = ModelRequest {
-            spec: s.model.clone(),
-            device: Default::default(),
-            dtype: Default::default(),
-        };
+        let model = Self::model_request(&s.model);
         if !self.settings.recent_models.contains(&self.settings.model) {
             self.settings.recent_models.insert(0, self.settings.model.clone());
             self.settings.recent_models.truncate(8);
         }
         self.view.follow = true;
         self.view.playing = false;
-        self.worker.generate(model, cfg);
+        self.view.message = None;
+        self.store.clear_error();
+        if let Err(e) = self.worker.generate(model, cfg) {
+            self.store.report_error(e.to_string());
+        }
     }
 
-    /// The full VAE decode of the selected step's x0: the image when the worker has answered;
+    /// Makes the worker panic (tests of the panic boundary).
+    #[doc(hidden)]
+    pub fn inject_worker_panic(&self) {
+        let _ = self.worker.inject_panic();
+    }
+
+    /// The full VAE decode of step `step` of run `id`: the image when the worker has answered;
     /// asks for it (when idle) otherwise. `Err` carries a failed decode's message.
-    pub fn decoded_x0(&mut self) -> Option<Result<crate::trace::RgbImage, String>> {
-        let run = self.store.run.as_ref()?;
-        let step = self.view.step.min(run.steps.len().checked_sub(1)?);
-        let key = (self.store.generation, step);
-        if let Some(id) = self.view.decode_requests.get(&key) {
-            return self.store.decoded.get(id).cloned();
+    pub fn decoded_x0(&mut self, id: RunId, step: usize) -> Option<Result<RgbImage, String>> {
+        match self.store.decode(id, step) {
+            Some(DecodeState::Done(r)) => return Some(r.clone()),
+            Some(DecodeState::Pending(_)) => return None,
+            None => {}
         }
-        if self.store.busy() || run.meta.model_path == "synthetic" {
+        let stored = self.store.get(id)?;
+        let run = &stored.run;
+        if self.store.busy() || run.meta.model_path == "synthetic" || self.store.is_streaming(id) {
             return None;
         }
-        let id = self.view.decode_requests.len() as u64 + 1 + (self.store.generation << 32);
-        let model = ModelRequest {
-            spec: run.meta.model.clone(),
-            device: Default::default(),
-            dtype: Default::default(),
+        let rec = run.steps.get(step)?;
+        let request = DecodeRequest {
+            model: Self::model_request(&run.meta.model),
+            id: self.next_decode_id,
+            latents: rec.x0.clone(),
+            shape: run.meta.latent_shape,
         };
-        self.worker.decode(model, id, run.steps[step].x0.clone(), run.meta.latent_shape);
-        self.view.decode_requests.insert(key, id);
+        self.next_decode_id += 1;
+        let request_id = request.id;
+        match self.worker.decode(request) {
+            Ok(replaced) => {
+                if let Some(old) = replaced {
+                    self.store.decode_superseded(old);
+                }
+                self.store.decode_requested(id, step, request_id);
+            }
+            Err(e) => self.store.report_error(e.to_string()),
+        }
         None
     }
 
-    pub fn cancel(&self) {
-        self.worker.cancel();
-    }
-
-    /// Drains worker events into the store (bounded time), then keeps view state consistent.
+    /// Drains worker events and file results into the store (bounded time), then keeps view
+    /// state consistent. A worker whose channel closed is reported and started again.
     pub fn pump(&mut self) {
         let start = Instant::now();
         while start.elapsed() < DRAIN_BUDGET {
             match self.worker.events().try_recv() {
                 Ok(ev) => self.store.apply(ev),
-                Err(_) => break,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    self.restart_worker();
+                    break;
+                }
             }
         }
-        if self.store.generation != self.seen_generation {
-            self.seen_generation = self.store.generation;
-            self.view.maps.clear();
-            self.view.textures.clear();
-            self.view.word_stats.clear();
-            self.view.step = 0;
-            self.view.range = (0, 0);
-            self.view.tokens.retain(|_| false);
+        for result in self.files.poll() {
+            self.file_result(result);
         }
-        let n = self.store.run.as_ref().map_or(0, |r| r.steps.len());
+        for id in self.store.take_removed() {
+            self.view.forget_run(id);
+        }
+        if self.store.current != self.view.seen_current {
+            // Another run is shown: keep the step fraction, drop the selected words.
+            let old_n = self
+                .view
+                .seen_current
+                .and_then(|id| self.store.get(id))
+                .map_or(0, |r| r.run.steps.len());
+            let new_n = self.store.current().map_or(0, |r| r.steps.len());
+            self.view.step = scale_step(self.view.step, old_n, new_n);
+            self.view.range = (0, new_n.saturating_sub(1));
+            self.view.tokens.clear();
+            self.view.seen_current = self.store.current;
+        }
+        let n = self.store.current().map_or(0, |r| r.steps.len());
         if n > 0 {
             if self.view.follow {
                 self.view.step = n - 1;
@@ -316,13 +565,67 @@ impl App {
         }
     }
 
-    /// Max and entropy of a word's map at every step so far (None where a step has no maps),
-    /// computed once per step and extended as a run streams in.
-    pub fn word_stats(&mut self, word_tokens: &[usize]) -> &[Option<WordStepStats>] {
-        let key = format!("g{}:{:?}:{word_tokens:?}", self.store.generation, self.settings.source);
+    fn restart_worker(&mut self) {
+        self.store.apply(crate::engine::Event::Failed {
+            error: "the worker thread stopped unexpectedly; it was restarted".into(),
+            total_secs: 0.0,
+        });
+        match spawn_worker(&self.ctx) {
+            Ok(w) => self.worker = w,
+            Err(e) => self
+                .store
+                .report_error(format!("the worker thread stopped and could not be restarted: {e}")),
+        }
+    }
+
+    fn file_result(&mut self, result: FileResult) {
+        match result {
+            FileResult::Opened { path, run } => {
+                self.store.open(*run, Some(path));
+                self.view.follow = false;
+            }
+            FileResult::Saved { dir } => self.view.message = Some(format!("saved to {}", dir.display())),
+            FileResult::Exported { path } => self.view.message = Some(format!("exported {}", path.display())),
+            FileResult::Picked {
+                purpose: PathPurpose::Model,
+                path: Some(path),
+            } => self.settings.model = path.display().to_string(),
+            FileResult::Picked { purpose, path } => {
+                if let (Some(p), Some(path)) = (&mut self.view.path_prompt, path)
+                    && p.purpose == purpose
+                {
+                    p.text = path.display().to_string();
+                }
+            }
+            FileResult::Failed { error } => self.store.report_error(error),
+        }
+    }
+
+    /// The step of run `id` shown when the current run is at `self.view.step`: the same
+    /// fraction of the run (A/B comparison).
+    pub fn step_of(&self, id: RunId) -> Option<usize> {
+        let n = self.store.get(id)?.run.steps.len();
+        if n == 0 {
+            return None;
+        }
+        if Some(id) == self.store.current {
+            return Some(self.view.step.min(n - 1));
+        }
+        let cur = self.store.current().map_or(0, |r| r.steps.len());
+        Some(scale_step(self.view.step, cur, n))
+    }
+
+    /// Max and entropy of a word's map at every step so far of run `id` (None where a step
+    /// has no maps), computed once per step and extended as a run streams in.
+    pub fn word_stats(&mut self, id: RunId, word_tokens: &[usize]) -> &[Option<WordStepStats>] {
+        let key = StatsKey {
+            run: id,
+            source: self.settings.source.clone(),
+            tokens: word_tokens.to_vec(),
+        };
         let stats = self.view.word_stats.entry(key).or_default();
-        if let Some(run) = &self.store.run {
-            for step in &run.steps[stats.len().min(run.steps.len())..] {
+        if let Some(r) = self.store.get(id) {
+            for step in &r.run.steps[stats.len().min(r.run.steps.len())..] {
                 stats.push(
                     analysis::word_map_at(step, &self.settings.source, word_tokens).map(|m| WordStepStats {
                         max: m.max(),
@@ -334,24 +637,30 @@ impl App {
         stats
     }
 
-    /// The map of selected word `word` (its sub-tokens summed, as DAAM does) under the
-    /// current settings, cached by key.
-    pub fn token_map(&mut self, word_tokens: &[usize]) -> Option<(String, Arc<MapData>)> {
-        let run = self.store.run.as_ref()?;
-        let (lo, hi) = if self.settings.aggregate_steps {
-            self.view.range
+    /// The map of a word (its sub-tokens summed, as DAAM does) in run `id` at `step` (or over the
+    /// aggregation range) under the current settings, cached by key.
+    pub fn token_map(&mut self, id: RunId, step: usize, word_tokens: &[usize]) -> Option<(MapKey, Arc<MapData>)> {
+        let run = &self.store.get(id)?.run;
+        let steps = if self.settings.aggregate_steps {
+            let n = run.steps.len();
+            let (a, b) = (
+                scale_step(self.view.range.0, self.current_len(), n),
+                scale_step(self.view.range.1, self.current_len(), n),
+            );
+            (a, b)
         } else {
-            (self.view.step, self.view.step)
+            (step, step)
         };
-        let source_key = match &self.settings.source {
-            MapSource::All => "all".to_string(),
-            MapSource::Key(k) => k.clone(),
+        let key = MapKey {
+            run: id,
+            steps,
+            source: self.settings.source.clone(),
+            tokens: word_tokens.to_vec(),
         };
-        let key = format!("g{}:{lo}-{hi}:{source_key}:{:?}", self.store.generation, word_tokens);
         if let Some(m) = self.view.maps.get(&key) {
             return Some((key, m.clone()));
         }
-        let m = analysis::word_map_over(run, lo..=hi, &self.settings.source, word_tokens)?;
+        let m = analysis::word_map_over(run, steps.0..=steps.1, &self.settings.source, word_tokens)?;
         let data = Arc::new(MapData {
             width: m.width,
             height: m.height,
@@ -360,18 +669,56 @@ impl App {
         self.view.maps.insert(key.clone(), data.clone());
         Some((key, data))
     }
+
+    fn current_len(&self) -> usize {
+        self.store.current().map_or(0, |r| r.steps.len())
+    }
+
+    /// The current run's id and run (panels that show one run).
+    pub fn current(&self) -> Option<(RunId, &Run)> {
+        let id = self.store.current?;
+        Some((id, self.store.get(id)?.run.as_ref()))
+    }
+
+    fn dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        });
+        for path in dropped {
+            self.open_path(path);
+        }
+    }
+}
+
+/// `step` of a run of `from` steps mapped to the same fraction of a run of `to` steps.
+pub fn scale_step(step: usize, from: usize, to: usize) -> usize {
+    if to == 0 {
+        return 0;
+    }
+    if from <= 1 || from == to {
+        return step.min(to - 1);
+    }
+    let f = step.min(from - 1) as f64 / (from - 1) as f64;
+    ((f * (to - 1) as f64).round() as usize).min(to - 1)
 }
 
 impl eframe::App for App {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.dropped_files(ctx);
         self.pump();
-        if self.store.busy() || self.view.playing {
+        if self.store.busy() || self.view.playing || self.files.busy() {
             ctx.request_repaint_after(Duration::from_millis(30));
         }
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         panels::app_ui(self, ui);
+        self.apply_actions();
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
@@ -379,14 +726,25 @@ impl eframe::App for App {
     }
 }
 
-/// Opens the app window.
-pub fn run_app() -> eframe::Result<()> {
+/// Opens the app window; `open` is a run folder to open at start (`diffusion-scope open DIR`).
+pub fn run_app(open: Option<PathBuf>) -> eframe::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_inner_size([1400.0, 900.0])
-            .with_title("Diffusion Scope"),
+            .with_title("Diffusion Scope")
+            .with_drag_and_drop(true),
         renderer: eframe::Renderer::Wgpu,
         ..Default::default()
     };
-    eframe::run_native("Diffusion Scope", options, Box::new(|cc| Ok(Box::new(App::new(cc)))))
+    eframe::run_native(
+        "Diffusion Scope",
+        options,
+        Box::new(|cc| {
+            let mut app = App::new(cc);
+            if let Some(dir) = open {
+                app.open_path(dir);
+            }
+            Ok(Box::new(app))
+        }),
+    )
 }

@@ -1,8 +1,55 @@
-//! The UI-side store: owns the history of the current run as it streams in. Fed by
-//! [`RunStore::apply`] from worker events (in `App::logic`); panels only read it.
+//! The UI-side store: owns the history of every run the app holds (generated since start-up
+//! or opened from disk), by [`RunId`], and what the worker last said. Fed by
+//! [`RunStore::apply`] from worker events and by the app's actions (open, select, compare,
+//! close); panels only read it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::engine::{Event, ModelInfo};
-use crate::trace::{Run, RunStatus};
+use crate::experiments::{ExperimentEvent, ExperimentReport, Progress, Stop};
+use crate::trace::{RgbImage, Run, RunStatus};
+
+/// Identifies a run in the store for the app's lifetime (never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(pub u64);
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Where a run came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    Generated,
+    Opened(PathBuf),
+}
+
+pub struct StoredRun {
+    pub id: RunId,
+    /// Shared with background jobs (saving) without a copy; the store appends to it only while
+    /// it streams, when nothing else holds it.
+    pub run: Arc<Run>,
+    pub origin: Origin,
+}
+
+impl StoredRun {
+    /// A short label for lists: id, prompt, sampler and steps.
+    pub fn label(&self) -> String {
+        let m = &self.run.meta;
+        let mut prompt: String = m.prompt.chars().take(28).collect();
+        if m.prompt.chars().count() > 28 {
+            prompt.push('…');
+        }
+        format!(
+            "{} {prompt} · {} {} · w {} · seed {}",
+            self.id, m.sampler, m.steps, m.guidance, m.seed
+        )
+    }
+}
 
 /// What the worker is doing, as far as the UI knows.
 #[derive(Debug, Clone, PartialEq)]
@@ -11,110 +58,257 @@ pub enum Activity {
     LoadingModel(String),
     Running,
     Decoding,
+    Experiment(Progress),
 }
 
+/// A full VAE decode of one step's x0: asked (request id) or answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecodeState {
+    Pending(u64),
+    Done(Result<RgbImage, String>),
+}
+
+/// How many runs the store keeps; the oldest that is neither shown nor streaming is dropped
+/// first (a full-capture SD 1.5 run is ~400 MB).
+pub const MAX_RUNS: usize = 8;
+
 pub struct RunStore {
-    pub run: Option<Run>,
-    /// Bumped whenever `run` is replaced (new run or opened from disk): caches key on it.
-    pub generation: u64,
+    runs: Vec<StoredRun>,
+    next_id: u64,
+    /// The run the panels show (A).
+    pub current: Option<RunId>,
+    /// The run shown beside it (B), if any.
+    pub compare: Option<RunId>,
+    /// The run the worker is streaming into.
+    streaming: Option<RunId>,
     pub activity: Activity,
     pub model: Option<ModelInfo>,
-    /// The last error (failed run or failed load), shown until the next run starts.
+    /// The last error (failed run, failed load, failed file job), shown until the next run starts.
     pub error: Option<String>,
     /// A short status line ("cancelled after 3 of 30 steps", "done in 1.2 s").
     pub status: String,
-    /// Full VAE decodes answered by the worker, by request id (errors as text).
-    pub decoded: std::collections::HashMap<u64, Result<crate::trace::RgbImage, String>>,
+    /// Full VAE decodes by (run, step).
+    decodes: HashMap<(RunId, usize), DecodeState>,
+    /// The last experiment report (and why it stopped early, if it did).
+    pub experiment: Option<(ExperimentReport, Option<Stop>)>,
+    /// Runs dropped since the app last looked: their view caches are cleared.
+    removed: Vec<RunId>,
 }
 
 impl Default for RunStore {
     fn default() -> Self {
         Self {
-            run: None,
-            generation: 0,
+            runs: Vec::new(),
+            next_id: 1,
+            current: None,
+            compare: None,
+            streaming: None,
             activity: Activity::Idle,
             model: None,
             error: None,
             status: String::new(),
-            decoded: Default::default(),
+            decodes: HashMap::new(),
+            experiment: None,
+            removed: Vec::new(),
         }
     }
 }
 
 impl RunStore {
     pub fn apply(&mut self, event: Event) {
-        match event {
-            Event::LoadingModel { spec } => {
-                self.activity = Activity::LoadingModel(spec);
-                self.error = None;
-            }
-            Event::ModelLoaded(info) => {
-                self.status = format!("loaded {} in {:.2} s", info.spec, info.load_secs);
-                self.model = Some(info);
-            }
+        let event = match event {
             Event::Started(meta) => {
-                self.run = Some(Run {
-                    meta: *meta,
-                    steps: Vec::new(),
-                    image: None,
-                });
-                self.generation += 1;
+                // A new run: it gets an id and becomes the current one.
+                let id = self.add(Run::started(*meta), Origin::Generated);
+                self.streaming = Some(id);
                 self.activity = Activity::Running;
                 self.error = None;
                 // The previous run's "done in …" would read as this run's.
                 self.status.clear();
+                return;
             }
-            Event::Step(rec) => {
-                if let Some(run) = &mut self.run {
-                    run.meta.step_secs.push(rec.elapsed_secs);
-                    run.steps.push(*rec);
+            other => other,
+        };
+        let end = match &event {
+            Event::Finished { total_secs, .. } => Some(format!("done in {total_secs:.2} s")),
+            Event::Cancelled { completed, total, .. } => Some(format!("cancelled after {completed} of {total} steps")),
+            _ => None,
+        };
+        let terminal = event.is_terminal();
+        let streaming = self.streaming.and_then(|id| self.runs.iter_mut().find(|r| r.id == id));
+        let rest = match streaming {
+            // Nothing else holds a streaming run (saving waits for the end): no copy.
+            Some(r) => event.record_into(Arc::make_mut(&mut r.run)),
+            None => Some(event),
+        };
+        if let Some(status) = end {
+            self.status = status;
+        }
+        match rest {
+            Some(Event::LoadingModel { spec }) => {
+                self.activity = Activity::LoadingModel(spec);
+                self.error = None;
+            }
+            Some(Event::ModelLoaded(info)) => {
+                self.status = format!("loaded {} in {:.2} s", info.spec, info.load_secs);
+                self.model = Some(info);
+            }
+            Some(Event::Decoding) => self.activity = Activity::Decoding,
+            Some(Event::Decoded { id, image }) => self.answer_decode(id, Ok(image)),
+            Some(Event::DecodeFailed { id, error }) => self.answer_decode(id, Err(error)),
+            Some(Event::Failed { error, .. }) => self.error = Some(error),
+            Some(Event::Experiment(ev)) => {
+                if let ExperimentEvent::Progress(p) = *ev {
+                    self.activity = Activity::Experiment(p);
                 }
             }
-            Event::Decoding => self.activity = Activity::Decoding,
-            Event::Finished { image, total_secs } => {
-                if let Some(run) = &mut self.run {
-                    run.image = Some(image);
-                    run.meta.status = RunStatus::Complete;
-                    run.meta.total_secs = total_secs;
-                }
-                self.activity = Activity::Idle;
-                self.status = format!("done in {total_secs:.2} s");
+            Some(Event::ExperimentFinished { outcome, total_secs }) => {
+                self.status = match &outcome.stopped {
+                    None => format!("experiment done in {total_secs:.1} s"),
+                    Some(Stop::Cancelled) => "experiment cancelled (the report covers what was done)".into(),
+                    Some(Stop::Failed(e)) => {
+                        self.error = Some(e.clone());
+                        "experiment failed (the report covers what was done)".into()
+                    }
+                };
+                self.experiment = Some((outcome.report, outcome.stopped));
             }
-            Event::Cancelled { completed, total } => {
-                if let Some(run) = &mut self.run {
-                    run.meta.status = RunStatus::Cancelled;
-                }
-                self.activity = Activity::Idle;
-                self.status = format!("cancelled after {completed} of {total} steps");
-            }
-            Event::Decoded { id, image } => {
-                self.decoded.insert(id, Ok(image));
-            }
-            Event::DecodeFailed { id, error } => {
-                self.decoded.insert(id, Err(error));
-            }
-            Event::Failed { error } => {
-                if let Some(run) = &mut self.run
-                    && run.meta.status == RunStatus::Running
-                {
-                    run.meta.status = RunStatus::Failed;
-                    run.meta.error = Some(error.clone());
-                }
-                self.activity = Activity::Idle;
-                self.error = Some(error);
+            _ => {}
+        }
+        if terminal {
+            // Every worker reply ends the activity it answers.
+            self.activity = Activity::Idle;
+            self.streaming = None;
+        }
+    }
+
+    /// Adds a run opened from disk and makes it the current one.
+    pub fn open(&mut self, run: Run, path: Option<PathBuf>) -> RunId {
+        let id = self.add(run, path.map_or(Origin::Generated, Origin::Opened));
+        self.error = None;
+        self.status = "opened from disk".into();
+        id
+    }
+
+    fn add(&mut self, run: Run, origin: Origin) -> RunId {
+        let id = RunId(self.next_id);
+        self.next_id += 1;
+        self.runs.push(StoredRun {
+            id,
+            run: Arc::new(run),
+            origin,
+        });
+        self.current = Some(id);
+        while self.runs.len() > MAX_RUNS {
+            let keep = [self.current, self.compare, self.streaming];
+            let Some(pos) = self.runs.iter().position(|r| !keep.contains(&Some(r.id))) else {
+                break;
+            };
+            let gone = self.runs.remove(pos).id;
+            self.forget(gone);
+        }
+        id
+    }
+
+    /// Drops a run and everything cached for it.
+    pub fn close(&mut self, id: RunId) {
+        if self.streaming == Some(id) {
+            return;
+        }
+        if let Some(pos) = self.runs.iter().position(|r| r.id == id) {
+            self.runs.remove(pos);
+            self.forget(id);
+        }
+        if self.current == Some(id) {
+            self.current = self.runs.last().map(|r| r.id);
+        }
+    }
+
+    fn forget(&mut self, id: RunId) {
+        self.decodes.retain(|(run, _), _| *run != id);
+        if self.compare == Some(id) {
+            self.compare = None;
+        }
+        self.removed.push(id);
+    }
+
+    /// Runs dropped since the last call (the view clears their caches).
+    pub fn take_removed(&mut self) -> Vec<RunId> {
+        std::mem::take(&mut self.removed)
+    }
+
+    pub fn select(&mut self, id: RunId) {
+        if self.get(id).is_some() {
+            self.current = Some(id);
+            if self.compare == Some(id) {
+                self.compare = None;
             }
         }
     }
 
-    /// Replaces the run with one opened from disk.
-    pub fn open(&mut self, run: Run) {
-        self.run = Some(run);
-        self.generation += 1;
-        self.error = None;
-        self.status = "opened from disk".into();
+    pub fn set_compare(&mut self, id: Option<RunId>) {
+        self.compare = id.filter(|id| self.get(*id).is_some() && Some(*id) != self.current);
+    }
+
+    pub fn runs(&self) -> &[StoredRun] {
+        &self.runs
+    }
+
+    pub fn get(&self, id: RunId) -> Option<&StoredRun> {
+        self.runs.iter().find(|r| r.id == id)
+    }
+
+    /// The run the panels show.
+    pub fn current(&self) -> Option<&Run> {
+        self.current.and_then(|id| self.get(id)).map(|r| r.run.as_ref())
+    }
+
+    /// The run shown beside the current one.
+    pub fn compared(&self) -> Option<&StoredRun> {
+        self.compare.and_then(|id| self.get(id))
+    }
+
+    /// Whether `id` is the run the worker is streaming into.
+    pub fn is_streaming(&self, id: RunId) -> bool {
+        self.streaming == Some(id)
     }
 
     pub fn busy(&self) -> bool {
         self.activity != Activity::Idle
     }
+
+    pub fn decode(&self, run: RunId, step: usize) -> Option<&DecodeState> {
+        self.decodes.get(&(run, step))
+    }
+
+    /// Records that a decode of (run, step) was asked with request `id`.
+    pub fn decode_requested(&mut self, run: RunId, step: usize, id: u64) {
+        self.decodes.insert((run, step), DecodeState::Pending(id));
+    }
+
+    /// A request the worker replaced with a newer one (latest wins): it may be asked again.
+    pub fn decode_superseded(&mut self, id: u64) {
+        self.decodes.retain(|_, s| *s != DecodeState::Pending(id));
+    }
+
+    fn answer_decode(&mut self, id: u64, result: Result<RgbImage, String>) {
+        if let Some(s) = self.decodes.values_mut().find(|s| **s == DecodeState::Pending(id)) {
+            *s = DecodeState::Done(result);
+        }
+    }
+
+    /// Records a failure the user should see (a file job, a worker that could not be reached).
+    pub fn report_error(&mut self, error: String) {
+        self.error = Some(error);
+    }
+
+    /// Clears the error line (a new run or experiment was asked for).
+    pub fn clear_error(&mut self) {
+        self.error = None;
+    }
+}
+
+/// Whether a run is complete (its image decoded).
+pub fn is_complete(run: &Run) -> bool {
+    run.meta.status == RunStatus::Complete
 }

@@ -5,9 +5,9 @@
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device};
-use diffusion_scope::eval::{EvalSettings, evaluate_case, summarize};
+use diffusion_scope::experiments::shapes_eval::{EvalSettings, evaluate_case, summarize};
 use diffusion_scope::model::StableDiffusion;
-use diffusion_scope::sampling::denoise::RunConfig;
+use diffusion_scope::pipeline::RunConfig;
 use diffusion_scope::world;
 
 use crate::common::{fixtures, generate, rel_err};
@@ -120,7 +120,7 @@ fn vae_encoder_mean_round_trips_a_scene() {
         z2.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
     );
     assert_eq!(a, b, "the posterior mean is deterministic");
-    let img = diffusion_scope::sampling::denoise::decode(&sd, a, [4, 16, 16]).unwrap();
+    let img = diffusion_scope::pipeline::decode(&sd, a, [4, 16, 16]).unwrap();
     let mse: f64 = img
         .pixels
         .iter()

@@ -4,8 +4,8 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 use diffusion_scope::model::StableDiffusion;
+use diffusion_scope::pipeline::{self, RunConfig, RunEvent};
 use diffusion_scope::sampling::SamplerKind;
-use diffusion_scope::sampling::denoise::{self, RunConfig, RunEvent};
 use diffusion_scope::trace::{RgbImage, RunMeta, StepRecord};
 
 pub fn fixtures() -> PathBuf {
@@ -72,7 +72,7 @@ pub fn generate(sd: &StableDiffusion, cfg: &RunConfig) -> Output {
     let cancel = AtomicBool::new(false);
     let mut meta = None;
     let mut steps = Vec::new();
-    let image = denoise::run(sd, "test", cfg, &cancel, &mut |ev| match ev {
+    let image = pipeline::run(sd, "test", cfg, &cancel, &mut |ev| match ev {
         RunEvent::Started(m) => meta = Some(*m),
         RunEvent::Step(s) => steps.push(*s),
         RunEvent::Decoding => {}

@@ -1,10 +1,10 @@
-//! The shapes-world evaluation pipeline (`diffusion_scope::eval`) on the tiny random model:
+//! The shapes-world evaluation pipeline (`diffusion_scope::experiments::shapes_eval`) on the tiny random model:
 //! the plumbing (words, layers, steps, summary) rather than the figures, which need the
 //! bundled model (see `bundled.rs`).
 
 use std::sync::atomic::AtomicBool;
 
-use diffusion_scope::eval::{EvalSettings, WordKind, attention_on_truth, evaluate_case, summarize};
+use diffusion_scope::experiments::shapes_eval::{EvalSettings, WordKind, attention_on_truth, evaluate_case, summarize};
 use diffusion_scope::world::Template;
 
 use crate::common::{fixtures, load_model};

@@ -34,7 +34,7 @@ fn harness(settings: Settings) -> Harness<'static, App> {
 
 fn with_run(settings: Settings) -> Harness<'static, App> {
     let mut h = harness(settings);
-    h.state_mut().store.open(synthetic_run());
+    h.state_mut().store.open(synthetic_run(), None);
     h.run_steps(3);
     h
 }
@@ -152,7 +152,7 @@ fn end_to_end_generate_with_the_tiny_model() {
     loop {
         h.step();
         let s = &h.state().store;
-        if let Some(run) = &s.run
+        if let Some(run) = s.current()
             && run.image.is_some()
         {
             assert_eq!(run.steps.len(), 6);
@@ -195,4 +195,119 @@ fn plot_panels_can_be_exported() {
     h.get_by_label("Export plot…").click();
     h.run_steps(1);
     assert_eq!(h.state().view.pending_capture.as_ref().map(|p| p.0), Some("schedules"));
+}
+
+fn tiny_model() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny-sd1")
+        .display()
+        .to_string()
+}
+
+/// Steps the harness until `done` holds (or fails after `secs`).
+fn step_until(h: &mut Harness<'static, App>, secs: u64, what: &str, done: impl Fn(&App) -> bool) {
+    let t0 = Instant::now();
+    while !done(h.state()) {
+        h.step();
+        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn generate_and_wait(h: &mut Harness<'static, App>) {
+    let before = h.state().store.runs().len();
+    h.get_by_label("Generate").click();
+    h.step();
+    step_until(h, 120, "the run to finish", |app| {
+        assert!(app.store.error.is_none(), "{:?}", app.store.error);
+        app.store.runs().len() > before && !app.store.busy() && app.store.current().is_some_and(|r| r.image.is_some())
+    });
+}
+
+/// Regression (architecture issue): opening a real trace made the worker load the model for the
+/// VAE decode, and `ModelLoaded`/`Decoded` never reset the activity, so Generate stayed
+/// disabled for good.
+#[test]
+fn open_a_real_trace_then_generate_works() {
+    let dir = std::env::temp_dir().join(format!("ds-ui-open-{}", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
+        .args(["generate", "--model", &tiny_model(), "--prompt", "a red circle", "--steps", "3"])
+        .args(["--scheduler", "euler", "--seed", "1", "--quiet", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("running generate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let settings = Settings {
+        model: tiny_model(),
+        steps: 4,
+        prompt: "a blue square".into(),
+        sampler: Some(diffusion_scope::sampling::SamplerKind::Euler),
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.run_steps(2);
+    h.state_mut().open_path(dir.clone());
+    step_until(&mut h, 60, "the trace to open", |app| app.store.current().is_some());
+    assert_eq!(h.state().store.current().unwrap().steps.len(), 3);
+    // Showing x0 asks the worker for a VAE decode, which loads the model first.
+    step_until(&mut h, 120, "the decode", |app| {
+        let id = app.store.current.unwrap();
+        matches!(
+            app.store.decode(id, app.view.step),
+            Some(diffusion_scope::ui::store::DecodeState::Done(Ok(_)))
+        )
+    });
+    h.run_steps(2);
+    assert!(!h.state().store.busy(), "{:?}", h.state().store.activity);
+    generate_and_wait(&mut h);
+    assert_eq!(h.state().store.current().unwrap().steps.len(), 4);
+    assert_eq!(h.state().store.runs().len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A panic inside the worker becomes an error in the top bar; the next Generate works.
+#[test]
+fn worker_panic_is_reported_and_the_app_recovers() {
+    let settings = Settings {
+        model: tiny_model(),
+        steps: 3,
+        prompt: "a red circle".into(),
+        sampler: Some(diffusion_scope::sampling::SamplerKind::Euler),
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.run_steps(2);
+    h.state().inject_worker_panic();
+    step_until(&mut h, 30, "the panic report", |app| app.store.error.is_some());
+    let error = h.state().store.error.clone().unwrap();
+    assert!(error.contains("panicked") && error.contains("injected"), "{error}");
+    h.run_steps(2);
+    h.get_by_label(&format!("error: {error}"));
+    generate_and_wait(&mut h);
+    assert!(h.state().store.error.is_none());
+}
+
+/// Two runs side by side: the same word's heatmap in both, at the same fraction of each run.
+#[test]
+fn two_runs_side_by_side() {
+    let mut h = harness(settings());
+    let a = h.state_mut().store.open(synthetic_run(), None);
+    let mut other = synthetic_run();
+    other.meta.prompt = "a blue square".into();
+    let b = h.state_mut().store.open(other, None);
+    h.run_steps(2);
+    assert_eq!(h.state().store.current, Some(b));
+    // Make the first run A again and the second B, through the runs list.
+    h.get_by_label(&format!("show run {a}")).click();
+    h.run_steps(2);
+    h.get_by_label(&format!("compare run {b} side by side with A")).click();
+    h.run_steps(2);
+    assert_eq!((h.state().store.current, h.state().store.compare), (Some(a), Some(b)));
+    h.state_mut().view.follow = false;
+    h.state_mut().view.step = 9;
+    h.get_by_label("red").click();
+    h.run_steps(3);
+    assert_eq!(h.state().view.heatmap_rects.len(), 2, "one heatmap per run");
+    assert_eq!(h.state().step_of(b), Some(9));
+    h.snapshot("side_by_side");
 }

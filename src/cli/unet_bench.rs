@@ -1,4 +1,5 @@
-//! UNet timing with random weights (no checkpoint needed): our UNet with attention capture
+//! The measurement harness of `bench` (binary-side: it builds UNets directly, which is why it
+//! may use candle). UNet timing with random weights (no checkpoint needed): our UNet with attention capture
 //! off / aggregate / full, and candle-transformers' UNet on the very same weight tensors.
 
 use std::collections::HashMap;
@@ -11,8 +12,9 @@ use candle_nn::var_builder::SimpleBackend;
 
 use candle_transformers::models::stable_diffusion::unet_2d;
 
-use super::config::UNetConfig;
-use super::unet::{AttnProbe, CaptureMode, UNet};
+use diffusion_scope::model::config::UNetConfig;
+use diffusion_scope::model::unet::{AttnProbe, UNet};
+use diffusion_scope::types::CaptureMode;
 
 /// Hands out random tensors by name and remembers them, so two models built from it share
 /// exactly the same weights. Norm scales are 1, biases 0, other weights N(0, 1/fan_in).
@@ -150,7 +152,7 @@ impl BenchSetup {
             Variant::Ours(mode) => {
                 let mut probe = AttnProbe::new(mode, 1);
                 let out = self.ours.forward(&self.sample, timestep, &self.context, &mut probe)?;
-                let maps = crate::sampling::denoise::attention_to_maps(probe, mode, &|i| {
+                let maps = diffusion_scope::pipeline::attention_to_maps(probe, mode, &|i| {
                     let (h, w) = self.layer_sizes[i];
                     (format!("layer{i}"), h, w)
                 });

@@ -12,22 +12,24 @@
 //!   training; one conditional UNet call per step gives the maps. No detector, no generation
 //!   errors: only whether attention points at the object.
 //!
-//! Everything here is plain data in and out; `cli::eval` adds the progress bar and the files.
+//! Everything here is plain data in and out, and every model call goes through the pipeline's
+//! pieces; [`run`] is the experiment (Settings → run → Report) that the worker runs for the CLI
+//! `eval` and the app alike.
 
-use std::sync::atomic::AtomicBool;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use candle_core::Tensor;
-
+use super::{ExperimentEvent, Progress, Stop};
 use crate::analysis::pointing::{self, PointScore};
 use crate::analysis::{MapSource, TokenMap, mean_map, word_map_at, word_map_mean};
 use crate::model::StableDiffusion;
-use crate::model::unet::{AttnProbe, CaptureMode};
 use crate::model::vae::VaeEncoder;
-use crate::sampling::denoise::{self, RunConfig, RunError, RunEvent};
+use crate::pipeline::{self, RunConfig, RunError, RunEvent};
 use crate::sampling::{SamplerKind, SamplerOptions, build_sampler};
-use crate::trace::{AttnMap, Run, RunMeta, RunStatus, StepRecord};
+use crate::trace::{AttnMap, RgbImage, Run, RunEnd, StepRecord};
+use crate::types::CaptureMode;
 use crate::world::rng::{Rng, seed_of};
 use crate::world::{self, Colour, Detection, Judgement, Position, Shape, Size, Template, WorldConfig};
 
@@ -72,8 +74,6 @@ pub enum EvalError {
     ImageSize { width: usize, height: usize },
     #[error("{0}")]
     Model(#[from] crate::model::ModelError),
-    #[error("{0}")]
-    Candle(#[from] candle_core::Error),
 }
 
 /// Which property a caption word names.
@@ -193,22 +193,22 @@ pub fn evaluate_case(
         ..RunConfig::default()
     };
     let started = std::time::Instant::now();
-    let mut meta: Option<RunMeta> = None;
-    let mut steps: Vec<StepRecord> = Vec::new();
-    let image = denoise::run(sd, model_spec, &cfg, cancel, &mut |ev| match ev {
-        RunEvent::Started(m) => meta = Some(*m),
-        RunEvent::Step(s) => steps.push(*s),
+    let mut run: Option<Run> = None;
+    let image = pipeline::run(sd, model_spec, &cfg, cancel, &mut |ev| match ev {
+        RunEvent::Started(m) => run = Some(Run::started(*m)),
+        RunEvent::Step(s) => {
+            if let Some(r) = run.as_mut() {
+                r.push_step(*s);
+            }
+        }
         RunEvent::Decoding => {}
     })?;
     let secs = started.elapsed().as_secs_f64();
-    let mut meta = meta.ok_or_else(|| bad("the run reported no metadata".into()))?;
-    meta.status = RunStatus::Complete;
-    meta.total_secs = secs;
-    meta.step_secs = steps.iter().map(|s| s.elapsed_secs).collect();
-    if meta.words != words {
+    let mut run = run.ok_or_else(|| bad("the run reported no metadata".into()))?;
+    if run.meta.words != words {
         return Err(bad(format!(
             "the tokenizer splits it into {:?}, the world into {words:?}",
-            meta.words
+            run.meta.words
         )));
     }
     let (w, h) = (image.width, image.height);
@@ -217,11 +217,7 @@ pub fn evaluate_case(
     }
     let detections = world::detect(&image.pixels, w, h);
     let judgement = world::judge_spec(&spec, &detections);
-    let run = Run {
-        meta,
-        steps,
-        image: Some(image),
-    };
+    run.finish(RunEnd::Complete(image), secs);
     let layer_keys: Vec<String> = run.meta.attn_layers.iter().map(|l| AttnMap::layer_key(&l.path)).collect();
     let masks: Vec<Option<&[bool]>> = (0..spec.objects.len())
         .map(|o| {
@@ -349,34 +345,40 @@ pub fn attention_on_truth(
     let seed = settings.seed.wrapping_add(index as u64);
     let scene = world::scene_from_spec(&spec, true, &mut Rng::new(seed_of(&[seed, 0x7A07]))).map_err(|e| bad(e.to_string()))?;
     let sample = world::render(&scene, &WorldConfig::with_size(size));
-    let device = &sd.device;
-
     // x0: the scene's latent.
-    let x0 = encoder.encode_rgb(&sample.rgb, size, size)?;
-    let (_, c, h, w) = x0.dims4()?;
-    let x0: Vec<f32> = x0.flatten_all()?.to_vec1()?;
-    let eps = crate::sampling::NoiseSource::randn(&mut crate::sampling::rng::TorchRng::new(seed), c * h * w);
+    let image = RgbImage {
+        width: size,
+        height: size,
+        pixels: sample.rgb.clone(),
+    };
+    let (x0, latent) = pipeline::encode_image(encoder, &image)?;
+    let eps = crate::sampling::NoiseSource::randn(&mut crate::sampling::rng::TorchRng::new(seed), x0.len());
 
-    let prompt = sd.tokenizer.encode(caption);
+    let cond = pipeline::encode_prompt(sd, caption, "", false, None)?;
+    let prompt = &cond.positive;
     if prompt.words != words {
         return Err(bad(format!(
             "the tokenizer splits it into {:?}, the world into {words:?}",
             prompt.words
         )));
     }
-    let ids = Tensor::new(prompt.ids.as_slice(), device)?.unsqueeze(0)?;
-    let context = sd.text_encoder.forward(&ids)?;
-    let kind = denoise::sampler_kind(sd, settings.sampler)?;
+    let kind = pipeline::sampler_kind(sd, settings.sampler)?;
     let options = SamplerOptions {
         karras: false,
         spacing: None,
         eta: 0.0,
     };
-    let sampler = build_sampler(kind, &sd.scheduler_config, settings.steps, &options).map_err(RunError::from)?;
-    let layers = denoise::attn_layer_sizes(sd, h, w);
+    let sampler = build_sampler(
+        kind,
+        &pipeline::scheduler_config(sd).map_err(RunError::from)?,
+        settings.steps,
+        &options,
+    )
+    .map_err(RunError::from)?;
+    let layers = pipeline::attn_layer_sizes(sd, latent[1], latent[2]);
     let mut steps = Vec::new();
     for (i, &t) in sampler.timesteps().iter().enumerate() {
-        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        if cancel.load(Ordering::Relaxed) {
             return Err(RunError::Cancelled {
                 completed: i,
                 total: sampler.timesteps().len(),
@@ -388,12 +390,8 @@ pub fn attention_on_truth(
         let a = 1.0 / (1.0 + sigma * sigma);
         let (sa, sb) = (a.sqrt() as f32, (1.0 - a).sqrt() as f32);
         let xt: Vec<f32> = x0.iter().zip(&eps).map(|(x, e)| sa * x + sb * e).collect();
-        let x = Tensor::from_vec(xt, (1, c, h, w), device)?.to_dtype(sd.dtype)?;
-        let mut probe = AttnProbe::new(CaptureMode::Full, 0);
-        sd.unet.forward(&x, t, &context, &mut probe)?;
-        let attention = denoise::attention_to_maps(probe, CaptureMode::Full, &|l| {
-            (layers[l].path.clone(), layers[l].height, layers[l].width)
-        })?;
+        // One conditional UNet call (no guidance): only its attention is used.
+        let out = pipeline::guided_eval(sd, &cond, xt, latent, t, 1.0, CaptureMode::Full, &layers)?;
         steps.push(StepRecord {
             index: i,
             timestep: t,
@@ -402,7 +400,7 @@ pub fn attention_on_truth(
             x0: Vec::new(),
             x0_from_scheduler: false,
             model_output: Vec::new(),
-            attention,
+            attention: out.attention,
             elapsed_secs: 0.0,
         });
     }
@@ -612,6 +610,170 @@ pub struct EvalReport {
     pub cases: Vec<CaseResult>,
     /// Attention on rendered scenes of the same captions (same order).
     pub truth: Vec<TruthCase>,
+}
+
+/// One evaluated caption as [`run`] streams it: the verdicts, the generation (full attention
+/// capture) and the rendered scene of the same caption.
+pub struct CaseOutput {
+    pub case: CaseResult,
+    pub truth: TruthCase,
+    pub run: Run,
+    pub scene: RgbImage,
+}
+
+/// The evaluation: `settings.count` held-out captions, each generated and judged
+/// ([`evaluate_case`]) and scored on its rendered scene ([`attention_on_truth`]). Streams a
+/// [`CaseOutput`] per caption; returns the report of the captions done and, when it stopped
+/// early, why (cancel, or the failing caption's error).
+pub fn run(
+    sd: &StableDiffusion,
+    model_spec: &str,
+    settings: &EvalSettings,
+    cancel: &AtomicBool,
+    sink: &mut dyn FnMut(ExperimentEvent),
+) -> Result<(EvalReport, Option<Stop>), EvalError> {
+    let encoder = sd.vae_encoder()?;
+    let captions = world::eval_captions(settings.count, settings.caption_seed);
+    let mut cases: Vec<CaseResult> = Vec::new();
+    let mut truth: Vec<TruthCase> = Vec::new();
+    let mut layers: Vec<String> = Vec::new();
+    let mut timesteps: Vec<f64> = Vec::new();
+    let mut sampler = String::new();
+    let mut stopped = None;
+    for (i, caption) in captions.iter().enumerate() {
+        sink(ExperimentEvent::Progress(Progress {
+            done: i,
+            total: captions.len(),
+            message: caption.clone(),
+        }));
+        let both = evaluate_case(sd, model_spec, i, caption, settings, cancel)
+            .and_then(|(case, run)| Ok((case, run, attention_on_truth(sd, &encoder, i, caption, settings, cancel)?)));
+        match both {
+            Ok((case, run, (truth_case, scene))) => {
+                if layers.is_empty() {
+                    layers = run.meta.attn_layers.iter().map(|l| l.path.clone()).collect();
+                    timesteps = run.meta.timesteps.clone();
+                    sampler = run.meta.sampler.clone();
+                }
+                cases.push(case.clone());
+                truth.push(truth_case.clone());
+                let scene = RgbImage {
+                    width: scene.width,
+                    height: scene.height,
+                    pixels: scene.rgb,
+                };
+                sink(ExperimentEvent::ShapesEvalCase(Box::new(CaseOutput {
+                    case,
+                    truth: truth_case,
+                    run,
+                    scene,
+                })));
+            }
+            Err(EvalError::Run(RunError::Cancelled { .. })) => {
+                stopped = Some(Stop::Cancelled);
+                break;
+            }
+            Err(e) => {
+                stopped = Some(Stop::Failed(format!("caption {i}: {e}")));
+                break;
+            }
+        }
+    }
+    sink(ExperimentEvent::Progress(Progress {
+        done: cases.len(),
+        total: captions.len(),
+        message: String::new(),
+    }));
+    let complete = cases.len() == captions.len();
+    let summary = summarize(&cases, &truth, &layers, &timesteps);
+    let report = EvalReport {
+        model: model_spec.to_owned(),
+        settings: settings.clone(),
+        sampler,
+        layers,
+        timesteps,
+        complete,
+        summary,
+        cases,
+        truth,
+    };
+    Ok((report, stopped))
+}
+
+fn pointing_line(label: &str, width: usize, r: &PointingRate) -> String {
+    format!("  {label:<width$} pointing {}   mean IoU {:.3}\n", r.hits, r.mean_iou)
+}
+
+/// The human-readable summary (printed and written to summary.txt).
+pub fn render_summary(r: &EvalReport) -> String {
+    let s = &r.summary;
+    let st = &r.settings;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Shapes-world evaluation of {}\n{} held-out captions{}, {} steps, guidance {}, {}, seeds {}..{}",
+        r.model,
+        s.cases,
+        if r.complete { "" } else { " (cancelled early)" },
+        st.steps,
+        st.guidance,
+        r.sampler,
+        st.seed,
+        st.seed + s.cases.saturating_sub(1) as u64
+    );
+    let _ = writeln!(t, "\nImages, judged by the world's rule-based detector");
+    let _ = writeln!(t, "  single object: colour right         {}   target >= 95%", s.single_colour);
+    let _ = writeln!(t, "                 shape right          {}   target >= 90%", s.single_shape);
+    let _ = writeln!(t, "                 position right       {}   target >= 90%", s.single_position);
+    let _ = writeln!(t, "                 size right           {}", s.single_size);
+    let _ = writeln!(t, "                 all stated right     {}", s.single_all);
+    let _ = writeln!(t, "  two objects:   both objects right   {}   target >= 75%", s.two_both_objects);
+    let _ = writeln!(t, "                 ... and relation     {}", s.two_all);
+    let _ = writeln!(t, "  strictly right (all stated attributes, no extra object), by template:");
+    for (tpl, rate) in &s.strict_by_template {
+        let name = match tpl {
+            Template::Colour => "a {colour} {shape}",
+            Template::SizeColour => "a {size} {colour} {shape}",
+            Template::ColourPosition => "a {colour} {shape} on the {position}",
+            Template::SizeColourPosition => "a {size} {colour} {shape} on the {position}",
+            Template::Relation => "a {colour} {shape} {relation} a ...",
+        };
+        let _ = writeln!(t, "    {name:<46} {rate}");
+    }
+    let width = s.attention.by_layer.iter().map(|(l, _)| l.len() + 2).max().unwrap_or(0).max(34);
+    let _ = writeln!(
+        t,
+        "\nAttention of the generations vs the detected objects' masks (maps averaged over all layers and steps,\n\
+         upsampled to the image; pointing game: the peak lies in the mask; IoU of the map thresholded at {} of its range)",
+        st.threshold
+    );
+    attention_section(&mut t, &s.attention, width, true);
+    let _ = writeln!(
+        t,
+        "\nAttention on rendered scenes of the same captions vs their exact masks (the scene's latent noised to\n\
+         each step's t, one conditional UNet call per step)"
+    );
+    attention_section(&mut t, &s.attention_truth, width, false);
+    t
+}
+
+fn attention_section(t: &mut String, a: &AttentionSummary, width: usize, generated: bool) {
+    t.push_str(&pointing_line("all object words", width, &a.pointing));
+    let _ = writeln!(t, "  {:<width$} target >= 80%", "");
+    for (k, rate) in &a.by_kind {
+        t.push_str(&pointing_line(&format!("{} words", k.name()), width, rate));
+    }
+    if generated {
+        let _ = writeln!(t, "  words not scored (object not found): {}", a.unscored_words);
+    }
+    let _ = writeln!(t, "  per layer (all steps):");
+    for (l, rate) in &a.by_layer {
+        t.push_str(&pointing_line(&format!("  {l}"), width, rate));
+    }
+    let _ = writeln!(t, "  per step (all layers):");
+    for (i, (ts, rate)) in a.by_step.iter().enumerate() {
+        t.push_str(&pointing_line(&format!("  step {:>2}  t = {ts:>4}", i + 1), width, rate));
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,96 @@
+//! Experiments: work that drives the model many times and reports, as plain data.
+//!
+//! Each experiment is `Settings → run(&model, &cancel, &mut sink) → Report`: its settings and
+//! report are serde structs, `run` streams [`ExperimentEvent`]s (progress and per-item results,
+//! so a consumer can write files as they come and lose nothing on interruption) and returns
+//! the report — also when cancelled or when an item failed, with [`Outcome::stopped`] saying
+//! so. Every model call goes through `crate::pipeline`'s pieces; no experiment has its own
+//! denoising loop. The worker runs experiments for the CLI and the app alike
+//! (`engine::Command::Experiment`).
+//!
+//! A new experiment: a module here with its `Settings`, `Report` and `run`, one variant in
+//! [`ExperimentSettings`], [`ExperimentReport`] (and [`ExperimentEvent`] when it streams items),
+//! one arm in [`run`].
+
+pub mod shapes_eval;
+
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::StableDiffusion;
+
+/// How far an experiment is: `done` of `total` items, and what it is working on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+    pub message: String,
+}
+
+/// Every experiment's settings (the worker's `Experiment` command carries one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ExperimentSettings {
+    ShapesEval(shapes_eval::EvalSettings),
+}
+
+impl ExperimentSettings {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExperimentSettings::ShapesEval(_) => "shapes-world evaluation",
+        }
+    }
+}
+
+/// Every experiment's report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ExperimentReport {
+    ShapesEval(Box<shapes_eval::EvalReport>),
+}
+
+/// What an experiment streams while it runs.
+pub enum ExperimentEvent {
+    Progress(Progress),
+    /// One evaluated caption with its run and rendered scene.
+    ShapesEvalCase(Box<shapes_eval::CaseOutput>),
+}
+
+/// Why an experiment stopped before its last item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Stop {
+    Cancelled,
+    Failed(String),
+}
+
+/// What [`run`] returns: the report of the items done, and why it stopped early, if it did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub report: ExperimentReport,
+    pub stopped: Option<Stop>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error("{0}")]
+    ShapesEval(#[from] shapes_eval::EvalError),
+}
+
+/// Runs one experiment on a loaded model. `Err` only when nothing could be computed at all
+/// (e.g. a network failed to load); a failure part-way is `Ok` with `stopped` set.
+pub fn run(
+    sd: &StableDiffusion,
+    model_spec: &str,
+    settings: &ExperimentSettings,
+    cancel: &AtomicBool,
+    sink: &mut dyn FnMut(ExperimentEvent),
+) -> Result<Outcome, ExperimentError> {
+    match settings {
+        ExperimentSettings::ShapesEval(s) => {
+            let (report, stopped) = shapes_eval::run(sd, model_spec, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::ShapesEval(Box::new(report)),
+                stopped,
+            })
+        }
+    }
+}

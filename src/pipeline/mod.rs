@@ -1,0 +1,285 @@
+//! The pieces every feature that drives the model calls: encode a prompt to conditioning
+//! ([`encode_prompt`]), one guided UNet evaluation at (x_t, t) with an optional attention probe
+//! ([`guided_eval`]), the sampler loop ([`run`]), VAE decode ([`decode`]) and VAE encode
+//! ([`encode_image`]). Nothing else in the crate calls the text encoder, the UNet or the VAE:
+//! a generation, the shapes-world evaluation and every experiment go through these.
+//!
+//! [`run`] is diffusers' `StableDiffusionPipeline.__call__`, one UNet evaluation at a time,
+//! streaming a [`StepRecord`] per iteration. Order of operations (each one as diffusers does
+//! it): tokenize and encode the prompt (and, with guidance > 1, the negative prompt, batch order
+//! [negative, positive]); set the sampler's timesteps; draw the initial noise from the seeded
+//! torch-compatible generator (or take it from [`InitLatents`]) and multiply it by
+//! `init_noise_sigma`; per timestep: scale the model input, run the UNet on the (doubled) batch,
+//! apply guidance `uncond + w * (cond - uncond)`, step the sampler; finally decode with the VAE.
+//!
+//! Architecture invariant: this module and `model` are the only ones that know candle; what
+//! goes in and out of these functions is plain data (`Vec<f32>` with shapes, [`RgbImage`],
+//! [`AttnMap`]) or an opaque handle ([`Conditioning`]).
+
+mod pieces;
+mod run;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+pub use pieces::{Conditioning, UnetOutput, attention_to_maps, decode, encode_image, encode_prompt, guided_eval};
+pub use run::run;
+
+use crate::model::StableDiffusion;
+use crate::sampling::config::SchedulerConfig;
+use crate::sampling::{SamplerError, SamplerKind, TimestepSpacing};
+use crate::trace::{AttnLayer, RunMeta, StepRecord};
+use crate::types::CaptureMode;
+
+/// Where a run's initial noise comes from (diffusers' `latents=` argument when given). The
+/// noise is unit-variance; the run multiplies it by the sampler's `init_noise_sigma`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum InitLatents {
+    /// `randn` of the torch-compatible generator seeded with `RunConfig::seed`.
+    #[default]
+    Seed,
+    /// A safetensors file with one tensor `latents` [1, C, h, w].
+    File(PathBuf),
+    /// Values [C, h, w] given in memory (interpolation between noises, a re-run of a trace).
+    Values(Vec<f32>),
+}
+
+/// Prompt embeddings as plain data: the text encoder's last hidden state of the positive
+/// prompt and (for guidance) of the negative prompt, each [tokens, dim] row-major. Given in a
+/// [`RunConfig`] they replace the text encoder's output (interpolation between prompts,
+/// semantic directions); the prompt text still names the tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptEmbeddings {
+    pub tokens: usize,
+    pub dim: usize,
+    pub positive: Vec<f32>,
+    pub negative: Vec<f32>,
+}
+
+/// Everything that determines a run. Plain data: the UI and the CLI build it, the worker
+/// consumes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub guidance: f32,
+    /// None = the model's own scheduler class (scheduler/scheduler_config.json `_class_name`),
+    /// as a diffusers pipeline uses it.
+    pub sampler: Option<SamplerKind>,
+    pub karras: bool,
+    pub spacing: Option<TimestepSpacing>,
+    pub eta: f32,
+    pub seed: u64,
+    /// Image size in pixels; None = the model's default (unet sample_size * VAE factor).
+    pub height: Option<usize>,
+    pub width: Option<usize>,
+    pub init_latents: InitLatents,
+    /// Replaces the text encoder's output when set.
+    pub embeddings: Option<PromptEmbeddings>,
+    pub attention: CaptureMode,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 50,
+            guidance: 7.5,
+            sampler: None,
+            karras: false,
+            spacing: None,
+            eta: 0.0,
+            seed: 0,
+            height: None,
+            width: None,
+            init_latents: InitLatents::Seed,
+            embeddings: None,
+            attention: CaptureMode::Aggregate,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Whether the run uses classifier-free guidance (a doubled UNet batch).
+    pub fn guided(&self) -> bool {
+        self.guidance > 1.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("--init-latents {path}: {message}")]
+    InitLatents { path: PathBuf, message: String },
+    #[error("non-finite values (NaN/Inf) in the {what} at step {step} of {total} (t = {timestep})")]
+    NonFinite {
+        what: &'static str,
+        step: usize,
+        total: usize,
+        timestep: f64,
+    },
+    #[error("cancelled after {completed} of {total} steps")]
+    Cancelled { completed: usize, total: usize },
+    #[error("sampler: {0}")]
+    Sampler(#[from] SamplerError),
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// What [`run`] reports, in order: `Started` once, `Step` per UNet evaluation, `Decoding`,
+/// then the function returns the image.
+pub enum RunEvent {
+    Started(Box<RunMeta>),
+    Step(Box<StepRecord>),
+    Decoding,
+}
+
+pub(crate) fn check_finite(v: &[f32], what: &'static str, step: usize, total: usize, timestep: f64) -> Result<(), RunError> {
+    if v.iter().all(|x| x.is_finite()) {
+        Ok(())
+    } else {
+        Err(RunError::NonFinite {
+            what,
+            step: step + 1,
+            total,
+            timestep,
+        })
+    }
+}
+
+/// Reads `latents` [1, C, h, w] from a safetensors file.
+pub fn read_init_latents(path: &Path, shape: [usize; 3]) -> Result<Vec<f32>, RunError> {
+    let err = |message: String| RunError::InitLatents {
+        path: path.to_owned(),
+        message,
+    };
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| err(e.to_string()))?;
+    let t = tensors.get("latents").ok_or_else(|| {
+        err(format!(
+            "no tensor named 'latents' (found: {:?})",
+            tensors.keys().collect::<Vec<_>>()
+        ))
+    })?;
+    let [c, h, w] = shape;
+    if t.dims() != [1, c, h, w] {
+        return Err(err(format!(
+            "'latents' has shape {:?}, this run needs [1, {c}, {h}, {w}]",
+            t.dims()
+        )));
+    }
+    let v = t
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| err(e.to_string()))?;
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(err("'latents' contains NaN or Inf".into()));
+    }
+    Ok(v)
+}
+
+/// The unit-variance initial noise of a run, [C, h, w].
+pub fn initial_noise(init: &InitLatents, rng: &mut dyn crate::sampling::NoiseSource, latent: [usize; 3]) -> Result<Vec<f32>, RunError> {
+    let n = latent.iter().product();
+    match init {
+        InitLatents::Seed => Ok(rng.randn(n)),
+        InitLatents::File(path) => read_init_latents(path, latent),
+        InitLatents::Values(v) => {
+            if v.len() != n {
+                return Err(RunError::BadInput(format!(
+                    "the initial latents have {} values, this run needs {latent:?} = {n}",
+                    v.len()
+                )));
+            }
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(RunError::BadInput("the initial latents contain NaN or Inf".into()));
+            }
+            Ok(v.clone())
+        }
+    }
+}
+
+/// The model's scheduler config (`scheduler/scheduler_config.json`), parsed by `sampling`.
+pub fn scheduler_config(sd: &StableDiffusion) -> Result<SchedulerConfig, SamplerError> {
+    SchedulerConfig::from_json_str(&sd.scheduler_json)
+        .map_err(|e| SamplerError::ConfigParse(format!("{}: {e}", sd.root.join("scheduler/scheduler_config.json").display())))
+}
+
+/// The sampler a diffusers pipeline would use for this model: its own scheduler class.
+pub fn model_sampler(config: &SchedulerConfig) -> Result<SamplerKind, RunError> {
+    let class = config.class_name.as_deref().unwrap_or("");
+    let kind = SamplerKind::ALL
+        .iter()
+        .copied()
+        .find(|k| k.diffusers_class() == class)
+        .ok_or_else(|| {
+            RunError::BadInput(format!(
+                "the model's scheduler class '{class}' is not implemented; choose one with --scheduler"
+            ))
+        })?;
+    if kind == SamplerKind::DpmPP2M {
+        let order = config.raw.get("solver_order").and_then(|v| v.as_u64()).unwrap_or(2);
+        let algo = config.raw.get("algorithm_type").and_then(|v| v.as_str()).unwrap_or("dpmsolver++");
+        if order != 2 || algo != "dpmsolver++" {
+            return Err(RunError::BadInput(format!(
+                "the model's scheduler is DPMSolverMultistepScheduler with algorithm_type '{algo}', solver_order {order}; only dpmsolver++ order 2 is implemented; choose one with --scheduler"
+            )));
+        }
+    }
+    Ok(kind)
+}
+
+/// The resolved geometry of a run.
+pub struct Geometry {
+    pub height: usize,
+    pub width: usize,
+    pub latent: [usize; 3],
+}
+
+pub fn geometry(sd: &StableDiffusion, cfg: &RunConfig) -> Result<Geometry, RunError> {
+    let f = sd.vae_scale_factor();
+    let height = cfg.height.unwrap_or_else(|| sd.default_size());
+    let width = cfg.width.unwrap_or_else(|| sd.default_size());
+    for (name, v) in [("height", height), ("width", width)] {
+        if v == 0 || v % f != 0 {
+            return Err(RunError::BadInput(format!(
+                "{name} {v} is not a positive multiple of the VAE factor {f}"
+            )));
+        }
+    }
+    Ok(Geometry {
+        height,
+        width,
+        latent: [sd.latent_channels(), height / f, width / f],
+    })
+}
+
+/// The sampler a run uses: the one asked for, else the model's own scheduler class.
+pub fn sampler_kind(sd: &StableDiffusion, asked: Option<SamplerKind>) -> Result<SamplerKind, RunError> {
+    match asked {
+        Some(k) => Ok(k),
+        None => model_sampler(&scheduler_config(sd)?),
+    }
+}
+
+/// The UNet's cross-attention layers and their map sizes for latents of `h` x `w`.
+pub fn attn_layer_sizes(sd: &StableDiffusion, h: usize, w: usize) -> Vec<AttnLayer> {
+    sd.unet
+        .attn_layers()
+        .iter()
+        .map(|l| {
+            let (lh, lw) = (0..l.level).fold((h, w), |(a, b), _| (a.div_ceil(2), b.div_ceil(2)));
+            AttnLayer {
+                path: l.path.clone(),
+                heads: l.heads,
+                height: lh,
+                width: lw,
+            }
+        })
+        .collect()
+}

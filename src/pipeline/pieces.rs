@@ -1,0 +1,209 @@
+//! The pieces: prompt → conditioning, one guided UNet evaluation, VAE decode / encode.
+
+use candle_core::{DType, Tensor};
+
+use super::{PromptEmbeddings, RunError};
+use crate::model::StableDiffusion;
+use crate::model::tokenizer::TokenizedPrompt;
+use crate::model::unet::AttnProbe;
+use crate::model::vae::{Vae, VaeEncoder};
+use crate::trace::{AttnLayer, AttnMap, RgbImage};
+use crate::types::CaptureMode;
+
+/// A prompt's conditioning on the model's device, ready for [`guided_eval`]: the text
+/// encoder's output for [negative, positive] with guidance, for the positive prompt alone
+/// without. Opaque to callers (no candle outside the pipeline); the tokenized prompts are
+/// plain data.
+pub struct Conditioning {
+    context: Tensor,
+    guided: bool,
+    pub positive: TokenizedPrompt,
+    pub negative: TokenizedPrompt,
+}
+
+impl Conditioning {
+    /// Whether the UNet batch is doubled for classifier-free guidance.
+    pub fn guided(&self) -> bool {
+        self.guided
+    }
+
+    /// The embeddings as plain data (the negative half is empty without guidance).
+    pub fn embeddings(&self) -> Result<PromptEmbeddings, RunError> {
+        let (_, tokens, dim) = self.context.dims3()?;
+        let row = |i: usize| -> Result<Vec<f32>, RunError> { Ok(self.context.get(i)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
+        Ok(PromptEmbeddings {
+            tokens,
+            dim,
+            positive: row(usize::from(self.guided))?,
+            negative: if self.guided { row(0)? } else { Vec::new() },
+        })
+    }
+}
+
+/// Tokenizes `prompt` (and `negative` when `guided`) and encodes them with the text encoder,
+/// or takes the encoder outputs from `overrides`.
+pub fn encode_prompt(
+    sd: &StableDiffusion,
+    prompt: &str,
+    negative: &str,
+    guided: bool,
+    overrides: Option<&PromptEmbeddings>,
+) -> Result<Conditioning, RunError> {
+    let device = &sd.device;
+    let positive = sd.tokenizer.encode(prompt);
+    let negative = sd.tokenizer.encode(negative);
+    let encode = |ids: &[u32]| -> Result<Tensor, RunError> {
+        let ids = Tensor::new(ids, device)?.unsqueeze(0)?;
+        Ok(sd.text_encoder.forward(&ids)?)
+    };
+    let (pos_emb, neg_emb) = match overrides {
+        None => {
+            let pos = encode(&positive.ids)?;
+            let neg = if guided { Some(encode(&negative.ids)?) } else { None };
+            (pos, neg)
+        }
+        Some(e) => {
+            // The encoder's own output shape is the contract: [1, tokens, hidden_size].
+            let (tokens, dim) = (positive.ids.len(), sd.text_encoder.config.hidden_size);
+            let as_tensor = |what: &str, v: &[f32]| -> Result<Tensor, RunError> {
+                if e.tokens != tokens || e.dim != dim || v.len() != tokens * dim {
+                    return Err(RunError::BadInput(format!(
+                        "{what} prompt embeddings are {} x {} ({} values); this model's text encoder gives {tokens} x {dim}",
+                        e.tokens,
+                        e.dim,
+                        v.len()
+                    )));
+                }
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(RunError::BadInput(format!("{what} prompt embeddings contain NaN or Inf")));
+                }
+                Ok(Tensor::from_vec(v.to_vec(), (1, tokens, dim), device)?.to_dtype(sd.dtype)?)
+            };
+            let pos = as_tensor("positive", &e.positive)?;
+            let neg = if guided { Some(as_tensor("negative", &e.negative)?) } else { None };
+            (pos, neg)
+        }
+    };
+    let context = match neg_emb {
+        Some(neg) => Tensor::cat(&[&neg, &pos_emb], 0)?,
+        None => pos_emb,
+    };
+    Ok(Conditioning {
+        context,
+        guided,
+        positive,
+        negative,
+    })
+}
+
+/// What one UNet evaluation gives: the (guided) model output [C, h, w] and the attention maps
+/// of the conditional branch.
+pub struct UnetOutput {
+    pub model_output: Vec<f32>,
+    pub attention: Vec<AttnMap>,
+}
+
+/// One UNet evaluation at `x` [C, h, w] (already scaled by the sampler's
+/// `scale_model_input`) and timestep `t`: with guidance the batch is [x, x] against
+/// [negative, positive] and the output is `uncond + guidance * (cond - uncond)`. The probe
+/// keeps the conditional branch's cross-attention as `capture` says; `layers` names the
+/// layers and their sizes (from [`super::attn_layer_sizes`]).
+pub fn guided_eval(
+    sd: &StableDiffusion,
+    cond: &Conditioning,
+    x: Vec<f32>,
+    latent: [usize; 3],
+    t: f64,
+    guidance: f32,
+    capture: CaptureMode,
+    layers: &[AttnLayer],
+) -> Result<UnetOutput, RunError> {
+    let [c, h, w] = latent;
+    let x = Tensor::from_vec(x, (1, c, h, w), &sd.device)?.to_dtype(sd.dtype)?;
+    let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
+    let mut probe = AttnProbe::new(capture, usize::from(cond.guided));
+    let out = sd.unet.forward(&x, t, &cond.context, &mut probe)?.to_dtype(DType::F32)?;
+    let model_output: Vec<f32> = if cond.guided {
+        let uncond = out.get(0)?.flatten_all()?.to_vec1::<f32>()?;
+        let cnd = out.get(1)?.flatten_all()?.to_vec1::<f32>()?;
+        uncond.iter().zip(&cnd).map(|(u, c)| u + guidance * (c - u)).collect()
+    } else {
+        out.flatten_all()?.to_vec1::<f32>()?
+    };
+    let attention = attention_to_maps(probe, capture, &|i| (layers[i].path.clone(), layers[i].height, layers[i].width))?;
+    Ok(UnetOutput { model_output, attention })
+}
+
+/// Decodes latents [C, h, w] (as the sampler holds them) with the VAE to an 8-bit image.
+pub fn decode(sd: &StableDiffusion, latents: Vec<f32>, shape: [usize; 3]) -> Result<RgbImage, RunError> {
+    let [c, h, w] = shape;
+    if latents.len() != c * h * w || c != sd.latent_channels() {
+        return Err(RunError::BadInput(format!(
+            "latents of shape {shape:?} do not fit this model ({} channels)",
+            sd.latent_channels()
+        )));
+    }
+    let t = Tensor::from_vec(latents, (1, c, h, w), &sd.device)?.to_dtype(sd.dtype)?;
+    Ok(Vae::to_rgb8(&sd.vae.decode_unit(&t)?)?)
+}
+
+/// Encodes an 8-bit RGB image (row-major, 3 bytes a pixel) to scaled latents [C, h, w]: the
+/// VAE posterior mean times `scaling_factor`, with diffusers' preprocessing.
+pub fn encode_image(encoder: &VaeEncoder, image: &RgbImage) -> Result<(Vec<f32>, [usize; 3]), RunError> {
+    if image.pixels.len() != image.width * image.height * 3 {
+        return Err(RunError::BadInput(format!(
+            "an image of {}x{} needs {} bytes, got {}",
+            image.width,
+            image.height,
+            image.width * image.height * 3,
+            image.pixels.len()
+        )));
+    }
+    let x0 = encoder.encode_rgb(&image.pixels, image.width, image.height)?;
+    let (_, c, h, w) = x0.dims4()?;
+    Ok((x0.flatten_all()?.to_vec1()?, [c, h, w]))
+}
+
+/// Turns the probe's device tensors into plain maps: one per layer (full) or the mean over the
+/// layers of each resolution, finest first (aggregate). `layer` gives a layer's path and size.
+pub fn attention_to_maps(
+    probe: AttnProbe,
+    mode: CaptureMode,
+    layer: &dyn Fn(usize) -> (String, usize, usize),
+) -> Result<Vec<AttnMap>, RunError> {
+    let to_map = |key: String, height: usize, width: usize, t: &Tensor| -> Result<AttnMap, RunError> {
+        let (_, tokens) = t.dims2()?;
+        Ok(AttnMap {
+            key,
+            height,
+            width,
+            tokens,
+            data: t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+        })
+    };
+    match mode {
+        CaptureMode::None => Ok(Vec::new()),
+        CaptureMode::Full => probe
+            .maps
+            .iter()
+            .map(|m| to_map(AttnMap::layer_key(&layer(m.layer).0), m.height, m.width, &m.probs))
+            .collect(),
+        CaptureMode::Aggregate => {
+            let mut groups: Vec<((usize, usize), Tensor, usize)> = Vec::new();
+            for m in &probe.maps {
+                match groups.iter_mut().find(|(k, _, _)| *k == (m.height, m.width)) {
+                    Some((_, sum, count)) => {
+                        *sum = (&*sum + &m.probs)?;
+                        *count += 1;
+                    }
+                    None => groups.push(((m.height, m.width), m.probs.clone(), 1)),
+                }
+            }
+            groups.sort_by_key(|((h, w), _, _)| std::cmp::Reverse(h * w));
+            groups
+                .into_iter()
+                .map(|((h, w), sum, count)| to_map(AttnMap::aggregate_key(h, w), h, w, &(sum / count as f64)?))
+                .collect()
+        }
+    }
+}

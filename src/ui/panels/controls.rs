@@ -1,0 +1,198 @@
+//! The left panel's model, prompt and sampling controls (Generate / Cancel), and the heatmap
+//! controls.
+
+use eframe::egui::{self, RichText};
+
+use super::short_key;
+use crate::analysis::MapSource;
+use crate::analysis::colormap::Colormap;
+use crate::sampling::SamplerKind;
+use crate::types::CaptureMode;
+use crate::ui::{Action, App, Normalize};
+
+pub fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
+    let s = &mut app.settings;
+    let model_heading = ui.heading("Model").id;
+    let mut browse = false;
+    ui.horizontal(|ui| {
+        ui.add(
+            egui::TextEdit::singleline(&mut s.model)
+                .hint_text("folder or owner/name")
+                .desired_width(190.0),
+        )
+        .labelled_by(model_heading);
+        browse = ui.button("Browse").on_hover_text("Pick a diffusers folder").clicked();
+    });
+    if !s.recent_models.is_empty() {
+        egui::ComboBox::from_id_salt("recent")
+            .selected_text("recent models")
+            .width(270.0)
+            .show_ui(ui, |ui| {
+                for m in s.recent_models.clone() {
+                    if ui.selectable_label(s.model == m, &m).clicked() {
+                        s.model = m;
+                    }
+                }
+            })
+            .response
+            .labelled_by(model_heading);
+    }
+    ui.add_space(6.0);
+    let l = ui.heading("Prompt");
+    ui.add(
+        egui::TextEdit::multiline(&mut s.prompt)
+            .desired_rows(2)
+            .desired_width(f32::INFINITY),
+    )
+    .labelled_by(l.id);
+    let l = ui.label("Negative prompt");
+    ui.add(egui::TextEdit::singleline(&mut s.negative_prompt).desired_width(f32::INFINITY))
+        .labelled_by(l.id);
+    ui.add_space(6.0);
+    egui::Grid::new("settings").num_columns(2).show(ui, |ui| {
+        let l = ui.label("Seed");
+        ui.horizontal(|ui| {
+            ui.add(egui::DragValue::new(&mut s.seed)).labelled_by(l.id);
+            if ui.button("Random").on_hover_text("roll a random seed").clicked() {
+                s.seed = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos() as u64 ^ d.as_secs())
+                    .unwrap_or(0)
+                    % 1_000_000;
+            }
+        });
+        ui.end_row();
+        let l = ui.label("Steps");
+        ui.add(egui::DragValue::new(&mut s.steps).range(1..=1000)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Sampler");
+        egui::ComboBox::from_id_salt("sampler")
+            .selected_text(s.sampler.map_or("model's own", |k| k.as_str()))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut s.sampler, None, "model's own");
+                for k in SamplerKind::ALL {
+                    ui.selectable_value(&mut s.sampler, Some(k), k.as_str());
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        ui.end_row();
+        if s.sampler.is_some_and(|k| k.supports_karras()) {
+            ui.label("");
+            ui.checkbox(&mut s.karras, "Karras sigmas");
+            ui.end_row();
+        }
+        ui.label("Size");
+        let mut custom = s.size.is_some();
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut custom, "custom");
+            if custom {
+                let (mut w, mut h) = s.size.unwrap_or((64, 64));
+                let l = ui.label("w");
+                ui.add(egui::DragValue::new(&mut w).range(8..=2048).speed(8)).labelled_by(l.id);
+                let l = ui.label("h");
+                ui.add(egui::DragValue::new(&mut h).range(8..=2048).speed(8)).labelled_by(l.id);
+                s.size = Some((w, h));
+            } else {
+                s.size = None;
+                ui.label("model default");
+            }
+        });
+        ui.end_row();
+        let l = ui.label("Attention");
+        egui::ComboBox::from_id_salt("capture")
+            .selected_text(s.attention.as_str())
+            .show_ui(ui, |ui| {
+                for m in [CaptureMode::None, CaptureMode::Aggregate, CaptureMode::Full] {
+                    ui.selectable_value(&mut s.attention, m, m.as_str());
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        ui.end_row();
+    });
+    let l = ui.label("Guidance scale");
+    let g = ui
+        .add(egui::Slider::new(&mut s.guidance, 1.0..=15.0).step_by(0.1))
+        .labelled_by(l.id);
+    ui.checkbox(&mut s.auto_rerun, "re-run when the slider is released");
+    let rerun = g.drag_stopped() && s.auto_rerun;
+    ui.add_space(8.0);
+    if browse {
+        app.send(Action::BrowseModel);
+    }
+    let busy = app.store.busy();
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(!busy, egui::Button::new(RichText::new("Generate").strong()))
+            .clicked()
+            || (rerun && !busy)
+        {
+            app.send(Action::Generate);
+        }
+        if ui.add_enabled(busy, egui::Button::new("Cancel")).clicked() {
+            app.send(Action::Cancel);
+        }
+    });
+}
+
+pub fn heatmap_controls_ui(app: &mut App, ui: &mut egui::Ui) {
+    let keys: Vec<String> = app
+        .store
+        .current()
+        .and_then(|r| r.steps.first())
+        .map(|s| s.attention.iter().map(|m| m.key.clone()).collect())
+        .unwrap_or_default();
+    let s = &mut app.settings;
+    ui.heading("Heatmap");
+    egui::Grid::new("heatmap").num_columns(2).show(ui, |ui| {
+        let l = ui.label("Colormap");
+        egui::ComboBox::from_id_salt("cmap")
+            .selected_text(s.colormap.name())
+            .show_ui(ui, |ui| {
+                for c in Colormap::ALL {
+                    ui.selectable_value(&mut s.colormap, c, c.name());
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Opacity");
+        ui.add(egui::Slider::new(&mut s.opacity, 0.0..=1.0)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Layers");
+        let label = match &s.source {
+            MapSource::All => "all resolutions".to_string(),
+            MapSource::Key(k) => short_key(k),
+        };
+        egui::ComboBox::from_id_salt("source")
+            .selected_text(label)
+            .width(180.0)
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut s.source, MapSource::All, "all resolutions");
+                for k in &keys {
+                    ui.selectable_value(&mut s.source, MapSource::Key(k.clone()), short_key(k));
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        ui.end_row();
+        ui.label("Scale");
+        ui.horizontal(|ui| {
+            ui.radio_value(&mut s.normalize, Normalize::PerMap, "per map");
+            ui.radio_value(&mut s.normalize, Normalize::AcrossSteps, "across steps");
+        });
+        ui.end_row();
+        ui.label("Steps");
+        ui.checkbox(&mut s.aggregate_steps, "aggregate over a range");
+        ui.end_row();
+    });
+    let n = app.store.current().map_or(0, |r| r.steps.len());
+    if app.settings.aggregate_steps && n > 0 {
+        let (mut a, mut b) = app.view.range;
+        ui.add(egui::Slider::new(&mut a, 0..=n - 1).text("from"));
+        ui.add(egui::Slider::new(&mut b, 0..=n - 1).text("to"));
+        app.view.range = (a.min(b), b.max(a));
+    }
+    ui.checkbox(&mut app.settings.show_special_tokens, "show special tokens");
+}
