@@ -410,26 +410,30 @@ impl WorkerState {
         self.loaded.as_ref().map(|l| &l.model)
     }
 
-    fn generate(&mut self, model: &ModelRequest, config: &RunConfig) {
-        if self.ensure_loaded(model).is_none() {
-            return;
-        }
-        let Some(l) = self.loaded.take() else { return };
+    /// Runs `work` on the model of `request` (loading it first) and times it; None when the
+    /// model could not be loaded (already reported) or the consumer is gone.
+    fn with_model<T>(&mut self, request: &ModelRequest, work: impl FnOnce(&mut Self, &StableDiffusion) -> T) -> Option<(T, f64)> {
+        self.ensure_loaded(request)?;
+        let l = self.loaded.take()?;
         let t0 = Instant::now();
-        let result = pipeline::run(&l.model, &model.spec, config, &self.cancel.clone(), &mut |ev| {
-            let e = match ev {
-                RunEvent::Started(meta) => Event::Started(meta),
-                RunEvent::Step(rec) => Event::Step(rec),
-                RunEvent::Decoding => Event::Decoding,
-            };
-            self.send(e);
-        });
+        let out = work(self, &l.model);
         self.loaded = Some(l);
-        if !self.alive {
-            return;
-        }
-        let total_secs = t0.elapsed().as_secs_f64();
-        let ev = match result {
+        self.alive.then(|| (out, t0.elapsed().as_secs_f64()))
+    }
+
+    fn generate(&mut self, model: &ModelRequest, config: &RunConfig) {
+        let cancel = self.cancel.clone();
+        let run = self.with_model(model, |s, sd| {
+            pipeline::run(sd, &model.spec, config, &cancel, &mut |ev| {
+                s.send(match ev {
+                    RunEvent::Started(meta) => Event::Started(meta),
+                    RunEvent::Step(rec) => Event::Step(rec),
+                    RunEvent::Decoding => Event::Decoding,
+                })
+            })
+        });
+        let Some((result, total_secs)) = run else { return };
+        self.send(match result {
             Ok(image) => Event::Finished { image, total_secs },
             Err(RunError::Cancelled { completed, total }) => Event::Cancelled {
                 completed,
@@ -440,25 +444,18 @@ impl WorkerState {
                 error: first_line(&e.to_string()),
                 total_secs,
             },
-        };
-        self.send(ev);
+        });
     }
 
     fn experiment(&mut self, model: &ModelRequest, settings: &ExperimentSettings) {
-        if self.ensure_loaded(model).is_none() {
-            return;
-        }
-        let Some(l) = self.loaded.take() else { return };
-        let t0 = Instant::now();
-        let result = experiments::run(&l.model, &model.spec, settings, &self.cancel.clone(), &mut |ev| {
-            self.send(Event::Experiment(Box::new(ev)));
+        let cancel = self.cancel.clone();
+        let run = self.with_model(model, |s, sd| {
+            experiments::run(sd, &model.spec, settings, &cancel, &mut |ev| {
+                s.send(Event::Experiment(Box::new(ev)))
+            })
         });
-        self.loaded = Some(l);
-        if !self.alive {
-            return;
-        }
-        let total_secs = t0.elapsed().as_secs_f64();
-        let ev = match result {
+        let Some((result, total_secs)) = run else { return };
+        self.send(match result {
             Ok(outcome) => Event::ExperimentFinished {
                 outcome: Box::new(outcome),
                 total_secs,
@@ -467,8 +464,7 @@ impl WorkerState {
                 error: first_line(&format!("{}: {e}", settings.name())),
                 total_secs,
             },
-        };
-        self.send(ev);
+        });
     }
 
     fn serve_decode(&mut self) {

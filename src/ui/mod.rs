@@ -195,6 +195,8 @@ impl Default for ScheduleView {
 pub struct PathPrompt {
     pub purpose: PathPurpose,
     pub text: String,
+    /// The path field has had its first focus (it gets it when the prompt opens).
+    pub focused: bool,
 }
 
 /// Transient view state (not persisted). Panels change it directly: it is theirs.
@@ -381,7 +383,13 @@ impl App {
         match action {
             Action::Generate => self.generate(),
             Action::Cancel => self.worker.cancel(),
-            Action::AskPath(purpose, text) => self.view.path_prompt = Some(PathPrompt { purpose, text }),
+            Action::AskPath(purpose, text) => {
+                self.view.path_prompt = Some(PathPrompt {
+                    purpose,
+                    text,
+                    focused: false,
+                })
+            }
             Action::Browse => {
                 if let Some(p) = &self.view.path_prompt {
                     let job = FileJob::Pick {
@@ -582,7 +590,8 @@ impl App {
         match result {
             FileResult::Opened { path, run } => {
                 self.store.open(*run, Some(path));
-                self.view.follow = false;
+                // Show its last step (until the user scrubs).
+                self.view.follow = true;
             }
             FileResult::Saved { dir } => self.view.message = Some(format!("saved to {}", dir.display())),
             FileResult::Exported { path } => self.view.message = Some(format!("exported {}", path.display())),

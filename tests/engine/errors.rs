@@ -209,3 +209,16 @@ fn interrupt_saves_the_partial_trace() {
     let done = meta["step_secs"].as_array().unwrap().len();
     assert!(done < 900, "{done}");
 }
+
+/// `open DIR` refuses a folder that is not a run folder before any window opens.
+#[test]
+fn open_refuses_a_folder_that_is_not_a_run() {
+    let empty = tempdir("not-a-run");
+    for dir in [empty.to_str().unwrap(), "/no/such/run"] {
+        let out = bin().args(["open", dir]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{dir}: {stderr}");
+        assert!(stderr.contains("is not a run folder") && stderr.contains(dir), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}

@@ -43,7 +43,14 @@ pub fn path_prompt_ui(app: &mut App, ctx: &egui::Context) {
             let field = ui
                 .add(egui::TextEdit::singleline(&mut prompt.text).desired_width(460.0))
                 .labelled_by(l.id);
+            if !prompt.focused {
+                field.request_focus();
+                prompt.focused = true;
+            }
             let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            if ui.input(|i| i.key_pressed(egui::Key::Escape)) {
+                close = true;
+            }
             ui.horizontal(|ui| {
                 if ui.button("OK").clicked() || enter {
                     action = Some(Action::ConfirmPath);
