@@ -311,3 +311,57 @@ fn two_runs_side_by_side() {
     assert_eq!(h.state().step_of(b), Some(9));
     h.snapshot("side_by_side");
 }
+
+/// Regression (architecture issue): a decode that had to load the model left the store in
+/// "loading" for good. Every terminal reply now returns it to idle.
+#[test]
+fn every_worker_reply_ends_the_activity_it_answers() {
+    use diffusion_scope::engine::Event;
+    use diffusion_scope::trace::RgbImage;
+    use diffusion_scope::ui::store::{Activity, RunStore};
+    let image = RgbImage {
+        width: 1,
+        height: 1,
+        pixels: vec![0; 3],
+    };
+    let mut store = RunStore::default();
+    store.apply(Event::LoadingModel { spec: "m".into() });
+    assert!(store.busy());
+    store.apply(Event::Decoded { id: 1, image });
+    assert_eq!(store.activity, Activity::Idle);
+    store.apply(Event::LoadingModel { spec: "m".into() });
+    store.apply(Event::DecodeFailed { id: 2, error: "x".into() });
+    assert_eq!(store.activity, Activity::Idle);
+    store.apply(Event::LoadingModel { spec: "m".into() });
+    store.apply(Event::Failed {
+        error: "no such model".into(),
+        total_secs: 0.0,
+    });
+    assert_eq!(store.activity, Activity::Idle);
+    assert_eq!(store.error.as_deref(), Some("no such model"));
+}
+
+/// The store keeps at most MAX_RUNS runs; the oldest that is neither shown (A), compared (B)
+/// nor streaming goes first, and is reported so the view drops its caches.
+#[test]
+fn the_store_keeps_a_bounded_number_of_runs() {
+    use diffusion_scope::ui::store::{MAX_RUNS, RunStore};
+    let mut store = RunStore::default();
+    let first = store.open(synthetic_run(), None);
+    let second = store.open(synthetic_run(), None);
+    store.select(first);
+    store.set_compare(Some(second));
+    let mut last = second;
+    for _ in 0..MAX_RUNS {
+        last = store.open(synthetic_run(), None);
+    }
+    assert_eq!(store.runs().len(), MAX_RUNS);
+    assert_eq!(store.current, Some(last));
+    assert_eq!(store.compare, Some(second), "B stays");
+    assert!(store.get(second).is_some());
+    assert!(store.get(first).is_none(), "the oldest run that is not shown goes");
+    let removed = store.take_removed();
+    assert_eq!(removed.len(), 2);
+    assert!(removed.contains(&first));
+    assert!(store.take_removed().is_empty());
+}
