@@ -365,3 +365,17 @@ fn the_store_keeps_a_bounded_number_of_runs() {
     assert!(removed.contains(&first));
     assert!(store.take_removed().is_empty());
 }
+
+/// Opening a folder that is not a run ends in an error line; nothing else changes.
+#[test]
+fn opening_a_folder_that_is_not_a_run_reports_it() {
+    let mut h = with_run(settings());
+    let dir = std::env::temp_dir().join(format!("ds-ui-not-a-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    h.state_mut().open_path(dir.clone());
+    step_until(&mut h, 30, "the error", |app| app.store.error.is_some());
+    let error = h.state().store.error.clone().unwrap();
+    assert!(error.contains("trace.json"), "{error}");
+    assert_eq!(h.state().store.runs().len(), 1);
+    assert!(h.state().file_jobs().is_empty());
+}
