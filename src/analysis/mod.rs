@@ -96,9 +96,14 @@ pub fn resize_bilinear(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) ->
 /// The attention of `token` at one step from `source`, or None when the step has no such
 /// maps (capture was off, or the key is absent).
 pub fn token_map_at(step: &StepRecord, source: &MapSource, token: usize) -> Option<TokenMap> {
+    token_map_in(&step.attention, source, token)
+}
+
+/// [`token_map_at`] over one step's maps.
+pub fn token_map_in(maps: &[AttnMap], source: &MapSource, token: usize) -> Option<TokenMap> {
     match source {
         MapSource::Key(key) => {
-            let m = step.attention.iter().find(|m| &m.key == key)?;
+            let m = maps.iter().find(|m| &m.key == key)?;
             (token < m.tokens).then(|| TokenMap {
                 height: m.height,
                 width: m.width,
@@ -106,11 +111,11 @@ pub fn token_map_at(step: &StepRecord, source: &MapSource, token: usize) -> Opti
             })
         }
         MapSource::All => {
-            let finest = step.attention.iter().max_by_key(|m| m.height * m.width)?;
+            let finest = maps.iter().max_by_key(|m| m.height * m.width)?;
             let (h, w) = (finest.height, finest.width);
             let mut acc = vec![0.0f32; h * w];
             let mut n = 0;
-            for m in step.attention.iter().filter(|m| token < m.tokens) {
+            for m in maps.iter().filter(|m| token < m.tokens) {
                 let up = resize_bilinear(&column(m, token), m.height, m.width, h, w);
                 acc.iter_mut().zip(&up).for_each(|(a, b)| *a += b);
                 n += 1;
@@ -127,9 +132,14 @@ pub fn token_map_at(step: &StepRecord, source: &MapSource, token: usize) -> Opti
 /// A word's attention at one step: the sum of its sub-tokens' maps (as DAAM treats a word
 /// split into several tokens). None when the step has no maps for them.
 pub fn word_map_at(step: &StepRecord, source: &MapSource, tokens: &[usize]) -> Option<TokenMap> {
+    word_map_in(&step.attention, source, tokens)
+}
+
+/// [`word_map_at`] over one step's maps.
+pub fn word_map_in(maps: &[AttnMap], source: &MapSource, tokens: &[usize]) -> Option<TokenMap> {
     let mut acc: Option<TokenMap> = None;
     for &t in tokens {
-        let m = token_map_at(step, source, t)?;
+        let m = token_map_in(maps, source, t)?;
         match &mut acc {
             None => acc = Some(m),
             Some(a) => a.values.iter_mut().zip(&m.values).for_each(|(x, y)| *x += y),
@@ -142,12 +152,14 @@ pub fn word_map_at(step: &StepRecord, source: &MapSource, tokens: &[usize]) -> O
 /// time (divided by the number of steps so values stay comparable to one step's).
 pub fn word_map_over(run: &Run, range: std::ops::RangeInclusive<usize>, source: &MapSource, tokens: &[usize]) -> Option<TokenMap> {
     let hi = (*range.end()).min(run.steps.len().checked_sub(1)?);
-    word_map_mean(run.steps.get(*range.start()..=hi)?, source, tokens)
+    let steps = run.steps.get(*range.start()..=hi)?;
+    word_map_mean(steps.iter().map(|s| s.attention.as_slice()), source, tokens)
 }
 
-/// A word's attention averaged over `steps`; None when a step has no such maps.
-pub fn word_map_mean(steps: &[StepRecord], source: &MapSource, tokens: &[usize]) -> Option<TokenMap> {
-    let maps: Option<Vec<TokenMap>> = steps.iter().map(|s| word_map_at(s, source, tokens)).collect();
+/// A word's attention averaged over steps (each step's maps); None when a step has no such
+/// maps.
+pub fn word_map_mean<'a>(steps: impl IntoIterator<Item = &'a [AttnMap]>, source: &MapSource, tokens: &[usize]) -> Option<TokenMap> {
+    let maps: Option<Vec<TokenMap>> = steps.into_iter().map(|s| word_map_in(s, source, tokens)).collect();
     mean_map(maps?)
 }
 

@@ -23,12 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{ExperimentEvent, Progress, Stop};
 use crate::analysis::pointing::{self, PointScore};
-use crate::analysis::{MapSource, TokenMap, mean_map, word_map_at, word_map_mean};
+use crate::analysis::{MapSource, TokenMap, mean_map, word_map_in, word_map_mean};
 use crate::model::StableDiffusion;
 use crate::model::vae::VaeEncoder;
 use crate::pipeline::{self, RunConfig, RunError, RunEvent};
 use crate::sampling::{SamplerKind, SamplerOptions, build_sampler};
-use crate::trace::{AttnMap, RgbImage, Run, RunEnd, StepRecord};
+use crate::trace::{AttnMap, RgbImage, Run, RunEnd};
 use crate::types::CaptureMode;
 use crate::world::rng::{Rng, seed_of};
 use crate::world::{self, Colour, Detection, Judgement, Position, Shape, Size, Template, WorldConfig};
@@ -233,7 +233,8 @@ pub fn evaluate_case(
         word_of_token: &run.meta.word_of_token,
         tokens_used: run.meta.tokens_used,
     };
-    let scores = score_words(&run.steps, &layer_keys, &tokens, &word_object, &masks, w, h, settings.threshold).map_err(bad)?;
+    let steps: Vec<&[AttnMap]> = run.steps.iter().map(|s| s.attention.as_slice()).collect();
+    let scores = score_words(&steps, &layer_keys, &tokens, &word_object, &masks, w, h, settings.threshold).map_err(bad)?;
     let result = CaseResult {
         index,
         caption: caption.to_owned(),
@@ -255,10 +256,10 @@ struct WordTokens<'a> {
 }
 
 /// Scores every object word (a word with an object and a [`WordKind`]) of the caption against
-/// `masks[object]` (`None`: unscored) with the maps of `steps`.
+/// `masks[object]` (`None`: unscored) with the attention maps of each step in `steps`.
 #[allow(clippy::too_many_arguments)]
 fn score_words(
-    steps: &[StepRecord],
+    steps: &[&[AttnMap]],
     layer_keys: &[String],
     tokens: &WordTokens,
     word_object: &[Option<usize>],
@@ -293,14 +294,15 @@ fn score_words(
             // Each step's all-layer map once: scored per step, then averaged for the aggregate.
             let per_step: Vec<TokenMap> = steps
                 .iter()
-                .map(|s| word_map_at(s, &MapSource::All, &toks))
+                .map(|s| word_map_in(s, &MapSource::All, &toks))
                 .collect::<Option<_>>()
                 .ok_or_else(missing)?;
             ws.per_step = per_step.iter().map(sc).collect();
             ws.aggregate = Some(sc(&mean_map(per_step).ok_or_else(missing)?));
             for key in layer_keys {
-                ws.per_layer
-                    .push(sc(&word_map_mean(steps, &MapSource::Key(key.clone()), &toks).ok_or_else(missing)?));
+                ws.per_layer.push(sc(
+                    &word_map_mean(steps.iter().copied(), &MapSource::Key(key.clone()), &toks).ok_or_else(missing)?
+                ));
             }
         }
         scores.push(ws);
@@ -392,17 +394,7 @@ pub fn attention_on_truth(
         let xt: Vec<f32> = x0.iter().zip(&eps).map(|(x, e)| sa * x + sb * e).collect();
         // One conditional UNet call (no guidance): only its attention is used.
         let out = pipeline::guided_eval(sd, &cond, xt, latent, t, 1.0, CaptureMode::Full, &layers)?;
-        steps.push(StepRecord {
-            index: i,
-            timestep: t,
-            sigma: sigma as f32,
-            latents: Vec::new(),
-            x0: Vec::new(),
-            x0_from_scheduler: false,
-            model_output: Vec::new(),
-            attention: out.attention,
-            elapsed_secs: 0.0,
-        });
+        steps.push(out.attention);
     }
     let layer_keys: Vec<String> = layers.iter().map(|l| AttnMap::layer_key(&l.path)).collect();
     let object_masks: Vec<Vec<bool>> = (0..spec.objects.len()).map(|o| sample.mask_bool(o)).collect();
@@ -412,6 +404,7 @@ pub fn attention_on_truth(
         word_of_token: &prompt.word_of_token,
         tokens_used: prompt.n_used,
     };
+    let steps: Vec<&[AttnMap]> = steps.iter().map(Vec::as_slice).collect();
     let words = score_words(&steps, &layer_keys, &tokens, &word_object, &masks, size, size, settings.threshold).map_err(bad)?;
     Ok((
         TruthCase {
