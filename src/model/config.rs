@@ -271,7 +271,7 @@ impl UNetConfig {
         self.transformer_layers_per_block.check_len(n, F, "transformer_layers_per_block")?;
         self.cross_attention_dim.check_len(n, F, "cross_attention_dim")?;
         for (i, &c) in self.block_out_channels.iter().enumerate() {
-            if c % self.norm_num_groups != 0 {
+            if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 {
                 return Err(unsupported(
                     F,
                     "norm_num_groups",
@@ -419,6 +419,24 @@ impl VaeConfig {
         }
         if cfg.block_out_channels.is_empty() {
             return Err(unsupported(F, "block_out_channels", "[]"));
+        }
+        if let Some(c) = cfg
+            .block_out_channels
+            .iter()
+            .find(|&&c| cfg.norm_num_groups == 0 || c % cfg.norm_num_groups != 0)
+        {
+            return Err(unsupported(
+                F,
+                "norm_num_groups",
+                format!("{} (does not divide block_out_channels {c})", cfg.norm_num_groups),
+            ));
+        }
+        if !(cfg.scaling_factor.is_finite() && cfg.scaling_factor > 0.0) {
+            return Err(unsupported(
+                F,
+                "scaling_factor",
+                format!("{} (must be a positive number)", cfg.scaling_factor),
+            ));
         }
         Ok(cfg)
     }

@@ -118,6 +118,15 @@ pub fn load_run_with_progress(dir: &Path, progress: &dyn Fn(f32)) -> Result<Run,
     };
     let (_, timesteps) = read("timesteps")?;
     let n = timesteps.len();
+    // Everything read is checked against everything else read: a mismatch is an error naming
+    // the file, never an index out of bounds later.
+    let [c, h, w] = meta.latent_shape;
+    if c == 0 || h == 0 || w == 0 {
+        return Err(fmt_err(&meta_path, format!("latent_shape {:?} has a zero", meta.latent_shape)));
+    }
+    if let Some(t) = timesteps.iter().find(|t| !t.is_finite()) {
+        return Err(fmt_err(&st_path, format!("timesteps: {t} is not a finite number")));
+    }
     let sigmas = read("sigmas").map(|(_, v)| v).unwrap_or_else(|_| vec![0.0; n]);
     let mut steps: Vec<StepRecord> = (0..n)
         .map(|i| StepRecord {
@@ -135,10 +144,17 @@ pub fn load_run_with_progress(dir: &Path, progress: &dyn Fn(f32)) -> Result<Run,
     if n > 0 {
         let per = |name: &str| -> Result<Vec<Vec<f32>>, TraceError> {
             let (shape, v) = read(name)?;
-            if shape.first() != Some(&n) {
-                return Err(fmt_err(&st_path, format!("{name}: shape {shape:?} does not start with {n} steps")));
+            if shape != [n, c, h, w] {
+                return Err(fmt_err(
+                    &st_path,
+                    format!(
+                        "{name}: shape {shape:?}, but {n} timesteps and latent_shape {:?} in trace.json need {:?}",
+                        meta.latent_shape,
+                        [n, c, h, w]
+                    ),
+                ));
             }
-            let chunk = v.len() / n;
+            let chunk = c * h * w;
             Ok(v.chunks_exact(chunk).map(<[f32]>::to_vec).collect())
         };
         for (i, v) in per("latents")?.into_iter().enumerate() {
@@ -154,10 +170,18 @@ pub fn load_run_with_progress(dir: &Path, progress: &dyn Fn(f32)) -> Result<Run,
         names.sort_by_key(|k| attn_order(&meta, k));
         for name in names {
             let (shape, v) = read(&name)?;
-            let [_, hw, tokens] = shape[..] else {
+            let [steps_n, hw, tokens] = shape[..] else {
                 return Err(fmt_err(&st_path, format!("{name}: expected [N, h*w, tokens], found {shape:?}")));
             };
             let (height, width) = attn_size(&meta, &name).unwrap_or((hw, 1));
+            if steps_n != n || hw == 0 || tokens == 0 || height * width != hw {
+                return Err(fmt_err(
+                    &st_path,
+                    format!(
+                        "{name}: shape {shape:?} does not fit {n} steps of {height}x{width} maps (from its name and attn_layers in trace.json)"
+                    ),
+                ));
+            }
             for (i, chunk) in v.chunks_exact(hw * tokens).enumerate().take(n) {
                 steps[i].attention.push(AttnMap {
                     key: name.clone(),

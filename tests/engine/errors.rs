@@ -222,3 +222,30 @@ fn open_refuses_a_folder_that_is_not_a_run() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }
 }
+
+/// Regression (hardening issue): these config values panicked (remainder by zero, index out of
+/// bounds) or gave a black image with exit 0; now each is refused naming key and value.
+#[test]
+fn config_values_the_math_cannot_honour_are_refused() {
+    let m = model_with("groups0", "unet/config.json", |v| v["norm_num_groups"] = 0.into());
+    check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["norm_num_groups", "0"]);
+    let m = model_with("vaegroups0", "vae/config.json", |v| v["norm_num_groups"] = 0.into());
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x"],
+        &["vae/config.json", "norm_num_groups"],
+    );
+    let m = model_with("scaling0", "vae/config.json", |v| v["scaling_factor"] = 0.into());
+    check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["scaling_factor", "0"]);
+}
+
+/// Regression (hardening issue): 1000 steps with `steps_offset` 1 (leading spacing) put a
+/// timestep past the training schedule; DDIM / DDPM / PNDM indexed out of bounds and panicked.
+#[test]
+fn steps_past_the_training_schedule_are_refused() {
+    for s in ["ddim", "ddpm", "pndm"] {
+        check(
+            &["--model", &tiny(), "--prompt", "x", "--steps", "1000", "--scheduler", s],
+            &["num_inference_steps = 1000", "past the last training timestep 999"],
+        );
+    }
+}

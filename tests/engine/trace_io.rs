@@ -68,3 +68,61 @@ fn generate_writes_a_trace_that_loads_back() {
     let last = st["latents"].get(3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(rel_err(&run.steps[3].latents, &last), 0.0);
 }
+
+/// Regression (hardening issue): traces whose parts do not fit each other panicked in the
+/// loader (`chunks_exact(0)`) or later in the app (index out of bounds, zero-sized textures).
+/// Each is now refused, naming the file and the mismatch.
+#[test]
+fn load_run_refuses_traces_whose_parts_do_not_fit() {
+    use candle_core::{DType, Device, Tensor};
+    use diffusion_scope::trace::save_run;
+    use diffusion_scope::trace::synthetic::{self, SyntheticSpec};
+    let run = synthetic::run(&SyntheticSpec::small());
+    let n = run.steps.len();
+    let fresh = |name: &str| {
+        let d = tempdir(name);
+        save_run(&run, &d).unwrap();
+        d
+    };
+    let edit_json = |d: &std::path::Path, edit: &dyn Fn(&mut serde_json::Value)| {
+        let p = d.join("trace.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    };
+    let replace_tensor = |d: &std::path::Path, name: &str, t: Tensor| {
+        let p = d.join("trace.safetensors");
+        let mut all = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+        all.insert(name.to_string(), t);
+        candle_core::safetensors::save(&all, &p).unwrap();
+    };
+    let refused = |d: &std::path::Path, expected: &[&str]| {
+        let e = load_run(d).err().expect("refused").to_string();
+        for x in expected {
+            assert!(e.contains(x), "expected {x:?} in: {e}");
+        }
+    };
+    let d = fresh("zero-latent-shape");
+    edit_json(&d, &|v| v["latent_shape"][1] = 0.into());
+    refused(&d, &["trace.json", "latent_shape"]);
+
+    let key = run.steps[0].attention[0].key.clone(); // attn_res.16x16
+    let d = fresh("zero-sized-attention");
+    replace_tensor(&d, &key, Tensor::zeros((n, 0, 77), DType::F32, &Device::Cpu).unwrap());
+    refused(&d, &["trace.safetensors", &key, "does not fit"]);
+
+    let d = fresh("attention-size-not-its-name");
+    replace_tensor(&d, &key, Tensor::zeros((n, 64, 77), DType::F32, &Device::Cpu).unwrap());
+    refused(&d, &[&key, "16x16"]);
+
+    let d = fresh("latents-of-another-shape");
+    replace_tensor(&d, "latents", Tensor::zeros((n, 4, 8, 8), DType::F32, &Device::Cpu).unwrap());
+    refused(&d, &["latents", "[10, 4, 16, 16]"]);
+
+    let d = fresh("fewer-latents-than-steps");
+    replace_tensor(&d, "x0", Tensor::zeros((n - 1, 4, 16, 16), DType::F32, &Device::Cpu).unwrap());
+    refused(&d, &["x0", "10 timesteps"]);
+
+    // The untouched trace still loads.
+    assert_eq!(load_run(&fresh("intact")).unwrap().steps.len(), n);
+}

@@ -112,7 +112,8 @@ pub fn build(
     let rc = resolve(kind, config, options)?;
     schedule::check_steps(num_inference_steps, rc.num_train_timesteps)?;
     let common = Common::new(&rc, num_inference_steps, options);
-    Ok(match kind {
+    let n_train = rc.num_train_timesteps;
+    let sampler: Box<dyn Sampler> = match kind {
         SamplerKind::Ddim => Box::new(Ddim::new(rc, common, options.eta)),
         SamplerKind::Ddpm => Box::new(Ddpm::new(rc, common)),
         SamplerKind::Euler => Box::new(Euler::new(rc, common)),
@@ -121,7 +122,26 @@ pub fn build(
         SamplerKind::Pndm => Box::new(Pndm::new(rc, common)),
         SamplerKind::Lms => Box::new(Lms::new(rc, common)),
         SamplerKind::Heun => Box::new(Heun::new(rc, common)),
-    })
+    };
+    // DDIM, DDPM and PNDM index `alphas_cumprod` by timestep: with `steps_offset` (leading
+    // spacing) a large step count points past its end, where diffusers fails with an
+    // IndexError. (The sigma-based samplers interpolate, clamping, as diffusers does.)
+    let indexes_alphas = matches!(kind, SamplerKind::Ddim | SamplerKind::Ddpm | SamplerKind::Pndm);
+    if let Some(&t) = sampler
+        .timesteps()
+        .iter()
+        .find(|&&t| indexes_alphas && !(0.0..=(n_train - 1) as f64).contains(&t))
+    {
+        return Err(SamplerError::UnsupportedConfig {
+            key: "num_inference_steps".into(),
+            value: num_inference_steps.to_string(),
+            reason: format!(
+                "with this scheduler config the timesteps reach {t}, past the last training timestep {}; use fewer steps (or a config without steps_offset)",
+                n_train - 1
+            ),
+        });
+    }
+    Ok(sampler)
 }
 
 /// What every sampler keeps: the effective config, alphas_cumprod and the step bookkeeping.
