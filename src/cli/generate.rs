@@ -59,8 +59,12 @@ pub struct GenerateArgs {
     dtype: DTypeChoice,
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+    /// The run folder to write (written whole at the end, also for a cancelled run).
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out when it holds an earlier run (a folder with other files is never replaced).
+    #[arg(long)]
+    overwrite: bool,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -79,6 +83,28 @@ impl GenerateConfig {
         let spec = super::model_spec(a.model)?;
         if a.steps == 0 {
             bail!("--steps must be at least 1");
+        }
+        // Checked before anything is computed.
+        if a.out.exists() {
+            if !a.out.is_dir() {
+                bail!("--out {} exists and is not a folder", a.out.display());
+            }
+            let non_empty = std::fs::read_dir(&a.out)
+                .with_context(|| format!("reading --out {}", a.out.display()))?
+                .next()
+                .is_some();
+            if let Some(other) = diffusion_scope::trace::foreign_entry(&a.out) {
+                bail!(
+                    "--out {} holds {other}, which is not part of a run folder; choose another folder",
+                    a.out.display()
+                );
+            }
+            if non_empty && !a.overwrite {
+                bail!(
+                    "--out {} holds an earlier run; pass --overwrite to replace it (the whole folder is replaced)",
+                    a.out.display()
+                );
+            }
         }
         if a.init_latents.as_ref().is_some_and(|p| !p.is_file()) {
             bail!("--init-latents {}: no such file", a.init_latents.unwrap_or_default().display());

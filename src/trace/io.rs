@@ -33,9 +33,70 @@ fn f32_bytes(values: impl Iterator<Item = f32>) -> Vec<u8> {
     values.flat_map(f32::to_le_bytes).collect()
 }
 
-/// Writes `trace.json`, `trace.safetensors` and (if there is one) `image.png` into `dir`,
-/// creating it. Steps already recorded are written even for a cancelled or failed run.
+/// Writes the run folder `dir`: `trace.json`, `trace.safetensors` and (if there is one)
+/// `image.png`. Steps already recorded are written even for a cancelled or failed run.
+///
+/// A reader never sees a mix of two runs or a half-written folder: everything is written into
+/// a fresh folder beside `dir` and synced, then renamed into place; a folder already at `dir`
+/// is replaced whole (moved aside, then removed), never file by file.
 pub fn save_run(run: &Run, dir: &Path) -> Result<(), TraceError> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = dir
+        .file_name()
+        .ok_or_else(|| fmt_err(dir, "not a folder name"))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if dir.exists() && !dir.is_dir() {
+        return Err(fmt_err(dir, "exists and is not a folder"));
+    }
+    if let Some(other) = foreign_entry(dir) {
+        return Err(fmt_err(
+            dir,
+            format!("holds {other}, which is not part of a run folder; refusing to replace it"),
+        ));
+    }
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let fresh = parent.join(format!(".{name}.writing-{unique}"));
+    let _ = std::fs::remove_dir_all(&fresh);
+    if let Err(e) = write_run_files(run, &fresh) {
+        let _ = std::fs::remove_dir_all(&fresh);
+        return Err(e);
+    }
+    if dir.exists() {
+        let aside = parent.join(format!(".{name}.replaced-{unique}"));
+        std::fs::rename(dir, &aside).map_err(io_err(dir))?;
+        if let Err(e) = std::fs::rename(&fresh, dir) {
+            let _ = std::fs::rename(&aside, dir);
+            return Err(io_err(dir)(e));
+        }
+        let _ = std::fs::remove_dir_all(&aside);
+    } else {
+        std::fs::rename(&fresh, dir).map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// The files a run folder consists of.
+pub const RUN_FILES: [&str; 3] = ["trace.json", "trace.safetensors", "image.png"];
+
+/// The first entry of `dir` that is not one of a run folder's files (None when `dir` is
+/// missing, empty or a run folder): replacing such a folder could destroy someone's data.
+pub fn foreign_entry(dir: &Path) -> Option<String> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_file = e.file_type().is_ok_and(|t| t.is_file());
+        (!(is_file && RUN_FILES.contains(&name.as_str()))).then_some(name)
+    })
+}
+
+/// Writes the files of a run into `dir` (created) and syncs them to disk.
+fn write_run_files(run: &Run, dir: &Path) -> Result<(), TraceError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let meta_path = dir.join("trace.json");
     let json = serde_json::to_string_pretty(&run.meta).map_err(|e| fmt_err(&meta_path, e))?;
@@ -78,6 +139,12 @@ pub fn save_run(run: &Run, dir: &Path) -> Result<(), TraceError> {
 
     if let Some(img) = &run.image {
         save_png(img, &dir.join("image.png"))?;
+    }
+    for f in RUN_FILES {
+        let p = dir.join(f);
+        if p.is_file() {
+            std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(io_err(&p))?;
+        }
     }
     Ok(())
 }

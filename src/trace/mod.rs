@@ -8,7 +8,7 @@
 mod io;
 pub mod synthetic;
 
-pub use io::{TraceError, load_run, load_run_with_progress, save_png, save_run};
+pub use io::{RUN_FILES, TraceError, foreign_entry, load_run, load_run_with_progress, save_png, save_run};
 
 use serde::{Deserialize, Serialize};
 

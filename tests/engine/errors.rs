@@ -249,3 +249,62 @@ fn steps_past_the_training_schedule_are_refused() {
         );
     }
 }
+
+fn load_run_ok(dir: &Path) -> bool {
+    diffusion_scope::trace::load_run(dir).is_ok_and(|r| r.meta.prompt == "x")
+}
+
+/// Regression (hardening issue): `--out` naming a file was refused only after the whole run,
+/// and a folder holding an earlier run was overwritten file by file (a cancelled run kept the
+/// old image.png). Now both are checked first, and `--overwrite` replaces the folder whole.
+#[test]
+fn out_is_checked_before_the_run_and_replaced_whole() {
+    let dir = tempdir("out-checks");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        bin()
+            .args(["generate", "--model", &tiny(), "--prompt", "x", "--steps", "2", "--quiet", "--out"])
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let t0 = std::time::Instant::now();
+    let out = run(&file, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("is not a folder"), "{stderr}");
+    assert!(t0.elapsed().as_secs() < 5, "refused before loading anything");
+
+    // A folder with files that are not a run's is never replaced, not even with --overwrite.
+    let other = dir.join("someone-elses");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "keep me").unwrap();
+    for extra in [&[][..], &["--overwrite"][..]] {
+        let out = run(&other, extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("notes.txt"), "{stderr}");
+    }
+    assert!(other.join("notes.txt").is_file(), "nothing touched");
+
+    // An earlier run needs --overwrite, and is then replaced whole.
+    let folder = dir.join("earlier");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("image.png"), "the earlier run's image").unwrap();
+    std::fs::write(folder.join("trace.json"), "{}").unwrap();
+    let out = run(&folder, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--overwrite"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(folder.join("trace.json")).unwrap(), "{}", "nothing touched");
+
+    let out = run(&folder, &["--overwrite"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(load_run_ok(&folder), "the folder holds the new run");
+    assert_ne!(std::fs::read(folder.join("image.png")).unwrap(), b"the earlier run's image");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
