@@ -179,6 +179,18 @@ fn bad_flag_values() {
 #[cfg(unix)]
 #[test]
 fn interrupt_saves_the_partial_trace() {
+    signal_saves_the_partial_trace("INT");
+}
+
+/// Regression (hardening issue): SIGTERM and SIGHUP saved nothing; they now stop the run like
+/// the first Ctrl-C.
+#[test]
+fn termination_signals_save_the_partial_trace_too() {
+    signal_saves_the_partial_trace("TERM");
+    signal_saves_the_partial_trace("HUP");
+}
+
+fn signal_saves_the_partial_trace(signal: &str) {
     let out_dir = tempdir("sigint");
     let child = bin()
         .args([
@@ -198,11 +210,14 @@ fn interrupt_saves_the_partial_trace() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(out.status.code(), Some(130), "{signal}: {stderr}");
     assert!(stderr.contains("cancelled after"), "{stderr}");
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("trace.json")).unwrap()).unwrap();
     assert_eq!(meta["status"], "cancelled");
