@@ -142,12 +142,51 @@ pub fn weight_files(dir: &Path, stem: &str, dtype: DType) -> Result<Vec<PathBuf>
     Err(ModelError::MissingFile(dir.join(format!("{stem}.safetensors"))))
 }
 
+/// Reads a safetensors file's header and refuses what the loader would otherwise misread: a
+/// file that is not safetensors at all, and tensors stored in a dtype other than F32 / F16 /
+/// BF16 (candle would cast integers silently).
+fn check_weight_file(path: &Path, component: &str) -> Result<(), ModelError> {
+    use std::io::Read;
+    let err = |message: String| ModelError::Weights {
+        component: component.to_owned(),
+        message: format!("{}: {message}", path.display()),
+    };
+    let io = |source| ModelError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| err(format!("not a safetensors file ({size} bytes, too short for a header)")))?;
+    let len = u64::from_le_bytes(len);
+    if len > size.saturating_sub(8) || len > 100 << 20 {
+        return Err(err(format!(
+            "not a safetensors file (its first 8 bytes announce a {len}-byte header in a {size}-byte file)"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| err(format!("not a safetensors file (header: {e})")))?;
+    for (name, info) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let dt = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
+        if !matches!(dt, "F32" | "F16" | "BF16") {
+            return Err(err(format!("tensor {name} is stored as {dt}; weights must be F32, F16 or BF16")));
+        }
+    }
+    Ok(())
+}
+
 fn var_builder(dir: &Path, stem: &str, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, ModelError> {
     let files = weight_files(dir, stem, dtype)?;
+    let component = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     for f in &files {
         if !f.is_file() {
             return Err(ModelError::MissingFile(f.clone()));
         }
+        check_weight_file(f, &component)?;
     }
     // SAFETY: the files are memory-mapped read-only; like every safetensors loader we rely on
     // nobody truncating them while the model is loaded.

@@ -323,3 +323,44 @@ fn out_is_checked_before_the_run_and_replaced_whole() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Regression (hardening issue): a weights file that is not safetensors said only "header too
+/// large", and a weight stored as I64 was silently cast. Both are refused, naming file / tensor.
+#[test]
+fn weight_files_are_checked_before_loading() {
+    use candle_core::{DType, Device};
+    let m = model_with("not-safetensors", "model_index.json", |_| {});
+    std::fs::write(
+        m.join("vae/diffusion_pytorch_model.safetensors"),
+        b"PK\x03\x04 this is a zip archive",
+    )
+    .unwrap();
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x"],
+        &["vae", "not a safetensors file"],
+    );
+
+    let m = model_with("i64-weight", "model_index.json", |_| {});
+    let path = m.join("unet/diffusion_pytorch_model.safetensors");
+    let mut all = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let key = "conv_in.bias".to_string();
+    let t = all[&key].to_dtype(DType::I64).unwrap();
+    all.insert(key, t);
+    candle_core::safetensors::save(&all, &path).unwrap();
+    check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["conv_in.bias", "I64"]);
+}
+
+/// Regression (hardening issue): `beta_end` 1.5 gave garbage with exit 0.
+#[test]
+fn betas_outside_the_unit_interval_are_refused() {
+    let m = model_with("beta-end", "scheduler/scheduler_config.json", |v| v["beta_end"] = 1.5.into());
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x", "--steps", "2"],
+        &["beta_end", "1.5", "(0, 1]"],
+    );
+    let m = model_with("beta-start", "scheduler/scheduler_config.json", |v| v["beta_start"] = (-0.1).into());
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x", "--steps", "2"],
+        &["beta_start", "-0.1"],
+    );
+}

@@ -111,6 +111,19 @@ pub fn build(
 ) -> Result<Box<dyn Sampler>, SamplerError> {
     let rc = resolve(kind, config, options)?;
     schedule::check_steps(num_inference_steps, rc.num_train_timesteps)?;
+    // A beta outside (0, 1] (beta_end 1.5, a negative beta_start, trained_betas from another
+    // world) gives garbage or NaN; 1 itself is the zero-terminal-SNR rescale's last beta.
+    if let Some(b) = schedule::betas(&rc).iter().find(|b| !(b.is_finite() && **b > 0.0 && **b <= 1.0)) {
+        let (key, value) = match &rc.trained_betas {
+            Some(_) => ("trained_betas".to_string(), format!("(contains {b})")),
+            None => ("beta_start / beta_end".to_string(), format!("{} / {}", rc.beta_start, rc.beta_end)),
+        };
+        return Err(SamplerError::UnsupportedConfig {
+            key,
+            value,
+            reason: format!("the schedule gets a beta of {b}; every beta must lie in (0, 1]"),
+        });
+    }
     let common = Common::new(&rc, num_inference_steps, options);
     let n_train = rc.num_train_timesteps;
     let sampler: Box<dyn Sampler> = match kind {
