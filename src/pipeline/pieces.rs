@@ -22,11 +22,6 @@ pub struct Conditioning {
 }
 
 impl Conditioning {
-    /// Whether the UNet batch is doubled for classifier-free guidance.
-    pub fn guided(&self) -> bool {
-        self.guided
-    }
-
     /// The embeddings as plain data (the negative half is empty without guidance).
     pub fn embeddings(&self) -> Result<PromptEmbeddings, RunError> {
         let (_, tokens, dim) = self.context.dims3()?;

@@ -67,7 +67,6 @@ pub struct JobInfo {
     pub label: String,
     /// 0..=1 where the job knows it (loading), else 0 (an indeterminate spinner).
     pub progress: Arc<AtomicU32>,
-    pub started: std::time::Instant,
 }
 
 impl JobInfo {
@@ -112,7 +111,6 @@ impl Files {
             JobInfo {
                 label,
                 progress: progress.clone(),
-                started: std::time::Instant::now(),
             },
         ));
         let tx = self.tx.clone();

@@ -411,7 +411,8 @@ impl App {
                     self.view.path_prompt = Some(p);
                     return;
                 }
-                if let Some(dir) = path.parent().filter(|_| !p.purpose.wants_folder()).or(Some(path.as_path())) {
+                // The next prompt starts beside this one (never inside a run folder just written).
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     self.settings.last_dir = dir.display().to_string();
                 }
                 match p.purpose {
@@ -651,12 +652,9 @@ impl App {
     pub fn token_map(&mut self, id: RunId, step: usize, word_tokens: &[usize]) -> Option<(MapKey, Arc<MapData>)> {
         let run = &self.store.get(id)?.run;
         let steps = if self.settings.aggregate_steps {
-            let n = run.steps.len();
-            let (a, b) = (
-                scale_step(self.view.range.0, self.current_len(), n),
-                scale_step(self.view.range.1, self.current_len(), n),
-            );
-            (a, b)
+            // The range is set on the current run; another run (B) gets the same fractions.
+            let (cur, n) = (self.current_len(), run.steps.len());
+            (scale_step(self.view.range.0, cur, n), scale_step(self.view.range.1, cur, n))
         } else {
             (step, step)
         };

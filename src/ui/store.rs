@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::engine::{Event, ModelInfo};
 use crate::experiments::{ExperimentEvent, ExperimentReport, Progress, Stop};
-use crate::trace::{RgbImage, Run, RunStatus};
+use crate::trace::{RgbImage, Run};
 
 /// Identifies a run in the store for the app's lifetime (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -306,9 +306,4 @@ impl RunStore {
     pub fn clear_error(&mut self) {
         self.error = None;
     }
-}
-
-/// Whether a run is complete (its image decoded).
-pub fn is_complete(run: &Run) -> bool {
-    run.meta.status == RunStatus::Complete
 }
