@@ -15,6 +15,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::tensor::{Dtype, TensorView};
 
+use diffusion_scope::pipeline::memory;
 use diffusion_scope::world::{self, Split, WorldConfig};
 
 #[derive(Args, Debug)]
@@ -50,6 +51,21 @@ pub fn run(a: DatasetArgs) -> anyhow::Result<ExitCode> {
         (0.0..=1.0).contains(&a.two_object_fraction),
         "--two-object-fraction must be in [0, 1]"
     );
+    // Everything is held in memory until the end: refuse sizes that cannot fit, up front.
+    let px = a.size as f64 * a.size as f64;
+    let need = a.count as f64 * px * 5.0 + px * 12.0;
+    if let Some(available) = memory::available_bytes()
+        && need > available
+    {
+        anyhow::bail!(
+            "{} samples of {}x{} need about {} of memory (images and masks are kept until the end); this machine has {} available",
+            a.count,
+            a.size,
+            a.size,
+            memory::human_bytes(need),
+            memory::human_bytes(available)
+        );
+    }
     let split = match a.split.as_str() {
         "train" => Split::Train,
         "held-out" | "heldout" => Split::HeldOut,

@@ -6,8 +6,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Args;
@@ -19,6 +17,8 @@ use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, Experiment
 use diffusion_scope::model::{DTypeChoice, DeviceChoice};
 use diffusion_scope::sampling::SamplerKind;
 use diffusion_scope::trace::{RgbImage, save_png, save_run};
+
+use crate::cli::interrupt::Interrupt;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -80,18 +80,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(out.join("images")).with_context(|| format!("creating {}", out.display()))?;
     }
     let worker = Worker::spawn(Box::new(|| {})).context("starting the worker thread")?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        let cancel = worker.cancel_flag();
-        // A second Ctrl-C exits at once.
-        let _ = ctrlc::set_handler(move || {
-            if interrupted.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            cancel.store(true, Ordering::SeqCst);
-        });
-    }
+    let interrupt = Interrupt::install(worker.cancel_flag(), "UNet evaluation");
     let request = ModelRequest {
         spec: spec.clone(),
         device: a.device,
@@ -129,16 +118,19 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
                 ExperimentEvent::ShapesEvalCase(c) => {
                     let i = c.case.index;
                     if let Some(out) = &a.out {
-                        save_png(
-                            c.run.image.as_ref().context("a finished case has an image")?,
-                            &out.join("images").join(format!("{i:03}.png")),
-                        )?;
-                        save_png(&c.scene, &out.join("images").join(format!("{i:03}_scene.png")))
-                            .with_context(|| format!("writing the scene of caption {i}"))?;
-                        if a.save_traces {
-                            let dir = out.join("traces").join(format!("{i:03}"));
-                            save_run(&c.run, &dir).with_context(|| format!("writing {}", dir.display()))?;
-                        }
+                        interrupt.writing(|| -> anyhow::Result<()> {
+                            save_png(
+                                c.run.image.as_ref().context("a finished case has an image")?,
+                                &out.join("images").join(format!("{i:03}.png")),
+                            )?;
+                            save_png(&c.scene, &out.join("images").join(format!("{i:03}_scene.png")))
+                                .with_context(|| format!("writing the scene of caption {i}"))?;
+                            if a.save_traces {
+                                let dir = out.join("traces").join(format!("{i:03}"));
+                                save_run(&c.run, &dir).with_context(|| format!("writing {}", dir.display()))?;
+                            }
+                            Ok(())
+                        })?;
                     }
                     if let Some(img) = c.run.image {
                         images.push(img);
@@ -159,15 +151,18 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let text = render_summary(&report);
     print!("{text}");
     if let Some(out) = &a.out {
-        let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
-        std::fs::write(out.join("report.json"), json).with_context(|| format!("writing {}", out.display()))?;
-        std::fs::write(out.join("summary.txt"), &text).with_context(|| format!("writing {}", out.display()))?;
-        if !images.is_empty() {
-            let sheet = contact_sheet(&images, &report.cases);
-            sheet
-                .save(out.join("contact_sheet.png"))
-                .with_context(|| format!("writing {}", out.join("contact_sheet.png").display()))?;
-        }
+        interrupt.writing(|| -> anyhow::Result<()> {
+            let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
+            std::fs::write(out.join("report.json"), json).with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(out.join("summary.txt"), &text).with_context(|| format!("writing {}", out.display()))?;
+            if !images.is_empty() {
+                let sheet = contact_sheet(&images, &report.cases);
+                sheet
+                    .save(out.join("contact_sheet.png"))
+                    .with_context(|| format!("writing {}", out.join("contact_sheet.png").display()))?;
+            }
+            Ok(())
+        })?;
         println!("wrote {}", out.display());
     }
     match stopped {

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -15,6 +14,8 @@ use diffusion_scope::pipeline::{InitLatents, RunConfig};
 use diffusion_scope::sampling::{SamplerKind, TimestepSpacing};
 use diffusion_scope::trace::{Run, save_run};
 use diffusion_scope::types::CaptureMode;
+
+use crate::cli::interrupt::Interrupt;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -146,18 +147,7 @@ impl GenerateConfig {
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let cfg = GenerateConfig::from_args(args)?;
     let worker = Worker::spawn(Box::new(|| {})).context("starting the worker thread")?;
-    let cancel = worker.cancel_flag();
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        // A second Ctrl-C exits at once.
-        let _ = ctrlc::set_handler(move || {
-            if interrupted.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            cancel.store(true, Ordering::SeqCst);
-        });
-    }
+    let interrupt = Interrupt::install(worker.cancel_flag(), "UNet evaluation");
     worker.generate(cfg.model.clone(), cfg.run.clone())?;
 
     let bar = if cfg.quiet {
@@ -228,7 +218,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
 
     // Whatever was computed is saved, also for a cancelled or failed run.
     if let Some(r) = run.as_ref() {
-        save_run(r, &cfg.out).with_context(|| format!("writing {}", cfg.out.display()))?;
+        interrupt
+            .writing(|| save_run(r, &cfg.out))
+            .with_context(|| format!("writing {}", cfg.out.display()))?;
     }
     match outcome {
         Ok(()) => {
@@ -252,7 +244,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                 String::new()
             };
             eprintln!("error: {e}{saved}");
-            Ok(if interrupted.load(Ordering::SeqCst) {
+            Ok(if interrupt.interrupted() {
                 ExitCode::from(130)
             } else {
                 ExitCode::FAILURE

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod dataset;
 pub mod eval;
 pub mod generate;
+pub mod interrupt;
 pub mod unet_bench;
 
 /// The model to use: `--model` when given, else the bundled model (an error naming its

@@ -4,7 +4,7 @@
 //! Every command is answered by exactly one terminal event: `Generate` by `Finished`,
 //! `Cancelled` or `Failed`; `Decode` by `Decoded` or `DecodeFailed` (or `Failed` when the model
 //! could not be loaded); `Experiment` by `ExperimentFinished` or `Failed`. A panic while a
-//! command runs is caught: it becomes `Failed` with the panic message, the worker drops its
+//! command runs is caught: it becomes `Failed` with the panic message and location, the worker drops its
 //! loaded model (its state may be broken) and goes on with the next command, as a restarted
 //! worker would.
 //!
@@ -174,6 +174,7 @@ pub struct Worker {
 impl Worker {
     /// `wake` is called after every event is queued (the UI passes `ctx.request_repaint`).
     pub fn spawn(wake: Box<dyn Fn() + Send>) -> std::io::Result<Self> {
+        install_panic_hook();
         let (cmd_tx, cmd_rx) = bounded::<Command>(COMMAND_CAPACITY);
         let (ev_tx, ev_rx) = bounded::<Event>(EVENT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
@@ -186,9 +187,10 @@ impl Worker {
             loaded: None,
             alive: true,
         };
-        let handle = std::thread::Builder::new()
-            .name("diffusion-worker".into())
-            .spawn(move || state.run(cmd_rx))?;
+        let handle = std::thread::Builder::new().name("diffusion-worker".into()).spawn(move || {
+            IN_WORKER.with(|w| w.set(true));
+            state.run(cmd_rx)
+        })?;
         Ok(Self {
             commands: cmd_tx,
             events: ev_rx,
@@ -294,6 +296,33 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    /// Set on the worker thread: its panics are reported as `Failed` events.
+    static IN_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Where the worker thread last panicked ("src/x.rs:12:5").
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (once per process) a panic hook that records where a worker thread panicked, for
+/// the `Failed` event, instead of printing the default report over the progress bar (it is
+/// still printed with RUST_BACKTRACE set). Panics on other threads go to the previous hook.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_WORKER.with(|w| w.get()) {
+                let at = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+                PANIC_AT.with(|p| *p.borrow_mut() = at);
+                if std::env::var_os("RUST_BACKTRACE").is_none() {
+                    return;
+                }
+            }
+            previous(info);
+        }));
+    });
+}
+
 /// Resolves a model request (folder or hub id) and loads it, checking that its scheduler
 /// config parses.
 pub fn load_model(request: &ModelRequest) -> Result<StableDiffusion, ModelError> {
@@ -342,8 +371,12 @@ impl WorkerState {
         let t0 = Instant::now();
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(self))) {
             self.loaded = None;
+            let at = PANIC_AT
+                .with(|p| p.borrow_mut().take())
+                .map(|at| format!(" at {at}"))
+                .unwrap_or_default();
             let error = format!(
-                "internal error: the worker panicked ({}); it was restarted, the model will be loaded again",
+                "internal error: the worker panicked ({}){at}; it was restarted, the model will be loaded again",
                 first_line(&panic_message(payload.as_ref()))
             );
             self.send(Event::Failed {

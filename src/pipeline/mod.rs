@@ -16,6 +16,7 @@
 //! goes in and out of these functions is plain data (`Vec<f32>` with shapes, [`RgbImage`],
 //! [`AttnMap`]) or an opaque handle ([`Conditioning`]).
 
+pub mod memory;
 mod pieces;
 mod run;
 
@@ -252,11 +253,47 @@ pub fn geometry(sd: &StableDiffusion, cfg: &RunConfig) -> Result<Geometry, RunEr
             )));
         }
     }
-    Ok(Geometry {
-        height,
-        width,
-        latent: [sd.latent_channels(), height / f, width / f],
-    })
+    let latent = [sd.latent_channels(), height / f, width / f];
+    if sd.device.is_cpu()
+        && let Some(available) = memory::available_bytes()
+    {
+        let need = |l: [usize; 3]| memory::run_estimate(sd, l, cfg.guided(), cfg.steps, cfg.attention);
+        let est = need(latent);
+        if est.bytes > available {
+            let source = match (cfg.height, cfg.width) {
+                (Some(_), Some(_)) => String::new(),
+                _ => format!(
+                    " (the model's default size: unet sample_size {} x VAE factor {f})",
+                    sd.unet.config.sample_size.unwrap_or(64)
+                ),
+            };
+            // The largest square size that fits, in steps of the VAE factor.
+            let (mut lo, mut hi) = (0usize, latent[1].max(latent[2]));
+            while lo < hi {
+                let mid = (lo + hi + 1) / 2;
+                if need([latent[0], mid, mid]).bytes <= available {
+                    lo = mid
+                } else {
+                    hi = mid - 1
+                }
+            }
+            let fits = if lo == 0 {
+                "no size fits".to_string()
+            } else {
+                format!("the largest square size that fits is about {0}x{0}", lo * f)
+            };
+            return Err(RunError::BadInput(format!(
+                "{height}x{width} pixels{source} (latents {}x{}x{}) need about {} of memory, mostly {}; this machine has {} available; {fits}",
+                latent[0],
+                latent[1],
+                latent[2],
+                memory::human_bytes(est.bytes),
+                est.dominant,
+                memory::human_bytes(available),
+            )));
+        }
+    }
+    Ok(Geometry { height, width, latent })
 }
 
 /// The sampler a run uses: the one asked for, else the model's own scheduler class.

@@ -225,6 +225,53 @@ fn signal_saves_the_partial_trace(signal: &str) {
     assert!(done < 900, "{done}");
 }
 
+/// Regression (hardening issue): a second Ctrl-C during the save left the new trace.json
+/// beside the old tensors. Now the folder is written whole and a second signal waits for the
+/// write. Whatever the timing of the second signal (before, during or after the save), the
+/// folder holds one whole run, the earlier or the new one, and nothing is left beside it.
+#[test]
+fn a_second_signal_never_leaves_a_torn_run_folder() {
+    let parent = tempdir("second-signal");
+    let out = parent.join("run");
+    let out_s = out.to_str().unwrap();
+    let base = ["generate", "--model", &tiny(), "--steps", "2", "--quiet", "--out", out_s];
+    let ok = bin().args(base).args(["--prompt", "old"]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    for delay_ms in [0, 20, 100, 300] {
+        let child = bin()
+            .args([
+                "generate",
+                "--model",
+                &tiny(),
+                "--prompt",
+                "new",
+                "--quiet",
+                "--overwrite",
+                "--out",
+                out_s,
+            ])
+            .args(["--steps", "900", "--scheduler", "euler", "--attention", "full"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let int = || Command::new("kill").args(["-INT", &pid]).status();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        int().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        int().unwrap();
+        let done = child.wait_with_output().unwrap();
+        assert_eq!(done.status.code(), Some(130), "{}", String::from_utf8_lossy(&done.stderr));
+        let run = diffusion_scope::trace::load_run(&out).unwrap_or_else(|e| panic!("second signal after {delay_ms} ms: {e}"));
+        assert!(["old", "new"].contains(&run.meta.prompt.as_str()), "{}", run.meta.prompt);
+        let names: Vec<String> = std::fs::read_dir(&parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["run"], "second signal after {delay_ms} ms left {names:?}");
+    }
+}
+
 /// `open DIR` refuses a folder that is not a run folder before any window opens.
 #[test]
 fn open_refuses_a_folder_that_is_not_a_run() {
@@ -261,6 +308,25 @@ fn steps_past_the_training_schedule_are_refused() {
         check(
             &["--model", &tiny(), "--prompt", "x", "--steps", "1000", "--scheduler", s],
             &["num_inference_steps = 1000", "past the last training timestep 999"],
+        );
+    }
+    // dpm++2m and lms ended in NaN at step 2 (the leading schedule repeats a noise level and
+    // both divide by the difference); now refused up front with the step count that works.
+    for s in ["dpm++2m", "lms"] {
+        check(
+            &[
+                "--model",
+                &tiny(),
+                "--prompt",
+                "x",
+                "--steps",
+                "1000",
+                "--scheduler",
+                s,
+                "--spacing",
+                "leading",
+            ],
+            &["num_inference_steps = 1000", "repeats the noise level", "at most"],
         );
     }
 }
@@ -363,4 +429,39 @@ fn betas_outside_the_unit_interval_are_refused() {
         &["--model", m.to_str().unwrap(), "--prompt", "x", "--steps", "2"],
         &["beta_start", "-0.1"],
     );
+}
+
+/// Regression (hardening issue): sizes nobody can allocate aborted the process (16 TB asked
+/// for at 4000x4000 after 17 s; 100000 grew without bound; a UNet `sample_size` of 100000 and
+/// `dataset --size 100000` aborted). Now refused before anything is allocated, naming the size
+/// and the memory it would need (hundreds of terabytes and more here: no machine has them).
+#[test]
+fn sizes_nobody_can_allocate_are_refused_up_front() {
+    for s in ["4000", "100000"] {
+        let t0 = std::time::Instant::now();
+        check(
+            &["--model", &tiny(), "--prompt", "x", "--height", s, "--width", s],
+            &[
+                &format!("{s}x{s} pixels"),
+                "need about",
+                "iB of memory",
+                "self-attention",
+                "available",
+            ],
+        );
+        assert!(t0.elapsed().as_secs() < 20, "{s}: refused only after {:?}", t0.elapsed());
+    }
+    let m = model_with("sample-size", "unet/config.json", |v| v["sample_size"] = 100000.into());
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x"],
+        &["200000x200000 pixels", "sample_size 100000", "need about"],
+    );
+    let out_dir = tempdir("dataset-huge").join("ds");
+    let out = bin()
+        .args(["dataset", "--size", "100000", "--out", out_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("100000x100000 need about"), "{stderr}");
+    assert!(!out_dir.exists(), "dataset created {} before refusing", out_dir.display());
 }

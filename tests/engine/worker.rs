@@ -114,8 +114,8 @@ fn dropping_the_worker_mid_run_returns() {
     drop(worker); // must not hang
 }
 
-/// A panic while the worker handles a command becomes `Failed` with the panic's message; the
-/// worker goes on (loading the model again) and the next run completes.
+/// A panic while the worker handles a command becomes `Failed` with the panic's message and
+/// location; the worker goes on (loading the model again) and the next run completes.
 #[test]
 fn a_panic_in_the_worker_is_reported_and_the_worker_goes_on() {
     let worker = Worker::spawn(Box::new(|| {})).unwrap();
@@ -127,6 +127,7 @@ fn a_panic_in_the_worker_is_reported_and_the_worker_goes_on() {
         panic!("expected Failed")
     };
     assert!(error.contains("panicked") && error.contains("injected"), "{error}");
+    assert!(error.contains(" at src/engine/mod.rs:"), "the location is named: {error}");
     worker.generate(request(), config(2)).expect("queued");
     let mut reloaded = false;
     loop {

@@ -109,6 +109,51 @@ pub fn build(
     num_inference_steps: usize,
     options: &SamplerOptions,
 ) -> Result<Box<dyn Sampler>, SamplerError> {
+    let sampler = build_unchecked_levels(kind, config, num_inference_steps, options)?;
+    // DPM-Solver++ 2M and LMS divide by the difference of consecutive noise levels; a schedule
+    // that repeats one (leading spacing with more steps than num_train_timesteps / steps_offset
+    // allow: the step ratio rounds to 0 or the first timestep is clamped) gives NaN at the
+    // second step, in diffusers too. Refused, naming the largest step count that works.
+    if matches!(kind, SamplerKind::DpmPP2M | SamplerKind::Lms)
+        && let Some(i) = repeated_level(sampler.as_ref())
+    {
+        let t = sampler.timesteps()[i];
+        let fits = (1..num_inference_steps)
+            .rev()
+            .find(|&n| build_unchecked_levels(kind, config, n, options).is_ok_and(|s| repeated_level(s.as_ref()).is_none()));
+        let spacing = sampler
+            .config()
+            .get("timestep_spacing")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        return Err(SamplerError::UnsupportedConfig {
+            key: "num_inference_steps".into(),
+            value: num_inference_steps.to_string(),
+            reason: format!(
+                "with '{spacing}' spacing the schedule repeats the noise level of timestep {t} (steps {} and {}), and {kind} divides by the difference of consecutive levels; use {}or another --spacing (trailing never repeats)",
+                i + 1,
+                i + 2,
+                fits.map(|n| format!("at most {n} steps ")).unwrap_or_default()
+            ),
+        });
+    }
+    Ok(sampler)
+}
+
+/// The first loop iteration whose noise level equals the next one's (None: strictly
+/// decreasing).
+fn repeated_level(s: &dyn Sampler) -> Option<usize> {
+    let n = s.timesteps().len();
+    (0..n.saturating_sub(1)).find(|&i| s.sigma(i) <= s.sigma(i + 1))
+}
+
+/// [`build`] without the repeated-noise-level check.
+fn build_unchecked_levels(
+    kind: SamplerKind,
+    config: &SchedulerConfig,
+    num_inference_steps: usize,
+    options: &SamplerOptions,
+) -> Result<Box<dyn Sampler>, SamplerError> {
     let rc = resolve(kind, config, options)?;
     schedule::check_steps(num_inference_steps, rc.num_train_timesteps)?;
     // A beta outside (0, 1] (beta_end 1.5, a negative beta_start, trained_betas from another

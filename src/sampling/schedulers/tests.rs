@@ -391,3 +391,35 @@ fn step_order_and_lengths_are_checked() {
     assert!(s.step(&[0.0; 3], 0, &[0.0; 4], &mut noise).is_err());
     assert!(s.step(&[0.0; 4], 0, &[1.0; 4], &mut noise).is_ok());
 }
+
+/// Leading spacing with as many steps as training timesteps repeats a noise level (the step
+/// ratio rounds to 0 for DPM-Solver++, the first timestep is clamped for LMS): both solvers
+/// divide by the difference and gave NaN at step 2. Refused with the largest count that works.
+#[test]
+fn repeated_noise_levels_refused() {
+    let cfg = SchedulerConfig::from_json_str(
+        r#"{"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085, "num_train_timesteps": 1000, "steps_offset": 1,
+            "timestep_spacing": "leading", "set_alpha_to_one": false}"#,
+    )
+    .unwrap();
+    let opts = SamplerOptions::default();
+    for kind in [SamplerKind::DpmPP2M, SamplerKind::Lms] {
+        let err = build_sampler(kind, &cfg, 1000, &opts)
+            .err()
+            .unwrap_or_else(|| panic!("{kind}: 1000 steps accepted"));
+        let msg = err.to_string();
+        assert!(msg.contains("repeats the noise level") && msg.contains("at most"), "{kind}: {msg}");
+        let max: usize = msg.split("at most ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        let s = build_sampler(kind, &cfg, max, &opts).unwrap();
+        assert!((0..max - 1).all(|i| s.sigma(i) > s.sigma(i + 1)), "{kind} at {max} steps");
+        // (linspace at 1000 steps repeats timestep 500: round-half-even of 499.5 and 500.499)
+        let trailing = SamplerOptions {
+            spacing: Some(TimestepSpacing::Trailing),
+            ..Default::default()
+        };
+        build_sampler(kind, &cfg, 1000, &trailing).unwrap_or_else(|e| panic!("{kind} trailing: {e}"));
+    }
+    // Euler takes a zero step without dividing by it: unchanged.
+    build_sampler(SamplerKind::Euler, &cfg, 1000, &opts).unwrap();
+}
