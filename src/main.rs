@@ -26,6 +26,9 @@ enum Command {
     /// Evaluate a shapes-world model: generate from held-out captions, judge the images with the
     /// world's detector, score each object word's attention against the object's mask.
     Eval(cli::eval::EvalArgs),
+    /// Check a run folder as the app's Open does and print what it holds (exit 1 naming the
+    /// first problem).
+    Inspect(cli::inspect::InspectArgs),
     /// Open a saved run folder (written by generate, eval --save-traces or the app) in the app.
     Open {
         /// The run folder (trace.json, trace.safetensors, image.png).
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(args)) => cli::bench::run(args),
         Some(Command::Dataset(args)) => cli::dataset::run(args),
         Some(Command::Eval(args)) => cli::eval::run(args),
+        Some(Command::Inspect(args)) => cli::inspect::run(args),
         Some(Command::Open { dir }) => open_app(Some(dir)),
         None => open_app(None),
     };

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod dataset;
 pub mod eval;
 pub mod generate;
+pub mod inspect;
 pub mod interrupt;
 pub mod unet_bench;
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::{AttnMap, RgbImage, Run, RunMeta, StepRecord};
+use super::{AttnMap, RgbImage, Run, RunMeta, RunStatus, StepRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -168,6 +168,7 @@ pub fn load_run_with_progress(dir: &Path, progress: &dyn Fn(f32)) -> Result<Run,
     let meta_path = dir.join("trace.json");
     let text = std::fs::read_to_string(&meta_path).map_err(io_err(&meta_path))?;
     let meta: RunMeta = serde_json::from_str(&text).map_err(|e| fmt_err(&meta_path, e))?;
+    check_meta(&meta).map_err(|e| fmt_err(&meta_path, e))?;
     let st_path = dir.join("trace.safetensors");
     let bytes = read_with_progress(&st_path, progress)?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| fmt_err(&st_path, e))?;
@@ -183,18 +184,33 @@ pub fn load_run_with_progress(dir: &Path, progress: &dyn Fn(f32)) -> Result<Run,
             .collect();
         Ok((t.shape().to_vec(), v))
     };
-    let (_, timesteps) = read("timesteps")?;
+    let (ts_shape, timesteps) = read("timesteps")?;
     let n = timesteps.len();
     // Everything read is checked against everything else read: a mismatch is an error naming
     // the file, never an index out of bounds later.
-    let [c, h, w] = meta.latent_shape;
-    if c == 0 || h == 0 || w == 0 {
-        return Err(fmt_err(&meta_path, format!("latent_shape {:?} has a zero", meta.latent_shape)));
+    if ts_shape.len() != 1 {
+        return Err(fmt_err(&st_path, format!("timesteps: shape {ts_shape:?}, expected [steps]")));
     }
+    let [c, h, w] = meta.latent_shape;
     if let Some(t) = timesteps.iter().find(|t| !t.is_finite()) {
         return Err(fmt_err(&st_path, format!("timesteps: {t} is not a finite number")));
     }
-    let sigmas = read("sigmas").map(|(_, v)| v).unwrap_or_else(|_| vec![0.0; n]);
+    let schedule = meta.timesteps.len();
+    let finished = meta.status == RunStatus::Complete;
+    if schedule > 0 && (n > schedule || (finished && n != schedule)) {
+        return Err(fmt_err(
+            &st_path,
+            format!(
+                "holds {n} steps, but trace.json's schedule has {schedule} timesteps and the run is {}",
+                format!("{:?}", meta.status).to_lowercase()
+            ),
+        ));
+    }
+    let sigmas = match read("sigmas") {
+        Ok((shape, v)) if shape == [n] => v,
+        Ok((shape, _)) => return Err(fmt_err(&st_path, format!("sigmas: shape {shape:?}, but there are {n} timesteps"))),
+        Err(_) => vec![0.0; n],
+    };
     let mut steps: Vec<StepRecord> = (0..n)
         .map(|i| StepRecord {
             index: i,
@@ -241,11 +257,12 @@ pub fn load_run_with_progress(dir: &Path, progress: &dyn Fn(f32)) -> Result<Run,
                 return Err(fmt_err(&st_path, format!("{name}: expected [N, h*w, tokens], found {shape:?}")));
             };
             let (height, width) = attn_size(&meta, &name).unwrap_or((hw, 1));
-            if steps_n != n || hw == 0 || tokens == 0 || height * width != hw {
+            let token_count = meta.token_ids.len();
+            if steps_n != n || hw == 0 || height.checked_mul(width) != Some(hw) || tokens != token_count {
                 return Err(fmt_err(
                     &st_path,
                     format!(
-                        "{name}: shape {shape:?} does not fit {n} steps of {height}x{width} maps (from its name and attn_layers in trace.json)"
+                        "{name}: shape {shape:?} does not fit {n} steps of {height}x{width} maps of {token_count} tokens (from its name, attn_layers and token_ids in trace.json)"
                     ),
                 ));
             }
@@ -263,6 +280,18 @@ pub fn load_run_with_progress(dir: &Path, progress: &dyn Fn(f32)) -> Result<Run,
     let img_path = dir.join("image.png");
     let image = if img_path.is_file() {
         let img = image::open(&img_path).map_err(|e| fmt_err(&img_path, e))?.to_rgb8();
+        if (img.width() as usize, img.height() as usize) != (meta.width, meta.height) {
+            return Err(fmt_err(
+                &img_path,
+                format!(
+                    "is {}x{}, but trace.json describes a {}x{} run (a folder mixed from two runs?)",
+                    img.width(),
+                    img.height(),
+                    meta.width,
+                    meta.height
+                ),
+            ));
+        }
         Some(RgbImage {
             width: img.width() as usize,
             height: img.height() as usize,
@@ -272,6 +301,57 @@ pub fn load_run_with_progress(dir: &Path, progress: &dyn Fn(f32)) -> Result<Run,
         None
     };
     Ok(Run { meta, steps, image })
+}
+
+/// trace.json checked against itself: known format version, positive sizes that agree with
+/// each other, token lists of one length, words that exist.
+fn check_meta(meta: &RunMeta) -> Result<(), String> {
+    if meta.format_version != super::FORMAT_VERSION {
+        return Err(format!(
+            "format_version {} is not one this build reads ({}){}",
+            meta.format_version,
+            super::FORMAT_VERSION,
+            if meta.format_version > super::FORMAT_VERSION {
+                format!("; it was written by a newer Diffusion Scope ({})", meta.app_version)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    let [c, h, w] = meta.latent_shape;
+    if c == 0 || h == 0 || w == 0 {
+        return Err(format!("latent_shape {:?} has a zero", meta.latent_shape));
+    }
+    let f = meta.vae_scale_factor;
+    if c.checked_mul(h).and_then(|v| v.checked_mul(w)).is_none()
+        || h.checked_mul(f) != Some(meta.height)
+        || w.checked_mul(f) != Some(meta.width)
+    {
+        return Err(format!(
+            "latent_shape {:?} with vae_scale_factor {f} does not give height x width {}x{}",
+            meta.latent_shape, meta.height, meta.width
+        ));
+    }
+    let t = meta.token_ids.len();
+    if meta.tokens.len() != t || meta.word_of_token.len() != t || meta.tokens_used > t {
+        return Err(format!(
+            "token lists disagree: {} token_ids, {} tokens, {} word_of_token entries, tokens_used {}",
+            t,
+            meta.tokens.len(),
+            meta.word_of_token.len(),
+            meta.tokens_used
+        ));
+    }
+    if let Some(wi) = meta.word_of_token.iter().flatten().find(|&&wi| wi >= meta.words.len()) {
+        return Err(format!("word_of_token names word {wi}, but there are {} words", meta.words.len()));
+    }
+    if let Some(l) = meta.attn_layers.iter().find(|l| l.height == 0 || l.width == 0 || l.heads == 0) {
+        return Err(format!(
+            "attn_layers: {} has a zero size ({} heads, {}x{})",
+            l.path, l.heads, l.height, l.width
+        ));
+    }
+    Ok(())
 }
 
 fn read_with_progress(path: &Path, progress: &dyn Fn(f32)) -> Result<Vec<u8>, TraceError> {

@@ -180,7 +180,7 @@ pub fn run(spec: &SyntheticSpec) -> Run {
         status: RunStatus::Complete,
         error: None,
     };
-    let (ih, iw) = (h * 2, w * 2);
+    let (ih, iw) = (h * 8, w * 8);
     let image = RgbImage {
         width: iw,
         height: ih,

@@ -70,8 +70,8 @@ fn generate_writes_a_trace_that_loads_back() {
 }
 
 /// Regression (hardening issue): traces whose parts do not fit each other panicked in the
-/// loader (`chunks_exact(0)`) or later in the app (index out of bounds, zero-sized textures).
-/// Each is now refused, naming the file and the mismatch.
+/// loader (`chunks_exact(0)`) or later in the app (index out of bounds, zero-sized textures),
+/// or loaded as a mix of two runs. Each is now refused, naming the file and the mismatch.
 #[test]
 fn load_run_refuses_traces_whose_parts_do_not_fit() {
     use candle_core::{DType, Device, Tensor};
@@ -123,6 +123,68 @@ fn load_run_refuses_traces_whose_parts_do_not_fit() {
     replace_tensor(&d, "x0", Tensor::zeros((n - 1, 4, 16, 16), DType::F32, &Device::Cpu).unwrap());
     refused(&d, &["x0", "10 timesteps"]);
 
+    let d = fresh("newer-format");
+    edit_json(&d, &|v| v["format_version"] = 2.into());
+    refused(&d, &["trace.json", "format_version 2", "newer"]);
+
+    let d = fresh("token-lists-disagree");
+    edit_json(&d, &|v| v["word_of_token"].as_array_mut().unwrap().truncate(10));
+    refused(&d, &["token lists disagree", "10 word_of_token"]);
+
+    let d = fresh("word-that-does-not-exist");
+    edit_json(&d, &|v| v["word_of_token"][1] = 99.into());
+    refused(&d, &["word_of_token names word 99"]);
+
+    let d = fresh("attention-of-other-tokens");
+    replace_tensor(&d, &key, Tensor::zeros((n, 256, 20), DType::F32, &Device::Cpu).unwrap());
+    refused(&d, &[&key, "77 tokens"]);
+
+    let d = fresh("complete-but-short");
+    edit_json(&d, &|v| v["timesteps"].as_array_mut().unwrap().push(0.5.into()));
+    refused(&d, &["trace.safetensors", "holds 10 steps", "11 timesteps", "complete"]);
+
+    // A folder mixed from two runs: an image.png of another size beside the trace.
+    let d = fresh("mixed-image");
+    image::RgbImage::new(64, 64).save(d.join("image.png")).unwrap();
+    refused(&d, &["image.png", "64x64", "mixed"]);
+
     // The untouched trace still loads.
     assert_eq!(load_run(&fresh("intact")).unwrap().steps.len(), n);
+}
+
+/// `inspect DIR` loads a run folder as the app's Open does: a good one is summarised, a broken
+/// one exits 1 with one line naming the file and the problem.
+#[test]
+fn inspect_summarises_or_names_the_first_problem() {
+    use diffusion_scope::trace::save_run;
+    use diffusion_scope::trace::synthetic::{self, SyntheticSpec};
+    let d = tempdir("inspect");
+    save_run(&synthetic::run(&SyntheticSpec::small()), &d).unwrap();
+    let inspect = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
+            .arg("inspect")
+            .arg(&d)
+            .output()
+            .unwrap()
+    };
+    let out = inspect();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for x in [
+        "complete (10 of 10 steps)",
+        "\"a red circle\"",
+        "latents [10, 4, 16, 16]",
+        "attn_res.16x16 [10, 256, 77]",
+        "image        128x128",
+    ] {
+        assert!(stdout.contains(x), "expected {x:?} in:\n{stdout}");
+    }
+    std::fs::write(d.join("trace.safetensors"), b"not safetensors").unwrap();
+    let out = inspect();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("trace.safetensors") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
 }
