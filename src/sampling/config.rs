@@ -42,6 +42,10 @@ impl serde::Serialize for SchedulerConfig {
     }
 }
 
+/// The longest training schedule accepted (diffusers' models use 1000; the schedule is built
+/// in memory, so a config saying 2^53 would abort the process).
+pub const MAX_TRAIN_TIMESTEPS: u64 = 100_000;
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self::from_map(Map::new())
@@ -405,8 +409,14 @@ impl ResolvedConfig {
         let num_train_timesteps = {
             let v = get("num_train_timesteps");
             match v.as_u64() {
-                Some(n) if n >= 2 => n as usize,
-                _ => return Err(bad("num_train_timesteps", &v, "expected an integer >= 2")),
+                Some(n) if (2..=MAX_TRAIN_TIMESTEPS).contains(&n) => n as usize,
+                _ => {
+                    return Err(bad(
+                        "num_train_timesteps",
+                        &v,
+                        &format!("expected an integer from 2 to {MAX_TRAIN_TIMESTEPS} (the schedule is built in memory)"),
+                    ));
+                }
             }
         };
         let beta_schedule = match as_str("beta_schedule")?.as_str() {

@@ -6,6 +6,7 @@ mod common;
 mod components;
 mod errors;
 mod eval;
+mod fuzz;
 mod hub;
 mod parity;
 mod trace_io;
