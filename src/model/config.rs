@@ -417,8 +417,12 @@ impl VaeConfig {
         if cfg.shift_factor.is_some_and(|s| s != 0.0) {
             return Err(unsupported(F, "shift_factor", format!("{:?}", cfg.shift_factor)));
         }
-        if cfg.block_out_channels.is_empty() {
-            return Err(unsupported(F, "block_out_channels", "[]"));
+        if cfg.block_out_channels.is_empty() || cfg.block_out_channels.len() > 16 {
+            return Err(unsupported(
+                F,
+                "block_out_channels",
+                format!("{:?} (1 to 16 blocks: the VAE factor is 2^(blocks - 1))", cfg.block_out_channels),
+            ));
         }
         if let Some(c) = cfg
             .block_out_channels

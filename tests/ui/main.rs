@@ -379,3 +379,27 @@ fn opening_a_folder_that_is_not_a_run_reports_it() {
     assert_eq!(h.state().store.runs().len(), 1);
     assert!(h.state().file_jobs().is_empty());
 }
+
+/// A size nobody can allocate (2048x2048 on the tiny model: hundreds of GiB for one
+/// self-attention) is refused before anything is allocated; the app shows the message, stays
+/// up, and the next Generate at the model's size works.
+#[test]
+fn a_size_too_large_for_memory_is_reported_and_the_app_goes_on() {
+    let settings = Settings {
+        model: tiny_model(),
+        steps: 3,
+        prompt: "a red circle".into(),
+        size: Some((2048, 2048)),
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.run_steps(2);
+    h.get_by_label("Generate").click();
+    step_until(&mut h, 60, "the refusal", |app| app.store.error.is_some());
+    let error = h.state().store.error.clone().unwrap();
+    assert!(error.contains("2048x2048 pixels") && error.contains("need about"), "{error}");
+    h.run_steps(2);
+    assert!(!h.state().store.busy(), "{:?}", h.state().store.activity);
+    h.state_mut().settings.size = None;
+    generate_and_wait(&mut h);
+}
