@@ -295,7 +295,7 @@ impl UNetConfig {
             Value::Array(a) if a.iter().all(|v| v == &Value::Bool(false)) => {}
             other => return Err(unsupported(F, "only_cross_attention", other)),
         }
-        let checks: [(&str, bool, String); 9] = [
+        let checks: [(&str, bool, String); 10] = [
             ("dual_cross_attention", self.dual_cross_attention, "true".into()),
             (
                 "class_embed_type",
@@ -326,6 +326,11 @@ impl UNetConfig {
                 "encoder_hid_dim",
                 self.encoder_hid_dim.is_some(),
                 format!("{:?}", self.encoder_hid_dim),
+            ),
+            (
+                "downsample_padding",
+                self.downsample_padding > 1,
+                format!("{} (diffusers' UNets use 0 or 1)", self.downsample_padding),
             ),
             (
                 "conv_in_kernel",

@@ -475,7 +475,19 @@ impl ResolvedConfig {
         };
         let steps_offset = {
             let v = get("steps_offset");
-            v.as_i64().ok_or_else(|| bad("steps_offset", &v, "expected an integer"))?
+            match v.as_i64() {
+                Some(o) if (0..num_train_timesteps as i64).contains(&o) => o,
+                _ => {
+                    return Err(bad(
+                        "steps_offset",
+                        &v,
+                        &format!(
+                            "expected an integer from 0 to num_train_timesteps - 1 ({})",
+                            num_train_timesteps - 1
+                        ),
+                    ));
+                }
+            }
         };
         must_be_false(
             "thresholding",

@@ -298,6 +298,26 @@ fn config_values_the_math_cannot_honour_are_refused() {
     );
     let m = model_with("scaling0", "vae/config.json", |v| v["scaling_factor"] = 0.into());
     check(&["--model", m.to_str().unwrap(), "--prompt", "x"], &["scaling_factor", "0"]);
+    // Found by the fuzz tests: each panicked (overflow) or aborted (an allocation of 2^55 bytes).
+    let m = model_with("offset-min", "scheduler/scheduler_config.json", |v| {
+        v["steps_offset"] = i64::MIN.into()
+    });
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x", "--scheduler", "ddim"],
+        &["steps_offset", "from 0 to"],
+    );
+    let m = model_with("train-steps", "scheduler/scheduler_config.json", |v| {
+        v["num_train_timesteps"] = 9007199254740993u64.into()
+    });
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x"],
+        &["num_train_timesteps", "from 2 to 100000"],
+    );
+    let m = model_with("padding", "unet/config.json", |v| v["downsample_padding"] = u64::MAX.into());
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x"],
+        &["downsample_padding", "0 or 1"],
+    );
 }
 
 /// Regression (hardening issue): 1000 steps with `steps_offset` 1 (leading spacing) put a
