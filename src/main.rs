@@ -26,6 +26,9 @@ enum Command {
     /// Evaluate a shapes-world model: generate from held-out captions, judge the images with the
     /// world's detector, score each object word's attention against the object's mask.
     Eval(cli::eval::EvalArgs),
+    /// Compare samplers and step counts from the same noise: trajectories, distance to a
+    /// reference solution, time, and (with --captions) the detector's quality.
+    Compare(cli::compare::CompareArgs),
     /// Check a run folder as the app's Open does and print what it holds (exit 1 naming the
     /// first problem).
     Inspect(cli::inspect::InspectArgs),
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Some(Command::Dataset(args)) => cli::dataset::run(args),
         Some(Command::Eval(args)) => cli::eval::run(args),
         Some(Command::Inspect(args)) => cli::inspect::run(args),
+        Some(Command::Compare(args)) => cli::compare::run(args),
         Some(Command::Open { dir }) => open_app(Some(dir)),
         None => open_app(None),
     };

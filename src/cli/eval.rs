@@ -136,9 +136,12 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
                         images.push(img);
                     }
                 }
+                ExperimentEvent::CompareCell(_) => {}
             },
             Event::ExperimentFinished { outcome, .. } => {
-                let ExperimentReport::ShapesEval(report) = outcome.report;
+                let ExperimentReport::ShapesEval(report) = outcome.report else {
+                    anyhow::bail!("the worker answered with another experiment's report");
+                };
                 break (*report, outcome.stopped);
             }
             Event::Failed { error, .. } => anyhow::bail!("{error}"),

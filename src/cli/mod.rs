@@ -2,6 +2,7 @@
 //! drive the same worker.
 
 pub mod bench;
+pub mod compare;
 pub mod dataset;
 pub mod eval;
 pub mod generate;

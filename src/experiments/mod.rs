@@ -12,6 +12,7 @@
 //! [`ExperimentSettings`], [`ExperimentReport`] (and [`ExperimentEvent`] when it streams items),
 //! one arm in [`run`].
 
+pub mod compare;
 pub mod shapes_eval;
 
 use std::sync::atomic::AtomicBool;
@@ -32,12 +33,14 @@ pub struct Progress {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ExperimentSettings {
     ShapesEval(shapes_eval::EvalSettings),
+    Compare(compare::CompareSettings),
 }
 
 impl ExperimentSettings {
     pub fn name(&self) -> &'static str {
         match self {
             ExperimentSettings::ShapesEval(_) => "shapes-world evaluation",
+            ExperimentSettings::Compare(_) => "sampler comparison",
         }
     }
 }
@@ -46,6 +49,7 @@ impl ExperimentSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ExperimentReport {
     ShapesEval(Box<shapes_eval::EvalReport>),
+    Compare(Box<compare::CompareReport>),
 }
 
 /// What an experiment streams while it runs.
@@ -53,6 +57,8 @@ pub enum ExperimentEvent {
     Progress(Progress),
     /// One evaluated caption with its run and rendered scene.
     ShapesEvalCase(Box<shapes_eval::CaseOutput>),
+    /// One finished cell (or the reference) of a sampler comparison.
+    CompareCell(Box<compare::CellOutput>),
 }
 
 /// Why an experiment stopped before its last item.
@@ -73,6 +79,8 @@ pub struct Outcome {
 pub enum ExperimentError {
     #[error("{0}")]
     ShapesEval(#[from] shapes_eval::EvalError),
+    #[error("{0}")]
+    Compare(#[from] compare::CompareError),
 }
 
 /// Runs one experiment on a loaded model. `Err` only when nothing could be computed at all
@@ -89,6 +97,13 @@ pub fn run(
             let (report, stopped) = shapes_eval::run(sd, model_spec, s, cancel, sink)?;
             Ok(Outcome {
                 report: ExperimentReport::ShapesEval(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::Compare(s) => {
+            let (report, stopped) = compare::run(sd, model_spec, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::Compare(Box::new(report)),
                 stopped,
             })
         }

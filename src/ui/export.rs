@@ -207,6 +207,202 @@ pub fn strip(frames: &[(RgbImage, String)], side: u32, title: &str) -> RgbaImage
     fig
 }
 
+/// A labelled grid of frames: one row per entry (its label at the left, in up to two lines),
+/// one column per `col_labels` entry (labels on top), each frame `side` px wide.
+pub fn grid(rows: &[(String, String, Vec<RgbImage>)], col_labels: &[String], side: u32, title: &str) -> RgbaImage {
+    let pad = 6u32;
+    let label_w = rows
+        .iter()
+        .map(|(a, b, _)| text_width(a, 14.0).max(text_width(b, 12.0)))
+        .fold(80.0f32, f32::max)
+        .ceil() as u32
+        + 2 * pad;
+    let cols = col_labels.len().max(1) as u32;
+    let top = 40 + 22;
+    let (w, h) = (label_w + cols * (side + pad) + pad, top + rows.len() as u32 * (side + pad) + pad);
+    let mut fig = RgbaImage::from_pixel(w, h, BG);
+    draw_text(&mut fig, title, pad as f32, 8.0, 18.0, FG);
+    for (c, label) in col_labels.iter().enumerate() {
+        let x = label_w + c as u32 * (side + pad);
+        let tw = text_width(label, 13.0);
+        draw_text(&mut fig, label, x as f32 + (side as f32 - tw) / 2.0, 42.0, 13.0, FG);
+    }
+    for (r, (name, detail, frames)) in rows.iter().enumerate() {
+        let y = top + r as u32 * (side + pad);
+        draw_text(&mut fig, name, pad as f32, y as f32 + side as f32 / 2.0 - 16.0, 14.0, FG);
+        draw_text(&mut fig, detail, pad as f32, y as f32 + side as f32 / 2.0 + 2.0, 12.0, MUTED);
+        for (c, img) in frames.iter().enumerate().take(cols as usize) {
+            let x = label_w + c as u32 * (side + pad);
+            let aspect = img.height as f32 / img.width.max(1) as f32;
+            let body = compose(img, None, side, (side as f32 * aspect).round().clamp(1.0, side as f32) as u32);
+            image::imageops::overlay(&mut fig, &body, x as i64, y as i64);
+        }
+    }
+    fig
+}
+
+const MUTED: Rgba<u8> = Rgba([100, 100, 100, 255]);
+
+/// One labelled series of a [`plot`]: points joined in the given order.
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line plot with markers: axes with ticks at round values, a legend, log10 y on request
+/// (non-positive values are dropped then). Non-finite points are skipped.
+pub fn plot(title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> RgbaImage {
+    const PALETTE: [[u8; 3]; 10] = [
+        [31, 119, 180],
+        [255, 127, 14],
+        [44, 160, 44],
+        [214, 39, 40],
+        [148, 103, 189],
+        [140, 86, 75],
+        [227, 119, 194],
+        [127, 127, 127],
+        [188, 189, 34],
+        [23, 190, 207],
+    ];
+    let (w, h) = (760u32, 480u32);
+    let (left, right, top, bottom) = (70.0f32, 190.0f32, 40.0f32, 50.0f32);
+    let mut fig = RgbaImage::from_pixel(w, h, BG);
+    draw_text(&mut fig, title, 10.0, 8.0, 17.0, FG);
+    let ty = |y: f64| if log_y { y.log10() } else { y };
+    let pts: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|s| {
+            s.points
+                .iter()
+                .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0))
+                .map(|&(x, y)| (x, ty(y)))
+                .collect()
+        })
+        .collect();
+    let all: Vec<(f64, f64)> = pts.iter().flatten().copied().collect();
+    let (px0, px1, py0, py1) = (left, w as f32 - right, top, h as f32 - bottom);
+    let axis = Rgba([60, 60, 60, 255]);
+    line(&mut fig, (px0, py1), (px1, py1), axis);
+    line(&mut fig, (px0, py0), (px0, py1), axis);
+    draw_text(
+        &mut fig,
+        x_label,
+        (px0 + px1) / 2.0 - text_width(x_label, 13.0) / 2.0,
+        h as f32 - 22.0,
+        13.0,
+        FG,
+    );
+    let y_title = if log_y { format!("{y_label} (log)") } else { y_label.to_string() };
+    draw_text(&mut fig, &y_title, 10.0, 24.0, 12.0, MUTED);
+    if all.is_empty() {
+        draw_text(&mut fig, "no data", (px0 + px1) / 2.0 - 25.0, (py0 + py1) / 2.0, 14.0, MUTED);
+        return fig;
+    }
+    let range = |v: Vec<f64>| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let span = (hi - lo).max(hi.abs() * 1e-6).max(1e-12);
+        (lo - span * 0.05, hi + span * 0.05)
+    };
+    let (x0, x1) = range(all.iter().map(|p| p.0).collect());
+    let (y0, y1) = range(all.iter().map(|p| p.1).collect());
+    let sx = |x: f64| px0 + ((x - x0) / (x1 - x0)) as f32 * (px1 - px0);
+    let sy = |y: f64| py1 - ((y - y0) / (y1 - y0)) as f32 * (py1 - py0);
+    for t in nice_ticks(x0, x1) {
+        let x = sx(t);
+        line(&mut fig, (x, py1), (x, py1 + 4.0), axis);
+        let l = tick_label(t);
+        draw_text(&mut fig, &l, x - text_width(&l, 11.0) / 2.0, py1 + 6.0, 11.0, FG);
+    }
+    for t in nice_ticks(y0, y1) {
+        let y = sy(t);
+        line(&mut fig, (px0 - 4.0, y), (px0, y), axis);
+        let l = if log_y { tick_label(10f64.powf(t)) } else { tick_label(t) };
+        draw_text(&mut fig, &l, px0 - 8.0 - text_width(&l, 11.0), y - 7.0, 11.0, FG);
+    }
+    for (i, (s, p)) in series.iter().zip(&pts).enumerate() {
+        let c = PALETTE[i % PALETTE.len()];
+        let colour = Rgba([c[0], c[1], c[2], 255]);
+        for pair in p.windows(2) {
+            line(&mut fig, (sx(pair[0].0), sy(pair[0].1)), (sx(pair[1].0), sy(pair[1].1)), colour);
+        }
+        for &(x, y) in p {
+            dot(&mut fig, sx(x), sy(y), 3.0, colour);
+        }
+        let ly = top + 4.0 + i as f32 * 18.0;
+        dot(&mut fig, px1 + 18.0, ly + 7.0, 4.0, colour);
+        draw_text(&mut fig, &s.label, px1 + 28.0, ly, 12.0, FG);
+    }
+    fig
+}
+
+/// About five round tick values in [lo, hi].
+fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let span = hi - lo;
+    if !(span.is_finite() && span > 0.0) {
+        return vec![lo];
+    }
+    let raw = span / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let mut t = (lo / step).ceil() * step;
+    let mut out = Vec::new();
+    while t <= hi + step * 1e-9 && out.len() < 20 {
+        out.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
+        t += step;
+    }
+    out
+}
+
+fn tick_label(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
+        format!("{v:.0e}")
+    } else if a >= 10.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        let digits = (-a.log10()).ceil() as usize + 1;
+        format!("{v:.digits$}")
+    }
+}
+
+/// A 1.5 px anti-aliasing-free line (Bresenham-style stepping).
+fn line(img: &mut RgbaImage, a: (f32, f32), b: (f32, f32), colour: Rgba<u8>) {
+    let n = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).max(1);
+    for i in 0..=n {
+        let t = i as f32 / n as f32;
+        let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
+        for (dx, dy) in [(0.0, 0.0), (0.5, 0.0), (0.0, 0.5)] {
+            put(img, x + dx, y + dy, colour);
+        }
+    }
+}
+
+fn dot(img: &mut RgbaImage, cx: f32, cy: f32, r: f32, colour: Rgba<u8>) {
+    let ri = r.ceil() as i32;
+    for dy in -ri..=ri {
+        for dx in -ri..=ri {
+            if (dx * dx + dy * dy) as f32 <= r * r {
+                put(img, cx + dx as f32, cy + dy as f32, colour);
+            }
+        }
+    }
+}
+
+fn put(img: &mut RgbaImage, x: f32, y: f32, colour: Rgba<u8>) {
+    if x >= 0.0 && y >= 0.0 && (x as u32) < img.width() && (y as u32) < img.height() {
+        img.put_pixel(x as u32, y as u32, colour);
+    }
+}
+
 /// The part of a window screenshot under `rect` (in points; the screenshot is in physical
 /// pixels, `pixels_per_point` of them per point). None when the rect misses the image.
 pub fn crop_screenshot(shot: &egui::ColorImage, rect: egui::Rect, pixels_per_point: f32) -> Option<RgbaImage> {

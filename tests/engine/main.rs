@@ -3,6 +3,7 @@
 
 mod bundled;
 mod common;
+mod compare;
 mod components;
 mod errors;
 mod eval;

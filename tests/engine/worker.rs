@@ -209,6 +209,7 @@ fn the_worker_runs_an_experiment() {
                     assert_eq!(c.run.meta.status, diffusion_scope::trace::RunStatus::Complete);
                     cases.push(c.case.index);
                 }
+                ExperimentEvent::CompareCell(_) => panic!("a comparison cell from an evaluation"),
             },
             Event::ExperimentFinished { outcome, .. } => break outcome,
             Event::Failed { error, .. } => panic!("{error}"),
@@ -218,7 +219,9 @@ fn the_worker_runs_an_experiment() {
     assert_eq!(cases, vec![0, 1]);
     assert!(progress >= 2);
     assert_eq!(outcome.stopped, None);
-    let ExperimentReport::ShapesEval(report) = outcome.report;
+    let ExperimentReport::ShapesEval(report) = outcome.report else {
+        panic!("another experiment's report")
+    };
     assert!(report.complete);
     assert_eq!(report.settings, settings);
     assert_eq!(report.cases.len(), 2);
