@@ -29,6 +29,9 @@ enum Command {
     /// Compare samplers and step counts from the same noise: trajectories, distance to a
     /// reference solution, time, and (with --captions) the detector's quality.
     Compare(cli::compare::CompareArgs),
+    /// Sweep the guidance scale over the same seeds: grid, diversity, saturation, and (with
+    /// --captions) the detector's accuracy per w.
+    Sweep(cli::sweep::SweepArgs),
     /// Check a run folder as the app's Open does and print what it holds (exit 1 naming the
     /// first problem).
     Inspect(cli::inspect::InspectArgs),
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(args)) => cli::eval::run(args),
         Some(Command::Inspect(args)) => cli::inspect::run(args),
         Some(Command::Compare(args)) => cli::compare::run(args),
+        Some(Command::Sweep(args)) => cli::sweep::run(args),
         Some(Command::Open { dir }) => open_app(Some(dir)),
         None => open_app(None),
     };

@@ -41,6 +41,26 @@ pub fn psnr(a: &[u8], b: &[u8]) -> Option<f64> {
     })
 }
 
+/// Colour statistics of an 8-bit RGB image: mean HSV saturation ((max - min) / max per pixel,
+/// 0 for black) and RMS contrast (the standard deviation of Rec. 601 luma, in [0, 1] units).
+pub fn image_stats(rgb: &[u8]) -> (f64, f64) {
+    let n = (rgb.len() / 3).max(1) as f64;
+    let mut sat = 0.0;
+    let (mut sum, mut sum2) = (0.0, 0.0);
+    for p in rgb.chunks_exact(3) {
+        let (r, g, b) = (p[0] as f64, p[1] as f64, p[2] as f64);
+        let (hi, lo) = (r.max(g).max(b), r.min(g).min(b));
+        if hi > 0.0 {
+            sat += (hi - lo) / hi;
+        }
+        let y = (0.299 * r + 0.587 * g + 0.114 * b) / 255.0;
+        sum += y;
+        sum2 += y * y;
+    }
+    let mean = sum / n;
+    (sat / n, (sum2 / n - mean * mean).max(0.0).sqrt())
+}
+
 /// The PSNR reported for identical images (JSON has no infinity). One differing value in a
 /// 64x64 RGB image gives about 88 dB.
 pub const PSNR_IDENTICAL: f64 = 100.0;
@@ -256,6 +276,16 @@ mod tests {
         assert!((p - 34.151_403).abs() < 1e-5, "{p}");
         assert_eq!(psnr(&[5; 12], &[5; 12]), Some(PSNR_IDENTICAL));
         assert_eq!(psnr(&[1, 2], &[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn image_stats_values() {
+        // one pure red pixel and one grey: saturation (1 + 0) / 2; luma 0.299 and 0.50196
+        let (sat, contrast) = image_stats(&[255, 0, 0, 128, 128, 128]);
+        assert!((sat - 0.5).abs() < 1e-12);
+        let (a, b) = (0.299, 128.0 / 255.0);
+        assert!((contrast - (b - a) / 2.0).abs() < 1e-12, "{contrast}");
+        assert_eq!(image_stats(&[0, 0, 0]), (0.0, 0.0));
     }
 
     #[test]

@@ -84,8 +84,8 @@ fn file_stem(label: &str) -> String {
 }
 
 /// Checks `--out` before anything is computed; with `--overwrite` an earlier output folder
-/// (one holding report.json) is emptied.
-fn prepare_out(out: &Path, overwrite: bool) -> anyhow::Result<()> {
+/// (one holding report.json) is emptied. Shared by `compare` and `sweep`.
+pub fn prepare_out(out: &Path, overwrite: bool) -> anyhow::Result<()> {
     if out.exists() && !out.is_dir() {
         bail!("--out {} is a file", out.display());
     }
@@ -189,7 +189,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
                     })?;
                     rows.insert(key, (c.report, c.frames));
                 }
-                ExperimentEvent::ShapesEvalCase(_) => {}
+                ExperimentEvent::ShapesEvalCase(_) | ExperimentEvent::SweepRun(_) => {}
             },
             Event::ExperimentFinished { outcome, .. } => {
                 let ExperimentReport::Compare(report) = outcome.report else {

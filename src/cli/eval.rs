@@ -136,7 +136,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
                         images.push(img);
                     }
                 }
-                ExperimentEvent::CompareCell(_) => {}
+                ExperimentEvent::CompareCell(_) | ExperimentEvent::SweepRun(_) => {}
             },
             Event::ExperimentFinished { outcome, .. } => {
                 let ExperimentReport::ShapesEval(report) = outcome.report else {

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod interrupt;
+pub mod sweep;
 pub mod unet_bench;
 
 /// The model to use: `--model` when given, else the bundled model (an error naming its

@@ -337,7 +337,7 @@ pub enum CompareError {
 }
 
 /// Runs `cfg` to the end and returns the run with its final image.
-fn generate(sd: &StableDiffusion, model_spec: &str, cfg: &RunConfig, cancel: &AtomicBool) -> Result<Run, RunError> {
+pub(crate) fn generate(sd: &StableDiffusion, model_spec: &str, cfg: &RunConfig, cancel: &AtomicBool) -> Result<Run, RunError> {
     let t0 = std::time::Instant::now();
     let mut run: Option<Run> = None;
     let image = pipeline::run(sd, model_spec, cfg, cancel, &mut |ev| match ev {
@@ -354,11 +354,11 @@ fn generate(sd: &StableDiffusion, model_spec: &str, cfg: &RunConfig, cancel: &At
     Ok(run)
 }
 
-fn final_latents(run: &Run) -> &[f32] {
+pub(crate) fn final_latents(run: &Run) -> &[f32] {
     run.steps.last().map_or(&[], |s| s.latents.as_slice())
 }
 
-fn image_of(run: &Run) -> &RgbImage {
+pub(crate) fn image_of(run: &Run) -> &RgbImage {
     run.image.as_ref().expect("a finished run has its image")
 }
 
@@ -405,18 +405,19 @@ fn trajectory(
     Ok((points, frames))
 }
 
-/// The detector's quality of `cell` over the held-out captions.
-fn caption_quality(
+/// The detector's quality over `count` held-out captions (shuffled by `caption_seed`);
+/// `config(caption, i)` is the run of caption `i`.
+pub(crate) fn caption_quality(
     sd: &StableDiffusion,
     model_spec: &str,
-    settings: &CompareSettings,
-    cell: &CellSpec,
+    count: usize,
+    caption_seed: u64,
+    config: impl Fn(&str, usize) -> RunConfig,
     cancel: &AtomicBool,
 ) -> Result<Quality, RunError> {
     let mut q = Quality::default();
-    for (i, caption) in world::eval_captions(settings.captions, settings.caption_seed).iter().enumerate() {
-        let cfg = settings.run_config(cell, caption, settings.seed.wrapping_add(i as u64), CaptureMode::None);
-        let run = generate(sd, model_spec, &cfg, cancel)?;
+    for (i, caption) in world::eval_captions(count, caption_seed).iter().enumerate() {
+        let run = generate(sd, model_spec, &config(caption, i), cancel)?;
         let img = image_of(&run);
         q.add(&world::judge(caption, &world::detect(&img.pixels, img.width, img.height)));
     }
@@ -505,7 +506,16 @@ pub fn run(
             let (points, frames) = trajectory(sd, &run, settings, caption.as_ref())?;
             let quality = if settings.captions > 0 {
                 progress(done + 1, format!("{cell}: {} held-out captions", settings.captions), sink);
-                Some(caption_quality(sd, model_spec, settings, cell, cancel)?)
+                let config =
+                    |caption: &str, i: usize| settings.run_config(cell, caption, settings.seed.wrapping_add(i as u64), CaptureMode::None);
+                Some(caption_quality(
+                    sd,
+                    model_spec,
+                    settings.captions,
+                    settings.caption_seed,
+                    config,
+                    cancel,
+                )?)
             } else {
                 None
             };

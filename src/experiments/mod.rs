@@ -14,6 +14,7 @@
 
 pub mod compare;
 pub mod shapes_eval;
+pub mod sweep;
 
 use std::sync::atomic::AtomicBool;
 
@@ -34,6 +35,7 @@ pub struct Progress {
 pub enum ExperimentSettings {
     ShapesEval(shapes_eval::EvalSettings),
     Compare(compare::CompareSettings),
+    Sweep(sweep::SweepSettings),
 }
 
 impl ExperimentSettings {
@@ -41,6 +43,7 @@ impl ExperimentSettings {
         match self {
             ExperimentSettings::ShapesEval(_) => "shapes-world evaluation",
             ExperimentSettings::Compare(_) => "sampler comparison",
+            ExperimentSettings::Sweep(_) => "guidance sweep",
         }
     }
 }
@@ -50,6 +53,7 @@ impl ExperimentSettings {
 pub enum ExperimentReport {
     ShapesEval(Box<shapes_eval::EvalReport>),
     Compare(Box<compare::CompareReport>),
+    Sweep(Box<sweep::SweepReport>),
 }
 
 /// What an experiment streams while it runs.
@@ -59,6 +63,8 @@ pub enum ExperimentEvent {
     ShapesEvalCase(Box<shapes_eval::CaseOutput>),
     /// One finished cell (or the reference) of a sampler comparison.
     CompareCell(Box<compare::CellOutput>),
+    /// One finished run (guidance x seed) of a guidance sweep.
+    SweepRun(Box<sweep::SweepOutput>),
 }
 
 /// Why an experiment stopped before its last item.
@@ -81,6 +87,8 @@ pub enum ExperimentError {
     ShapesEval(#[from] shapes_eval::EvalError),
     #[error("{0}")]
     Compare(#[from] compare::CompareError),
+    #[error("{0}")]
+    Sweep(#[from] crate::pipeline::RunError),
 }
 
 /// Runs one experiment on a loaded model. `Err` only when nothing could be computed at all
@@ -104,6 +112,13 @@ pub fn run(
             let (report, stopped) = compare::run(sd, model_spec, s, cancel, sink)?;
             Ok(Outcome {
                 report: ExperimentReport::Compare(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::Sweep(s) => {
+            let (report, stopped) = sweep::run(sd, model_spec, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::Sweep(Box::new(report)),
                 stopped,
             })
         }

@@ -190,3 +190,93 @@ fn bad_input_gets_one_line_naming_the_part() {
         assert!(!out.exists(), "{args:?}: --out created before the input was checked");
     }
 }
+
+#[test]
+fn the_sweep_uses_the_same_seeds_at_every_guidance() {
+    use diffusion_scope::experiments::sweep::{self, SweepSettings};
+    let sd = load_model("tiny-sd1");
+    let s = SweepSettings {
+        prompt: "a red circle".into(),
+        guidances: vec![1.0, 5.0],
+        seeds: vec![4, 9],
+        steps: 3,
+        sampler: Some(diffusion_scope::sampling::SamplerKind::Ddim),
+        snapshots: true,
+        ..SweepSettings::default()
+    };
+    let mut runs = Vec::new();
+    let never = AtomicBool::new(false);
+    let (report, stopped) = sweep::run(&sd, "tiny", &s, &never, &mut |ev| {
+        if let ExperimentEvent::SweepRun(o) = ev {
+            runs.push(*o)
+        }
+    })
+    .unwrap();
+    assert_eq!(stopped, None);
+    assert!(report.complete);
+    assert_eq!(runs.len(), 4);
+    let at = |g: usize, si: usize| runs.iter().find(|o| (o.guidance_index, o.seed_index) == (g, si)).unwrap();
+    for si in 0..2 {
+        assert_eq!(at(0, si).run.meta.seed, at(1, si).run.meta.seed);
+        assert_eq!(at(0, si).run.meta.guidance, 1.0);
+        assert_eq!(at(1, si).run.meta.guidance, 5.0);
+    }
+    // Different seeds differ; the same seed at another w is another image from the same noise.
+    assert_ne!(at(0, 0).run.steps[2].latents, at(0, 1).run.steps[2].latents);
+    let o = at(1, 0);
+    assert_eq!(o.snapshots.len(), 5);
+    assert_eq!(o.snapshots.iter().map(|s| s.step).collect::<Vec<_>>(), vec![0, 0, 1, 2, 2]);
+    assert_eq!(&o.snapshots[4].x0.width, &o.run.image.as_ref().unwrap().width);
+    assert_eq!(report.rows.len(), 2);
+    for r in &report.rows {
+        assert_eq!(r.seeds, 2);
+        let d = r.latent_diversity.unwrap();
+        let expected = diffusion_scope::analysis::rms_diff(
+            &at(report.rows.iter().position(|x| x == r).unwrap(), 0).run.steps[2].latents,
+            &at(report.rows.iter().position(|x| x == r).unwrap(), 1).run.steps[2].latents,
+        ) as f64;
+        assert_eq!(d, expected, "one pair: its RMSE");
+        assert!((0.0..=1.0).contains(&r.saturation) && (0.0..=0.5).contains(&r.contrast));
+    }
+}
+
+#[test]
+fn the_sweep_cli_writes_its_files() {
+    let out = tempdir("sweep-cli").join("sw");
+    let o = Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
+        .args(["sweep", "--model", fixtures().join("tiny-sd1").to_str().unwrap(), "--quiet"])
+        .args([
+            "--prompt",
+            "a red circle",
+            "--guidance",
+            "1,4",
+            "--seeds",
+            "0..2",
+            "--steps",
+            "2",
+            "--snapshots",
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in [
+        "grid.png",
+        "snapshots.png",
+        "report.json",
+        "report.csv",
+        "diversity_vs_guidance.png",
+        "saturation_vs_guidance.png",
+        "images/w4_seed2.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
+        .args(["sweep", "--prompt", "x", "--guidance", "1,,x", "--out", "/nonexistent/never"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("--guidance") && stderr.contains("'x'"), "{stderr}");
+}

@@ -1,6 +1,7 @@
 //! Fuzzing on stable Rust: structure-aware mutations of real inputs, a fixed iteration count
-//! in CI, more with `FUZZ_ITERS=N` (e.g. `FUZZ_ITERS=200000 cargo test --release --test engine
-//! fuzz -- --nocapture`). Every panic is a failure; the input that caused it is written to
+//! in CI, more with `FUZZ_ITERS=N` and other inputs with `FUZZ_SEED=S` (e.g.
+//! `FUZZ_ITERS=30000 FUZZ_SEED=7 cargo test --test engine fuzz -- --nocapture`; the debug
+//! build checks integer overflow). Every panic is a failure; the input that caused it is written to
 //! `target/fuzz-crashes/` to replay.
 //!
 //! Targets:
@@ -35,6 +36,13 @@ use crate::parity::tempdir;
 /// Iterations per target: `FUZZ_ITERS` or `default`.
 fn iterations(default: usize) -> usize {
     std::env::var("FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The generator of a target: its fixed seed, mixed with `FUZZ_SEED` when set (longer runs
+/// explore other inputs; CI always replays the same ones).
+fn rng(fixed: u64) -> Rng {
+    let extra: u64 = std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    Rng((fixed ^ extra.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
 }
 
 /// xorshift64*: deterministic, so a CI failure replays.
@@ -275,7 +283,7 @@ fn use_run_as_the_app_does(run: &diffusion_scope::trace::Run) {
 #[test]
 fn fuzz_the_trace_loader() {
     let iters = iterations(1500);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = rng(0x9E37_79B9_7F4A_7C15);
     let seeds: Vec<PathBuf> = [
         (SyntheticSpec::small(), "small"),
         (
@@ -439,7 +447,7 @@ fn parse_config(root: &Path, file: &str) {
 #[test]
 fn fuzz_the_model_config_parsers() {
     let iters = iterations(400);
-    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let mut rng = rng(0xD1B5_4A32_D192_ED03);
     let roots = [fixtures().join("tiny-sd1"), fixtures().join("tiny-sd2")];
     let mut keys = Vec::new();
     for r in &roots {

@@ -209,7 +209,7 @@ fn the_worker_runs_an_experiment() {
                     assert_eq!(c.run.meta.status, diffusion_scope::trace::RunStatus::Complete);
                     cases.push(c.case.index);
                 }
-                ExperimentEvent::CompareCell(_) => panic!("a comparison cell from an evaluation"),
+                ExperimentEvent::CompareCell(_) | ExperimentEvent::SweepRun(_) => panic!("another experiment's event"),
             },
             Event::ExperimentFinished { outcome, .. } => break outcome,
             Event::Failed { error, .. } => panic!("{error}"),
