@@ -82,6 +82,31 @@ pub struct Settings {
     pub last_dir: String,
     /// The shapes-world evaluation's settings (Evaluate tab).
     pub eval: crate::experiments::shapes_eval::EvalSettings,
+    /// The Compare tab's settings (prompt, seed, guidance and size come from the run controls).
+    pub compare: CompareUi,
+}
+
+/// What the Compare tab asks for, as typed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CompareUi {
+    /// Cells, `SAMPLER:STEPS,...`.
+    pub samplers: String,
+    pub reference: String,
+    pub fractions: usize,
+    /// Held-out captions per cell (0: none).
+    pub captions: usize,
+}
+
+impl Default for CompareUi {
+    fn default() -> Self {
+        Self {
+            samplers: "ddim:10,ddim:30,dpm++2m:10,dpm++2m:20,euler:20,heun:10".into(),
+            reference: "dpm++2m:200".into(),
+            fractions: 10,
+            captions: 0,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -112,6 +137,7 @@ impl Default for Settings {
                 count: 20,
                 ..Default::default()
             },
+            compare: CompareUi::default(),
         }
     }
 }
@@ -128,6 +154,7 @@ pub struct WordStepStats {
 pub enum Tab {
     Run,
     Schedules,
+    Compare,
     Evaluate,
 }
 
@@ -228,6 +255,13 @@ pub struct ViewState {
     pub capture_slot: Arc<std::sync::Mutex<Option<Arc<egui::ColorImage>>>>,
     pub schedule: ScheduleView,
     pub path_prompt: Option<PathPrompt>,
+    /// The Compare tab's scrubber: the trajectory column every row shows.
+    pub compare_fraction: usize,
+    /// The comparison's large frames drawn last frame: (row, column shown, screen rect) (for
+    /// tests).
+    pub compare_rects: Vec<(usize, usize, egui::Rect)>,
+    /// Textures of the comparison's frames by (generation, row, column).
+    pub compare_textures: HashMap<(u64, usize, usize), egui::TextureHandle>,
     /// The current run last frame (a switch resets the step and the selected words).
     seen_current: Option<RunId>,
 }
@@ -252,6 +286,9 @@ impl Default for ViewState {
             capture_slot: Arc::default(),
             schedule: ScheduleView::default(),
             path_prompt: None,
+            compare_fraction: 0,
+            compare_rects: Vec::new(),
+            compare_textures: HashMap::new(),
             seen_current: None,
         }
     }
@@ -285,6 +322,8 @@ pub enum Action {
     Compare(Option<RunId>),
     CloseRun(RunId),
     RunExperiment(ExperimentSettings),
+    /// Adds row N of the comparison to the runs and shows it in the run view.
+    OpenComparisonRow(usize),
 }
 
 pub struct App {
@@ -432,8 +471,17 @@ impl App {
             Action::SelectRun(id) => self.store.select(id),
             Action::Compare(id) => self.store.set_compare(id),
             Action::CloseRun(id) => self.store.close(id),
+            Action::OpenComparisonRow(row) => {
+                if self.store.open_comparison_row(row).is_some() {
+                    self.view.tab = Tab::Run;
+                }
+            }
             Action::RunExperiment(settings) => {
                 self.store.clear_error();
+                if let ExperimentSettings::Compare(s) = &settings {
+                    self.store.begin_comparison(s.clone());
+                    self.view.compare_textures.clear();
+                }
                 let model = Self::model_request(&self.settings.model);
                 if let Err(e) = self.worker.experiment(model, settings) {
                     self.store.report_error(e.to_string());

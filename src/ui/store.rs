@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::engine::{Event, ModelInfo};
+use crate::experiments::compare::{CellReport, CellRole, CompareReport, CompareSettings};
 use crate::experiments::{ExperimentEvent, ExperimentReport, Progress, Stop};
 use crate::trace::{RgbImage, Run};
 
@@ -68,6 +69,25 @@ pub enum DecodeState {
     Done(Result<RgbImage, String>),
 }
 
+/// One row of the sampler comparison as it arrived: its numbers, its trajectory frames and its
+/// run (opened in the run view on request).
+pub struct ComparisonRow {
+    pub role: CellRole,
+    pub report: CellReport,
+    pub frames: Vec<RgbImage>,
+    pub run: Arc<Run>,
+}
+
+/// The comparison the app last started: rows fill in as cells finish (the reference first).
+pub struct Comparison {
+    /// Increases with every new comparison (view caches key on it).
+    pub generation: u64,
+    pub settings: CompareSettings,
+    pub rows: Vec<ComparisonRow>,
+    /// The report, once the experiment ended.
+    pub report: Option<CompareReport>,
+}
+
 /// How many runs the store keeps; the oldest that is neither shown nor streaming is dropped
 /// first (a full-capture SD 1.5 run is ~400 MB).
 pub const MAX_RUNS: usize = 8;
@@ -93,6 +113,8 @@ pub struct RunStore {
     pub experiment: Option<(ExperimentReport, Option<Stop>)>,
     /// Runs dropped since the app last looked: their view caches are cleared.
     removed: Vec<RunId>,
+    /// The sampler comparison shown in the Compare tab.
+    pub comparison: Option<Comparison>,
 }
 
 impl Default for RunStore {
@@ -110,6 +132,7 @@ impl Default for RunStore {
             decodes: HashMap::new(),
             experiment: None,
             removed: Vec::new(),
+            comparison: None,
         }
     }
 }
@@ -119,7 +142,7 @@ impl RunStore {
         let event = match event {
             Event::Started(meta) => {
                 // A new run: it gets an id and becomes the current one.
-                let id = self.add(Run::started(*meta), Origin::Generated);
+                let id = self.add(Arc::new(Run::started(*meta)), Origin::Generated);
                 self.streaming = Some(id);
                 self.activity = Activity::Running;
                 self.error = None;
@@ -157,11 +180,25 @@ impl RunStore {
             Some(Event::Decoded { id, image }) => self.answer_decode(id, Ok(image)),
             Some(Event::DecodeFailed { id, error }) => self.answer_decode(id, Err(error)),
             Some(Event::Failed { error, .. }) => self.error = Some(error),
-            Some(Event::Experiment(ev)) => {
-                if let ExperimentEvent::Progress(p) = *ev {
-                    self.activity = Activity::Experiment(p);
+            Some(Event::Experiment(ev)) => match *ev {
+                ExperimentEvent::Progress(p) => self.activity = Activity::Experiment(p),
+                ExperimentEvent::CompareCell(c) => {
+                    if let Some(cmp) = self.comparison.as_mut() {
+                        let c = *c;
+                        cmp.rows.push(ComparisonRow {
+                            role: c.role,
+                            report: c.report,
+                            frames: c.frames,
+                            run: Arc::new(c.run),
+                        });
+                        cmp.rows.sort_by_key(|r| match r.role {
+                            CellRole::Reference => 0,
+                            CellRole::Cell(i) => i + 1,
+                        });
+                    }
                 }
-            }
+                _ => {}
+            },
             Some(Event::ExperimentFinished { outcome, total_secs }) => {
                 self.status = match &outcome.stopped {
                     None => format!("experiment done in {total_secs:.1} s"),
@@ -171,6 +208,9 @@ impl RunStore {
                         "experiment failed (the report covers what was done)".into()
                     }
                 };
+                if let (ExperimentReport::Compare(r), Some(cmp)) = (&outcome.report, self.comparison.as_mut()) {
+                    cmp.report = Some((**r).clone());
+                }
                 self.experiment = Some((outcome.report, outcome.stopped));
             }
             _ => {}
@@ -182,22 +222,38 @@ impl RunStore {
         }
     }
 
+    /// Starts showing a new comparison (its rows arrive as the worker finishes cells).
+    pub fn begin_comparison(&mut self, settings: CompareSettings) {
+        let generation = self.comparison.as_ref().map_or(1, |c| c.generation + 1);
+        self.comparison = Some(Comparison {
+            generation,
+            settings,
+            rows: Vec::new(),
+            report: None,
+        });
+    }
+
+    /// Adds row `row` of the comparison as a run and makes it the current one.
+    pub fn open_comparison_row(&mut self, row: usize) -> Option<RunId> {
+        let run = self.comparison.as_ref()?.rows.get(row)?.run.clone();
+        let id = self.add(run, Origin::Generated);
+        self.select(id);
+        self.status = "opened from the comparison".into();
+        Some(id)
+    }
+
     /// Adds a run opened from disk and makes it the current one.
     pub fn open(&mut self, run: Run, path: Option<PathBuf>) -> RunId {
-        let id = self.add(run, path.map_or(Origin::Generated, Origin::Opened));
+        let id = self.add(Arc::new(run), path.map_or(Origin::Generated, Origin::Opened));
         self.error = None;
         self.status = "opened from disk".into();
         id
     }
 
-    fn add(&mut self, run: Run, origin: Origin) -> RunId {
+    fn add(&mut self, run: Arc<Run>, origin: Origin) -> RunId {
         let id = RunId(self.next_id);
         self.next_id += 1;
-        self.runs.push(StoredRun {
-            id,
-            run: Arc::new(run),
-            origin,
-        });
+        self.runs.push(StoredRun { id, run, origin });
         self.current = Some(id);
         while self.runs.len() > MAX_RUNS {
             let keep = [self.current, self.compare, self.streaming];

@@ -403,3 +403,60 @@ fn a_size_too_large_for_memory_is_reported_and_the_app_goes_on() {
     h.state_mut().settings.size = None;
     generate_and_wait(&mut h);
 }
+
+/// The Compare tab: the rows fill in as the worker finishes cells (reference first), the
+/// scrubber moves every row to the same fraction, and clicking a row's frame opens that run in
+/// the run view.
+#[test]
+fn compare_view_fills_scrubs_and_opens_a_run() {
+    let settings = Settings {
+        model: tiny_model(),
+        prompt: "a red circle".into(),
+        compare: diffusion_scope::ui::CompareUi {
+            samplers: "ddim:2,euler:3".into(),
+            reference: "dpm++2m:6".into(),
+            fractions: 2,
+            captions: 0,
+        },
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.state_mut().view.tab = diffusion_scope::ui::Tab::Compare;
+    h.run_steps(2);
+    h.get_by_label("Run comparison").click();
+    h.step();
+    step_until(&mut h, 120, "the comparison", |app| {
+        assert!(app.store.error.is_none(), "{:?}", app.store.error);
+        app.store.comparison.as_ref().is_some_and(|c| c.report.is_some()) && !app.store.busy()
+    });
+    h.run_steps(2);
+    let labels: Vec<String> = h
+        .state()
+        .store
+        .comparison
+        .as_ref()
+        .unwrap()
+        .rows
+        .iter()
+        .map(|r| r.report.label.clone())
+        .collect();
+    assert_eq!(labels, ["dpm++2m:6", "ddim:2", "euler:3"]);
+    // Every row shows the final image after the run; the scrubber moves them all.
+    let shown = |h: &Harness<'static, App>| h.state().view.compare_rects.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>();
+    assert_eq!(shown(&h), [(0, 2), (1, 2), (2, 2)]);
+    h.state_mut().view.compare_fraction = 1;
+    h.run_steps(2);
+    assert_eq!(shown(&h), [(0, 1), (1, 1), (2, 1)]);
+    // Clicking the second row's frame opens that run.
+    let rect = h.state().view.compare_rects[1].2;
+    h.hover_at(rect.center());
+    h.step();
+    h.drag_at(rect.center());
+    h.step();
+    h.drop_at(rect.center());
+    h.run_steps(3);
+    assert_eq!(h.state().view.tab, diffusion_scope::ui::Tab::Run);
+    let current = h.state().store.current().expect("a run is shown");
+    assert_eq!((current.meta.sampler.as_str(), current.meta.steps), ("ddim", 2));
+    assert_eq!(current.steps.len(), 2);
+}

@@ -5,6 +5,7 @@
 //! A new panel: a file here with its `*_ui` function, called from [`app_ui`] (or from the panel
 //! that hosts it); state that must outlive a frame goes in `ViewState` (never in statics).
 
+mod compare;
 mod controls;
 mod evaluate;
 mod exports;
@@ -51,6 +52,7 @@ pub fn app_ui(app: &mut App, ui: &mut egui::Ui) {
             images::image_ui(app, ui);
         }
         Tab::Schedules => schedules::schedules_ui(app, ui),
+        Tab::Compare => compare::compare_ui(app, ui),
         Tab::Evaluate => evaluate::evaluate_ui(app, ui),
     });
     exports::path_prompt_ui(app, ui.ctx());

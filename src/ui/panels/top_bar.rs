@@ -14,6 +14,7 @@ pub fn top_bar_ui(app: &mut App, ui: &mut egui::Ui) {
         ui.separator();
         ui.selectable_value(&mut app.view.tab, Tab::Run, "Run");
         ui.selectable_value(&mut app.view.tab, Tab::Schedules, "Schedules");
+        ui.selectable_value(&mut app.view.tab, Tab::Compare, "Compare");
         ui.selectable_value(&mut app.view.tab, Tab::Evaluate, "Evaluate");
         ui.separator();
         if ui

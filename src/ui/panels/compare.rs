@@ -1,0 +1,309 @@
+//! The Compare tab: the sampler comparison (the same experiment as `diffusion-scope compare`,
+//! run by the worker) with the prompt, seed, guidance and size of the run controls. Rows fill
+//! in as cells finish; one scrubber moves every row to the same fraction of its run; hovering
+//! a frame shows the row's numbers; clicking it opens that run (with its attention maps) in
+//! the run view. The convergence plot sits beside the grid; grid and plot export as PNGs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use eframe::egui::{self, RichText};
+use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
+
+use super::exports::default_path;
+use crate::experiments::ExperimentSettings;
+use crate::experiments::compare::{CellRole, CellSpec, CompareSettings};
+use crate::ui::export::{self, Series};
+use crate::ui::files::PathPurpose;
+use crate::ui::store::{Activity, Comparison, ComparisonRow};
+use crate::ui::{Action, App};
+
+/// The settings the tab would send, or what is wrong with them.
+fn settings(app: &App) -> Result<CompareSettings, String> {
+    let c = &app.settings.compare;
+    let s = CompareSettings {
+        prompt: app.settings.prompt.clone(),
+        negative_prompt: app.settings.negative_prompt.clone(),
+        seed: app.settings.seed,
+        guidance: app.settings.guidance,
+        cells: CellSpec::parse_list(&c.samplers).map_err(|e| format!("samplers: {e}"))?,
+        reference: CellSpec::parse(&c.reference).map_err(|e| format!("reference: {e}"))?,
+        fractions: c.fractions,
+        captions: c.captions,
+        height: app.settings.size.map(|(_, h)| h),
+        width: app.settings.size.map(|(w, _)| w),
+        ..CompareSettings::default()
+    };
+    s.validate()?;
+    Ok(s)
+}
+
+fn column_label(k: usize, n: usize) -> String {
+    if k == n {
+        "final".into()
+    } else {
+        format!("{:.0}%", 100.0 * k as f64 / n as f64)
+    }
+}
+
+/// The numbers of a row, one per line (hover text).
+fn row_numbers(r: &ComparisonRow) -> String {
+    let c = &r.report;
+    let mut s = format!("{}\n{} UNet evaluations, {:.2} s", c.label, c.nfe, c.secs);
+    match r.role {
+        CellRole::Reference => s.push_str("\nthe reference solution"),
+        CellRole::Cell(_) => {
+            s.push_str(&format!(
+                "\nto the reference: latent RMSE {:.5}, image PSNR {:.1} dB",
+                c.latent_rmse, c.image_psnr
+            ));
+            if c.stochastic {
+                s.push_str("\n(ancestral sampler: not an ODE solver)");
+            }
+        }
+    }
+    let pct = |v: Option<f64>| v.map_or("never".to_string(), |f| format!("{:.0}% of the run", f * 100.0));
+    s.push_str(&format!("\nrecognisable at {}", pct(c.recognisable_at)));
+    if c.trajectory.iter().any(|p| p.detector_correct.is_some()) {
+        s.push_str(&format!("\ndetector right from {}", pct(c.detector_at)));
+    }
+    if let Some(q) = &c.quality {
+        s.push_str(&format!("\ndetector accuracy {:.1}% over {} captions", q.accuracy(), q.captions));
+    }
+    s.push_str("\n(click: open this run)");
+    s
+}
+
+pub fn compare_ui(app: &mut App, ui: &mut egui::Ui) {
+    ui.heading("Sampler comparison");
+    ui.label(
+        RichText::new(
+            "The prompt, seed, guidance and size of the run controls through several samplers from the same noise \
+             (trailing spacing: one initial value problem), each measured against a reference solution.",
+        )
+        .weak(),
+    );
+    let busy = app.store.busy();
+    let c = &mut app.settings.compare;
+    egui::Grid::new("compare-settings").num_columns(2).show(ui, |ui| {
+        let l = ui.label("Samplers");
+        ui.add(egui::TextEdit::singleline(&mut c.samplers).desired_width(420.0))
+            .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Reference");
+        ui.add(egui::TextEdit::singleline(&mut c.reference).desired_width(160.0))
+            .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Columns");
+        ui.add(egui::DragValue::new(&mut c.fractions).range(1..=20)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Captions per cell");
+        ui.add(egui::DragValue::new(&mut c.captions).range(0..=500)).labelled_by(l.id);
+        ui.end_row();
+    });
+    let asked = settings(app);
+    ui.horizontal(|ui| {
+        let ok = asked.is_ok() && !busy;
+        if ui.add_enabled(ok, egui::Button::new("Run comparison")).clicked()
+            && let Ok(s) = asked.clone()
+        {
+            app.view.compare_fraction = s.fractions;
+            app.send(Action::RunExperiment(ExperimentSettings::Compare(s)));
+        }
+        if ui.add_enabled(busy, egui::Button::new("Cancel comparison")).clicked() {
+            app.send(Action::Cancel);
+        }
+        if let Err(e) = &asked {
+            ui.label(RichText::new(e).color(crate::ui::theme::ERROR));
+        }
+    });
+    if let Activity::Experiment(p) = &app.store.activity {
+        ui.add(egui::ProgressBar::new(p.done as f32 / p.total.max(1) as f32).text(format!("{}/{} runs  {}", p.done, p.total, p.message)));
+    }
+    ui.separator();
+    let Some(cmp) = app.store.comparison.as_ref() else {
+        ui.label(RichText::new("No comparison yet.").weak());
+        return;
+    };
+    let n = cmp.settings.fractions;
+    app.view.compare_fraction = app.view.compare_fraction.min(n);
+    if let Some(r) = cmp.report.as_ref().and_then(|r| r.reference.as_ref()) {
+        let text = format!(
+            "Reference {} doubled to {}: latent RMSE {:.5}: {}",
+            r.spec,
+            r.double,
+            r.double_latent_rmse,
+            if r.converged {
+                "converged (closer than every deterministic cell)"
+            } else {
+                "NOT converged: use more reference steps"
+            }
+        );
+        ui.label(RichText::new(text).color(if r.converged {
+            ui.visuals().text_color()
+        } else {
+            crate::ui::theme::ERROR
+        }));
+    }
+    let mut k = app.view.compare_fraction;
+    let mut export: Option<(image::RgbaImage, &str)> = None;
+    ui.horizontal(|ui| {
+        let l = ui.label("Fraction of the run");
+        ui.add(egui::Slider::new(&mut k, 0..=n).custom_formatter(move |v, _| column_label(v as usize, n)))
+            .labelled_by(l.id);
+        if ui.add_enabled(!cmp.rows.is_empty(), egui::Button::new("Export grid…")).clicked() {
+            export = Some((grid_figure(cmp), "compare_grid.png"));
+        }
+        if ui.add_enabled(cmp.rows.len() > 1, egui::Button::new("Export plot…")).clicked() {
+            export = Some((plot_figure(cmp), "compare_convergence.png"));
+        }
+    });
+    app.view.compare_fraction = k;
+    if let Some((fig, name)) = export {
+        let start = default_path(app, name);
+        app.send(Action::AskPath(PathPurpose::ExportPng(Arc::new(fig)), start));
+    }
+    let k = app.view.compare_fraction;
+    let mut open = None;
+    ui.columns(2, |cols| {
+        egui::ScrollArea::vertical().id_salt("compare-grid").show(&mut cols[0], |ui| {
+            open = grid_ui(app, ui, k);
+        });
+        if let Some(cmp) = app.store.comparison.as_ref() {
+            convergence_plot(cmp, &mut cols[1]);
+        }
+    });
+    if let Some(row) = open {
+        app.send(Action::OpenComparisonRow(row));
+    }
+}
+
+/// The rows: label and numbers, the frame at column `k` (large), and every column (small, the
+/// scrubbed one framed). Returns the row clicked.
+fn grid_ui(app: &mut App, ui: &mut egui::Ui, k: usize) -> Option<usize> {
+    app.view.compare_rects.clear();
+    let cmp = app.store.comparison.as_ref()?;
+    let generation = cmp.generation;
+    let mut clicked = None;
+    for (ri, row) in cmp.rows.iter().enumerate() {
+        ui.horizontal(|ui| {
+            ui.vertical(|ui| {
+                ui.set_width(170.0);
+                let name = match row.role {
+                    CellRole::Reference => format!("{} (reference)", row.report.label),
+                    CellRole::Cell(_) => row.report.label.clone(),
+                };
+                ui.label(RichText::new(name).strong());
+                ui.label(RichText::new(format!("{} NFE · {:.2} s", row.report.nfe, row.report.secs)).small());
+                if let CellRole::Cell(_) = row.role {
+                    ui.label(RichText::new(format!("RMSE {:.4} · {:.1} dB", row.report.latent_rmse, row.report.image_psnr)).small());
+                }
+            });
+            let ctx = ui.ctx().clone();
+            let mut tex = |col: usize| {
+                app.view
+                    .compare_textures
+                    .entry((generation, ri, col))
+                    .or_insert_with(|| {
+                        let img = &row.frames[col];
+                        let color = egui::ColorImage::from_rgb([img.width, img.height], &img.pixels);
+                        ctx.load_texture(format!("compare-{generation}-{ri}-{col}"), color, egui::TextureOptions::NEAREST)
+                    })
+                    .clone()
+            };
+            if let Some(big) = (k < row.frames.len()).then(|| tex(k)) {
+                let r = ui
+                    .add(
+                        egui::Image::new(&big)
+                            .fit_to_exact_size(egui::vec2(112.0, 112.0))
+                            .sense(egui::Sense::click()),
+                    )
+                    .on_hover_text(row_numbers(row));
+                app.view.compare_rects.push((ri, k, r.rect));
+                if r.clicked() {
+                    clicked = Some(ri);
+                }
+            }
+            for col in 0..row.frames.len() {
+                let t = tex(col);
+                let r = ui.add(egui::Image::new(&t).fit_to_exact_size(egui::vec2(36.0, 36.0)));
+                if col == k {
+                    ui.painter().rect_stroke(
+                        r.rect.expand(1.5),
+                        0.0,
+                        egui::Stroke::new(2.0, ui.visuals().selection.stroke.color),
+                        egui::StrokeKind::Outside,
+                    );
+                }
+            }
+        });
+    }
+    clicked
+}
+
+/// Latent RMSE to the reference against NFE, one line per sampler (log10 axis).
+fn convergence_plot(cmp: &Comparison, ui: &mut egui::Ui) {
+    ui.label(RichText::new("Distance to the reference (log10 latent RMSE) vs UNet evaluations").strong());
+    let series = by_sampler(cmp);
+    Plot::new("compare-convergence")
+        .legend(Legend::default())
+        .height(300.0)
+        .x_axis_label("NFE")
+        .y_axis_label("log10 latent RMSE")
+        .show(ui, |plot| {
+            for s in &series {
+                let pts: Vec<[f64; 2]> = s.points.iter().filter(|p| p.1 > 0.0).map(|&(x, y)| [x, y.log10()]).collect();
+                plot.line(Line::new(s.label.clone(), PlotPoints::from(pts.clone())));
+                plot.points(Points::new(s.label.clone(), PlotPoints::from(pts)).radius(3.0));
+            }
+        });
+}
+
+fn by_sampler(cmp: &Comparison) -> Vec<Series> {
+    let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in cmp.rows.iter().filter(|r| matches!(r.role, CellRole::Cell(_))) {
+        let s = &r.report.spec;
+        let name = format!("{}{}", s.sampler, if s.karras { "-karras" } else { "" });
+        groups.entry(name).or_default().push((r.report.nfe as f64, r.report.latent_rmse));
+    }
+    groups
+        .into_iter()
+        .map(|(label, mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series { label, points }
+        })
+        .collect()
+}
+
+fn grid_figure(cmp: &Comparison) -> image::RgbaImage {
+    let n = cmp.settings.fractions;
+    let cols: Vec<String> = (0..=n).map(|k| column_label(k, n)).collect();
+    let rows: Vec<(String, String, Vec<crate::trace::RgbImage>)> = cmp
+        .rows
+        .iter()
+        .map(|r| {
+            let name = match r.role {
+                CellRole::Reference => format!("{} (reference)", r.report.label),
+                CellRole::Cell(_) => r.report.label.clone(),
+            };
+            (name, format!("{} NFE · {:.2} s", r.report.nfe, r.report.secs), r.frames.clone())
+        })
+        .collect();
+    let s = &cmp.settings;
+    export::grid(
+        &rows,
+        &cols,
+        96,
+        &format!("{:?}, seed {}, guidance {}", s.prompt, s.seed, s.guidance),
+    )
+}
+
+fn plot_figure(cmp: &Comparison) -> image::RgbaImage {
+    export::plot(
+        &format!("Distance to the reference ({}): final latents", cmp.settings.reference),
+        "UNet evaluations (NFE)",
+        "latent RMSE",
+        &by_sampler(cmp),
+        true,
+    )
+}
