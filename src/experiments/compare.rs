@@ -455,7 +455,7 @@ pub fn run(
         e => Stop::Failed(format!("{what}: {e}")),
     };
 
-    // The reference, and the same solver at twice the steps.
+    // The reference (streamed at once), then the same solver at twice the steps.
     let r = settings.reference;
     progress(done, format!("reference {r}"), sink);
     let cfg = settings.run_config(&r, &settings.prompt, settings.seed, CaptureMode::Aggregate);
@@ -464,30 +464,12 @@ pub fn run(
         Err(e) => return Ok((report, Some(stop(e, &format!("reference {r}"))))),
     };
     done += 1;
-    let double = CellSpec { steps: r.steps * 2, ..r };
-    progress(done, format!("reference check {double}"), sink);
-    let cfg = settings.run_config(&double, &settings.prompt, settings.seed, CaptureMode::None);
-    let doubled = match generate(sd, model_spec, &cfg, cancel) {
-        Ok(run) => run,
-        Err(e) => return Ok((report, Some(stop(e, &format!("reference check {double}"))))),
-    };
-    done += 1;
     let ref_latents = final_latents(&reference).to_vec();
     let ref_image = image_of(&reference).clone();
-    let mut reference_report = ReferenceReport {
-        spec: r,
-        nfe: reference.steps.len(),
-        secs: reference.meta.total_secs,
-        double,
-        double_latent_rmse: analysis::rms_diff(final_latents(&doubled), &ref_latents) as f64,
-        double_image_psnr: analysis::psnr(&image_of(&doubled).pixels, &ref_image.pixels).unwrap_or(0.0),
-        closest_cell_rmse: None,
-        converged: false,
-    };
+    let (ref_nfe, ref_secs) = (reference.steps.len(), reference.meta.total_secs);
     match trajectory(sd, &reference, settings, caption.as_ref()) {
         Ok((points, frames)) => {
             let rep = cell_report(&r, &reference, points, settings, &ref_latents, &ref_image, None);
-            report.reference = Some(reference_report.clone());
             sink(ExperimentEvent::CompareCell(Box::new(CellOutput {
                 role: CellRole::Reference,
                 report: rep,
@@ -497,6 +479,25 @@ pub fn run(
         }
         Err(e) => return Ok((report, Some(stop(e, &format!("reference {r}"))))),
     }
+    let double = CellSpec { steps: r.steps * 2, ..r };
+    progress(done, format!("reference check {double}"), sink);
+    let cfg = settings.run_config(&double, &settings.prompt, settings.seed, CaptureMode::None);
+    let doubled = match generate(sd, model_spec, &cfg, cancel) {
+        Ok(run) => run,
+        Err(e) => return Ok((report, Some(stop(e, &format!("reference check {double}"))))),
+    };
+    done += 1;
+    let mut reference_report = ReferenceReport {
+        spec: r,
+        nfe: ref_nfe,
+        secs: ref_secs,
+        double,
+        double_latent_rmse: analysis::rms_diff(final_latents(&doubled), &ref_latents) as f64,
+        double_image_psnr: analysis::psnr(&image_of(&doubled).pixels, &ref_image.pixels).unwrap_or(0.0),
+        closest_cell_rmse: None,
+        converged: false,
+    };
+    report.reference = Some(reference_report.clone());
 
     let mut stopped = None;
     for (i, cell) in settings.cells.iter().enumerate() {

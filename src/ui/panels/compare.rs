@@ -165,13 +165,25 @@ pub fn compare_ui(app: &mut App, ui: &mut egui::Ui) {
     }
     let k = app.view.compare_fraction;
     let mut open = None;
-    ui.columns(2, |cols| {
-        egui::ScrollArea::vertical().id_salt("compare-grid").show(&mut cols[0], |ui| {
-            open = grid_ui(app, ui, k);
+    // The grid as wide as its rows (label, large frame, one small frame per column), the plot
+    // in the rest.
+    let avail = ui.available_size();
+    let grid_w = (180.0 + 124.0 + (n + 1) as f32 * 42.0 + 16.0).min(avail.x * 0.72);
+    ui.horizontal_top(|ui| {
+        ui.allocate_ui_with_layout(egui::vec2(grid_w, avail.y), egui::Layout::top_down(egui::Align::Min), |ui| {
+            egui::ScrollArea::both()
+                .id_salt("compare-grid")
+                .auto_shrink([false, false])
+                .show(ui, |ui| {
+                    open = grid_ui(app, ui, k);
+                });
         });
-        if let Some(cmp) = app.store.comparison.as_ref() {
-            convergence_plot(cmp, &mut cols[1]);
-        }
+        ui.separator();
+        ui.vertical(|ui| {
+            if let Some(cmp) = app.store.comparison.as_ref() {
+                convergence_plot(cmp, ui);
+            }
+        });
     });
     if let Some(row) = open {
         app.send(Action::OpenComparisonRow(row));
@@ -183,6 +195,9 @@ pub fn compare_ui(app: &mut App, ui: &mut egui::Ui) {
 fn grid_ui(app: &mut App, ui: &mut egui::Ui, k: usize) -> Option<usize> {
     app.view.compare_rects.clear();
     let cmp = app.store.comparison.as_ref()?;
+    if cmp.rows.is_empty() {
+        ui.label(RichText::new("The rows appear as their runs finish (the reference first).").weak());
+    }
     let generation = cmp.generation;
     let mut clicked = None;
     for (ri, row) in cmp.rows.iter().enumerate() {

@@ -101,7 +101,8 @@ fn activity_ui(app: &App, ui: &mut egui::Ui) {
         }
         Activity::Experiment(p) => {
             ui.spinner();
-            ui.label(format!("evaluating {}/{}", p.done, p.total));
+            let item: String = p.message.chars().take(40).collect();
+            ui.label(format!("experiment {}/{} {item}", p.done, p.total));
         }
     }
 }
