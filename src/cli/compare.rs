@@ -11,10 +11,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
-use diffusion_scope::engine::{Event, ModelRequest, Worker};
-use diffusion_scope::experiments::compare::{CellReport, CellRole, CellSpec, CompareReport, CompareSettings};
+use diffusion_scope::engine::ModelRequest;
+use diffusion_scope::experiments::compare::{self, CellReport, CellRole, CellSpec, CompareReport, CompareSettings};
+use diffusion_scope::experiments::shapes_eval::Rate;
 use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, ExperimentSettings, Stop};
 use diffusion_scope::model::{DTypeChoice, DeviceChoice};
 use diffusion_scope::trace::{RgbImage, save_run};
@@ -134,75 +134,40 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     settings.validate().map_err(|e| anyhow::anyhow!(e))?;
     prepare_out(&a.out, a.overwrite)?;
 
-    let worker = Worker::spawn(Box::new(|| {})).context("starting the worker thread")?;
-    let interrupt = Interrupt::install(worker.cancel_flag(), "UNet evaluation");
     let request = ModelRequest {
         spec,
         device: a.device,
         dtype: a.dtype,
     };
-    worker.experiment(request, ExperimentSettings::Compare(settings.clone()))?;
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new_spinner()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} runs  eta {eta}  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
     // Frames per row: the reference first, then the cells in order.
     let mut rows: BTreeMap<(usize, usize), (CellReport, Vec<RgbImage>)> = BTreeMap::new();
-    let (report, stopped) = loop {
-        let Ok(ev) = worker.events().recv() else {
-            bail!("the worker thread stopped unexpectedly");
+    let mut on_cell = |ev: ExperimentEvent, interrupt: &Interrupt| -> anyhow::Result<()> {
+        let ExperimentEvent::CompareCell(c) = ev else { return Ok(()) };
+        let key = match c.role {
+            CellRole::Reference => (0, 0),
+            CellRole::Cell(i) => (1, i),
         };
-        match ev {
-            Event::LoadingModel { spec } => bar.set_message(format!("loading {spec}")),
-            Event::ModelLoaded(info) => {
-                if !a.quiet {
-                    bar.suspend(|| eprintln!("loaded {} in {:.2}s", info.path, info.load_secs));
-                }
+        let stem = file_stem(&c.report.label);
+        let labels: Vec<String> = c.report.trajectory.iter().map(|p| column_label(p.fraction)).collect();
+        interrupt.writing(|| -> anyhow::Result<()> {
+            let frames: Vec<(RgbImage, String)> = c.frames.iter().cloned().zip(labels).collect();
+            let strip = export::strip(&frames, 96, &row_label(&c.report).join("  "));
+            let p = a.out.join("cells").join(format!("{stem}.png"));
+            strip.save(&p).with_context(|| format!("writing {}", p.display()))?;
+            if a.save_traces {
+                let dir = a.out.join("cells").join(&stem);
+                save_run(&c.run, &dir).with_context(|| format!("writing {}", dir.display()))?;
             }
-            Event::Experiment(ev) => match *ev {
-                ExperimentEvent::Progress(p) => {
-                    bar.set_length(p.total as u64);
-                    bar.set_position(p.done as u64);
-                    bar.set_message(p.message);
-                }
-                ExperimentEvent::CompareCell(c) => {
-                    let key = match c.role {
-                        CellRole::Reference => (0, 0),
-                        CellRole::Cell(i) => (1, i),
-                    };
-                    let stem = file_stem(&c.report.label);
-                    let labels: Vec<String> = c.report.trajectory.iter().map(|p| column_label(p.fraction)).collect();
-                    interrupt.writing(|| -> anyhow::Result<()> {
-                        let frames: Vec<(RgbImage, String)> = c.frames.iter().cloned().zip(labels).collect();
-                        let strip = export::strip(&frames, 96, &row_label(&c.report).join("  "));
-                        let p = a.out.join("cells").join(format!("{stem}.png"));
-                        strip.save(&p).with_context(|| format!("writing {}", p.display()))?;
-                        if a.save_traces {
-                            let dir = a.out.join("cells").join(&stem);
-                            save_run(&c.run, &dir).with_context(|| format!("writing {}", dir.display()))?;
-                        }
-                        Ok(())
-                    })?;
-                    rows.insert(key, (c.report, c.frames));
-                }
-                ExperimentEvent::ShapesEvalCase(_) | ExperimentEvent::SweepRun(_) => {}
-            },
-            Event::ExperimentFinished { outcome, .. } => {
-                let ExperimentReport::Compare(report) = outcome.report else {
-                    bail!("the worker answered with another experiment's report");
-                };
-                break (*report, outcome.stopped);
-            }
-            Event::Failed { error, .. } => bail!("{error}"),
-            _ => {}
-        }
+            Ok(())
+        })?;
+        rows.insert(key, (c.report, c.frames));
+        Ok(())
     };
-    bar.finish_and_clear();
-    drop(worker);
+    let (report, stopped, interrupt) =
+        crate::cli::run_experiment(request, ExperimentSettings::Compare(settings), a.quiet, "runs", &mut on_cell)?;
+    let ExperimentReport::Compare(report) = report else {
+        bail!("the worker answered with another experiment's report");
+    };
 
     interrupt.writing(|| write_outputs(&a.out, &report, &rows))?;
     print!("{}", summary(&report));
@@ -268,21 +233,10 @@ fn write_outputs(out: &Path, report: &CompareReport, rows: &BTreeMap<(usize, usi
     Ok(())
 }
 
-/// Cells grouped by sampler (with Karras as its own group), ordered by NFE.
 fn by_sampler(report: &CompareReport, value: impl Fn(&CellReport) -> Option<(f64, f64)>) -> Vec<Series> {
-    let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for c in &report.cells {
-        let name = format!("{}{}", c.spec.sampler, if c.spec.karras { "-karras" } else { "" });
-        if let Some(p) = value(c) {
-            groups.entry(name).or_default().push(p);
-        }
-    }
-    groups
+    compare::by_sampler(&report.cells, value)
         .into_iter()
-        .map(|(label, mut points)| {
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series { label, points }
-        })
+        .map(|(label, points)| Series { label, points })
         .collect()
 }
 
@@ -345,11 +299,11 @@ fn csv(report: &CompareReport) -> String {
     let mut s = String::from(
         "label,sampler,steps,karras,stochastic,nfe,secs,latent_rmse,image_psnr,recognisable_at,detector_at,captions,accuracy,colour,shape,position,relation\n",
     );
-    let frac = |(k, n): (usize, usize)| {
-        if n == 0 {
+    let frac = |r: &Rate| {
+        if r.n == 0 {
             String::new()
         } else {
-            format!("{}", k as f64 / n as f64)
+            format!("{}", r.k as f64 / r.n as f64)
         }
     };
     for c in &report.cells {
@@ -369,10 +323,10 @@ fn csv(report: &CompareReport) -> String {
             opt(c.detector_at),
             q.map_or(String::new(), |q| q.captions.to_string()),
             opt(q.map(|q| q.accuracy() / 100.0)),
-            q.map_or(String::new(), |q| frac(q.colour)),
-            q.map_or(String::new(), |q| frac(q.shape)),
-            q.map_or(String::new(), |q| frac(q.position)),
-            q.map_or(String::new(), |q| frac(q.relation)),
+            q.map_or(String::new(), |q| frac(&q.colour)),
+            q.map_or(String::new(), |q| frac(&q.shape)),
+            q.map_or(String::new(), |q| frac(&q.position)),
+            q.map_or(String::new(), |q| frac(&q.relation)),
         ));
     }
     s

@@ -9,9 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
-use diffusion_scope::engine::{Event, ModelRequest, Worker};
+use diffusion_scope::engine::ModelRequest;
 use diffusion_scope::experiments::shapes_eval::{CaseResult, EvalSettings, render_summary};
 use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, ExperimentSettings, Stop};
 use diffusion_scope::model::{DTypeChoice, DeviceChoice};
@@ -79,77 +78,40 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out.join("images")).with_context(|| format!("creating {}", out.display()))?;
     }
-    let worker = Worker::spawn(Box::new(|| {})).context("starting the worker thread")?;
-    let interrupt = Interrupt::install(worker.cancel_flag(), "UNet evaluation");
     let request = ModelRequest {
         spec: spec.clone(),
         device: a.device,
         dtype: a.dtype,
     };
-    worker.experiment(request, ExperimentSettings::ShapesEval(settings))?;
-
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new_spinner()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} captions  {per_sec}  eta {eta}  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
     let mut images: Vec<RgbImage> = Vec::new();
-    let (report, stopped) = loop {
-        let Ok(ev) = worker.events().recv() else {
-            anyhow::bail!("the worker thread stopped unexpectedly");
-        };
-        match ev {
-            Event::LoadingModel { spec } => bar.set_message(format!("loading {spec}")),
-            Event::ModelLoaded(info) => {
-                if !a.quiet {
-                    bar.suspend(|| eprintln!("loaded {} in {:.2}s", info.path, info.load_secs));
+    let mut on_case = |ev: ExperimentEvent, interrupt: &Interrupt| -> anyhow::Result<()> {
+        let ExperimentEvent::ShapesEvalCase(c) = ev else { return Ok(()) };
+        let i = c.case.index;
+        if let Some(out) = &a.out {
+            interrupt.writing(|| -> anyhow::Result<()> {
+                save_png(
+                    c.run.image.as_ref().context("a finished case has an image")?,
+                    &out.join("images").join(format!("{i:03}.png")),
+                )?;
+                save_png(&c.scene, &out.join("images").join(format!("{i:03}_scene.png")))
+                    .with_context(|| format!("writing the scene of caption {i}"))?;
+                if a.save_traces {
+                    let dir = out.join("traces").join(format!("{i:03}"));
+                    save_run(&c.run, &dir).with_context(|| format!("writing {}", dir.display()))?;
                 }
-            }
-            Event::Experiment(ev) => match *ev {
-                ExperimentEvent::Progress(p) => {
-                    bar.set_length(p.total as u64);
-                    bar.set_position(p.done as u64);
-                    bar.set_message(p.message);
-                }
-                ExperimentEvent::ShapesEvalCase(c) => {
-                    let i = c.case.index;
-                    if let Some(out) = &a.out {
-                        interrupt.writing(|| -> anyhow::Result<()> {
-                            save_png(
-                                c.run.image.as_ref().context("a finished case has an image")?,
-                                &out.join("images").join(format!("{i:03}.png")),
-                            )?;
-                            save_png(&c.scene, &out.join("images").join(format!("{i:03}_scene.png")))
-                                .with_context(|| format!("writing the scene of caption {i}"))?;
-                            if a.save_traces {
-                                let dir = out.join("traces").join(format!("{i:03}"));
-                                save_run(&c.run, &dir).with_context(|| format!("writing {}", dir.display()))?;
-                            }
-                            Ok(())
-                        })?;
-                    }
-                    if let Some(img) = c.run.image {
-                        images.push(img);
-                    }
-                }
-                ExperimentEvent::CompareCell(_) | ExperimentEvent::SweepRun(_) => {}
-            },
-            Event::ExperimentFinished { outcome, .. } => {
-                let ExperimentReport::ShapesEval(report) = outcome.report else {
-                    anyhow::bail!("the worker answered with another experiment's report");
-                };
-                break (*report, outcome.stopped);
-            }
-            Event::Failed { error, .. } => anyhow::bail!("{error}"),
-            _ => {}
+                Ok(())
+            })?;
         }
+        if let Some(img) = c.run.image {
+            images.push(img);
+        }
+        Ok(())
     };
-    bar.finish_and_clear();
-    drop(worker);
+    let (report, stopped, interrupt) =
+        super::run_experiment(request, ExperimentSettings::ShapesEval(settings), a.quiet, "captions", &mut on_case)?;
+    let ExperimentReport::ShapesEval(report) = report else {
+        anyhow::bail!("the worker answered with another experiment's report");
+    };
 
     let text = render_summary(&report);
     print!("{text}");

@@ -11,6 +11,62 @@ pub mod interrupt;
 pub mod sweep;
 pub mod unet_bench;
 
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use diffusion_scope::engine::{Event, ModelRequest, Worker};
+use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, ExperimentSettings, Stop};
+
+use interrupt::Interrupt;
+
+/// Runs an experiment through the worker with a progress bar (`unit`: what the bar counts),
+/// Ctrl-C / SIGTERM / SIGHUP handled by [`Interrupt`]; every streamed item goes to `item`
+/// (which writes its files through `Interrupt::writing`). Returns the report, why it stopped
+/// early (if it did), and the interrupt handler for the final writes.
+pub fn run_experiment(
+    request: ModelRequest,
+    settings: ExperimentSettings,
+    quiet: bool,
+    unit: &str,
+    item: &mut dyn FnMut(ExperimentEvent, &Interrupt) -> anyhow::Result<()>,
+) -> anyhow::Result<(ExperimentReport, Option<Stop>, Interrupt)> {
+    let worker = Worker::spawn(Box::new(|| {})).context("starting the worker thread")?;
+    let interrupt = Interrupt::install(worker.cancel_flag(), "UNet evaluation");
+    worker.experiment(request, settings)?;
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}  {{msg}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (report, stopped) = loop {
+        let Ok(ev) = worker.events().recv() else {
+            anyhow::bail!("the worker thread stopped unexpectedly");
+        };
+        match ev {
+            Event::LoadingModel { spec } => bar.set_message(format!("loading {spec}")),
+            Event::ModelLoaded(info) => {
+                if !quiet {
+                    bar.suspend(|| eprintln!("loaded {} in {:.2}s", info.path, info.load_secs));
+                }
+            }
+            Event::Experiment(ev) => match *ev {
+                ExperimentEvent::Progress(p) => {
+                    bar.set_length(p.total as u64);
+                    bar.set_position(p.done as u64);
+                    bar.set_message(p.message);
+                }
+                other => item(other, &interrupt)?,
+            },
+            Event::ExperimentFinished { outcome, .. } => break (outcome.report, outcome.stopped),
+            Event::Failed { error, .. } => anyhow::bail!("{error}"),
+            _ => {}
+        }
+    };
+    bar.finish_and_clear();
+    drop(worker);
+    Ok((report, stopped, interrupt))
+}
+
 /// The model to use: `--model` when given, else the bundled model (an error naming its
 /// folder when it is missing).
 pub fn model_spec(model: Option<String>) -> anyhow::Result<String> {

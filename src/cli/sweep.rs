@@ -11,9 +11,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
-use diffusion_scope::engine::{Event, ModelRequest, Worker};
+use diffusion_scope::engine::ModelRequest;
 use diffusion_scope::experiments::sweep::{self, Snapshot, SweepReport, SweepSettings};
 use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, ExperimentSettings, Stop};
 use diffusion_scope::model::{DTypeChoice, DeviceChoice};
@@ -90,72 +89,37 @@ pub fn run(a: SweepArgs) -> anyhow::Result<ExitCode> {
     crate::cli::compare::prepare_out(&a.out, a.overwrite)?;
     std::fs::create_dir_all(a.out.join("images")).with_context(|| format!("creating {}", a.out.display()))?;
 
-    let worker = Worker::spawn(Box::new(|| {})).context("starting the worker thread")?;
-    let interrupt = Interrupt::install(worker.cancel_flag(), "UNet evaluation");
     let request = ModelRequest {
         spec,
         device: a.device,
         dtype: a.dtype,
     };
-    worker.experiment(request, ExperimentSettings::Sweep(settings.clone()))?;
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new_spinner()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} runs  eta {eta}  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
     let mut images: BTreeMap<(usize, usize), RgbImage> = BTreeMap::new();
     let mut snaps: BTreeMap<usize, Vec<Snapshot>> = BTreeMap::new();
-    let (report, stopped) = loop {
-        let Ok(ev) = worker.events().recv() else {
-            bail!("the worker thread stopped unexpectedly");
-        };
-        match ev {
-            Event::LoadingModel { spec } => bar.set_message(format!("loading {spec}")),
-            Event::ModelLoaded(info) => {
-                if !a.quiet {
-                    bar.suspend(|| eprintln!("loaded {} in {:.2}s", info.path, info.load_secs));
-                }
+    let mut on_run = |ev: ExperimentEvent, interrupt: &Interrupt| -> anyhow::Result<()> {
+        let ExperimentEvent::SweepRun(o) = ev else { return Ok(()) };
+        let (w, seed) = (settings.guidances[o.guidance_index], settings.seeds[o.seed_index]);
+        let name = format!("w{w}_seed{seed}");
+        let image = o.run.image.clone().context("a finished run has its image")?;
+        interrupt.writing(|| -> anyhow::Result<()> {
+            save_png(&image, &a.out.join("images").join(format!("{name}.png")))?;
+            if a.save_traces {
+                let dir = a.out.join("traces").join(&name);
+                save_run(&o.run, &dir).with_context(|| format!("writing {}", dir.display()))?;
             }
-            Event::Experiment(ev) => match *ev {
-                ExperimentEvent::Progress(p) => {
-                    bar.set_length(p.total as u64);
-                    bar.set_position(p.done as u64);
-                    bar.set_message(p.message);
-                }
-                ExperimentEvent::SweepRun(o) => {
-                    let (w, seed) = (settings.guidances[o.guidance_index], settings.seeds[o.seed_index]);
-                    let name = format!("w{w}_seed{seed}");
-                    let image = o.run.image.clone().context("a finished run has its image")?;
-                    interrupt.writing(|| -> anyhow::Result<()> {
-                        save_png(&image, &a.out.join("images").join(format!("{name}.png")))?;
-                        if a.save_traces {
-                            let dir = a.out.join("traces").join(&name);
-                            save_run(&o.run, &dir).with_context(|| format!("writing {}", dir.display()))?;
-                        }
-                        Ok(())
-                    })?;
-                    images.insert((o.guidance_index, o.seed_index), image);
-                    if o.seed_index == 0 && !o.snapshots.is_empty() {
-                        snaps.insert(o.guidance_index, o.snapshots);
-                    }
-                }
-                ExperimentEvent::ShapesEvalCase(_) | ExperimentEvent::CompareCell(_) => {}
-            },
-            Event::ExperimentFinished { outcome, .. } => {
-                let ExperimentReport::Sweep(report) = outcome.report else {
-                    bail!("the worker answered with another experiment's report");
-                };
-                break (*report, outcome.stopped);
-            }
-            Event::Failed { error, .. } => bail!("{error}"),
-            _ => {}
+            Ok(())
+        })?;
+        images.insert((o.guidance_index, o.seed_index), image);
+        if o.seed_index == 0 && !o.snapshots.is_empty() {
+            snaps.insert(o.guidance_index, o.snapshots);
         }
+        Ok(())
     };
-    bar.finish_and_clear();
-    drop(worker);
+    let (report, stopped, interrupt) =
+        crate::cli::run_experiment(request, ExperimentSettings::Sweep(settings.clone()), a.quiet, "runs", &mut on_run)?;
+    let ExperimentReport::Sweep(report) = report else {
+        bail!("the worker answered with another experiment's report");
+    };
 
     interrupt.writing(|| write_outputs(&a.out, &report, &images, &snaps))?;
     print!("{}", summary(&report));

@@ -30,6 +30,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 
+use super::shapes_eval::Rate;
 use super::{ExperimentEvent, Progress, Stop};
 use crate::analysis;
 use crate::model::StableDiffusion;
@@ -221,42 +222,34 @@ pub struct TrajectoryPoint {
 pub struct Quality {
     pub captions: usize,
     /// Every stated attribute (and the relation) right, no extra object.
-    pub strict: usize,
+    pub strict: Rate,
     /// Colour right, per caption object.
-    pub colour: (usize, usize),
-    pub shape: (usize, usize),
+    pub colour: Rate,
+    pub shape: Rate,
     /// Position right, per object whose caption states one.
-    pub position: (usize, usize),
+    pub position: Rate,
     /// The relation holds, per two-object caption.
-    pub relation: (usize, usize),
+    pub relation: Rate,
 }
 
 impl Quality {
     /// Strict accuracy in percent (NaN without captions).
     pub fn accuracy(&self) -> f64 {
-        if self.captions == 0 {
-            f64::NAN
-        } else {
-            100.0 * self.strict as f64 / self.captions as f64
-        }
+        self.strict.pct()
     }
 
     fn add(&mut self, j: &world::Judgement) {
         self.captions += 1;
-        self.strict += j.strict_correct() as usize;
+        self.strict.add(j.strict_correct());
         for o in &j.objects {
-            self.colour.0 += o.colour as usize;
-            self.colour.1 += 1;
-            self.shape.0 += o.shape as usize;
-            self.shape.1 += 1;
+            self.colour.add(o.colour);
+            self.shape.add(o.shape);
             if let Some(p) = o.position {
-                self.position.0 += p as usize;
-                self.position.1 += 1;
+                self.position.add(p);
             }
         }
         if let Some(r) = j.relation {
-            self.relation.0 += r as usize;
-            self.relation.1 += 1;
+            self.relation.add(r);
         }
     }
 }
@@ -578,6 +571,28 @@ fn cell_report(
         detector_at,
         quality,
     }
+}
+
+/// Cells grouped by sampler (Karras sigmas as a group of their own), each group's points
+/// `value(cell)` ordered by x: the series of the comparison plots.
+pub fn by_sampler<'a>(
+    cells: impl IntoIterator<Item = &'a CellReport>,
+    value: impl Fn(&CellReport) -> Option<(f64, f64)>,
+) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut groups: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for c in cells {
+        let name = format!("{}{}", c.spec.sampler, if c.spec.karras { "-karras" } else { "" });
+        if let Some(p) = value(c) {
+            groups.entry(name).or_default().push(p);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(label, mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (label, points)
+        })
+        .collect()
 }
 
 #[cfg(test)]

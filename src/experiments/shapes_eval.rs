@@ -426,7 +426,7 @@ pub struct Rate {
 }
 
 impl Rate {
-    fn add(&mut self, ok: bool) {
+    pub(crate) fn add(&mut self, ok: bool) {
         self.n += 1;
         self.k += ok as usize;
     }

@@ -4,7 +4,6 @@
 //! a frame shows the row's numbers; clicking it opens that run (with its attention maps) in
 //! the run view. The convergence plot sits beside the grid; grid and plot export as PNGs.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use eframe::egui::{self, RichText};
@@ -12,7 +11,7 @@ use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
 use super::exports::default_path;
 use crate::experiments::ExperimentSettings;
-use crate::experiments::compare::{CellRole, CellSpec, CompareSettings};
+use crate::experiments::compare::{self, CellRole, CellSpec, CompareSettings};
 use crate::ui::export::{self, Series};
 use crate::ui::files::PathPurpose;
 use crate::ui::store::{Activity, Comparison, ComparisonRow};
@@ -275,18 +274,10 @@ fn convergence_plot(cmp: &Comparison, ui: &mut egui::Ui) {
 }
 
 fn by_sampler(cmp: &Comparison) -> Vec<Series> {
-    let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in cmp.rows.iter().filter(|r| matches!(r.role, CellRole::Cell(_))) {
-        let s = &r.report.spec;
-        let name = format!("{}{}", s.sampler, if s.karras { "-karras" } else { "" });
-        groups.entry(name).or_default().push((r.report.nfe as f64, r.report.latent_rmse));
-    }
-    groups
+    let cells = cmp.rows.iter().filter(|r| matches!(r.role, CellRole::Cell(_))).map(|r| &r.report);
+    compare::by_sampler(cells, |c| Some((c.nfe as f64, c.latent_rmse)))
         .into_iter()
-        .map(|(label, mut points)| {
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series { label, points }
-        })
+        .map(|(label, points)| Series { label, points })
         .collect()
 }
 
