@@ -68,6 +68,8 @@ pub struct Settings {
     pub guidance: f32,
     pub size: Option<(usize, usize)>,
     pub auto_rerun: bool,
+    /// With `auto_rerun`: a released slider adds its w as a row of the shown guidance sweep.
+    pub rerun_adds_sweep_row: bool,
     pub attention: CaptureMode,
     pub view: ImageView,
     pub colormap: Colormap,
@@ -90,12 +92,25 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CompareUi {
+    /// Samplers (rows = cells) or guidance values (rows = w).
+    pub mode: CompareMode,
     /// Cells, `SAMPLER:STEPS,...`.
     pub samplers: String,
     pub reference: String,
     pub fractions: usize,
-    /// Held-out captions per cell (0: none).
+    /// Held-out captions per cell or per guidance value (0: none).
     pub captions: usize,
+    /// The sweep's guidance values, `1,3,5`.
+    pub guidances: String,
+    /// The sweep's seeds, `0..3` or `0,4,9`.
+    pub seeds: String,
+}
+
+/// What the Compare tab compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareMode {
+    Samplers,
+    Guidance,
 }
 
 impl Default for CompareUi {
@@ -105,6 +120,9 @@ impl Default for CompareUi {
             reference: "dpm++2m:200".into(),
             fractions: 10,
             captions: 0,
+            mode: CompareMode::Samplers,
+            guidances: "1,3,5,7.5,10,15".into(),
+            seeds: "0..3".into(),
         }
     }
 }
@@ -123,6 +141,7 @@ impl Default for Settings {
             guidance: 5.0,
             size: None,
             auto_rerun: false,
+            rerun_adds_sweep_row: false,
             attention: CaptureMode::Aggregate,
             view: ImageView::All,
             colormap: Colormap::Viridis,
@@ -260,8 +279,9 @@ pub struct ViewState {
     /// The comparison's large frames drawn last frame: (row, column shown, screen rect) (for
     /// tests).
     pub compare_rects: Vec<(usize, usize, egui::Rect)>,
-    /// Textures of the comparison's frames by (generation, row, column).
-    pub compare_textures: HashMap<(u64, usize, usize), egui::TextureHandle>,
+    /// Textures of the Compare tab's frames by (0 comparison / 1 sweep, generation, row,
+    /// column).
+    pub compare_textures: HashMap<(u8, u64, usize, usize), egui::TextureHandle>,
     /// The current run last frame (a switch resets the step and the selected words).
     seen_current: Option<RunId>,
 }
@@ -324,6 +344,10 @@ pub enum Action {
     RunExperiment(ExperimentSettings),
     /// Adds row N of the comparison to the runs and shows it in the run view.
     OpenComparisonRow(usize),
+    /// Runs the shown guidance sweep at one more w (its seeds and settings).
+    AddSweepRow(f32),
+    /// Adds the sweep's run at (row, column) to the runs and shows it in the run view.
+    OpenSweepCell(usize, usize),
 }
 
 pub struct App {
@@ -476,11 +500,35 @@ impl App {
                     self.view.tab = Tab::Run;
                 }
             }
+            Action::OpenSweepCell(row, col) => {
+                if self.store.open_sweep_cell(row, col).is_some() {
+                    self.view.tab = Tab::Run;
+                }
+            }
+            Action::AddSweepRow(w) => match self.store.extend_sweep(w) {
+                Some(settings) => {
+                    self.store.clear_error();
+                    let model = Self::model_request(&self.settings.model);
+                    if let Err(e) = self.worker.experiment(model, ExperimentSettings::Sweep(settings)) {
+                        self.store.report_error(e.to_string());
+                    }
+                }
+                None => self.store.report_error(format!(
+                    "no guidance sweep to add w = {w} to (run one in the Compare tab), or it already has that row"
+                )),
+            },
             Action::RunExperiment(settings) => {
                 self.store.clear_error();
-                if let ExperimentSettings::Compare(s) = &settings {
-                    self.store.begin_comparison(s.clone());
-                    self.view.compare_textures.clear();
+                match &settings {
+                    ExperimentSettings::Compare(s) => {
+                        self.store.begin_comparison(s.clone());
+                        self.view.compare_textures.clear();
+                    }
+                    ExperimentSettings::Sweep(s) => {
+                        self.store.begin_sweep(s.clone());
+                        self.view.compare_textures.clear();
+                    }
+                    ExperimentSettings::ShapesEval(_) => {}
                 }
                 let model = Self::model_request(&self.settings.model);
                 if let Err(e) = self.worker.experiment(model, settings) {

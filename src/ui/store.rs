@@ -3,12 +3,13 @@
 //! [`RunStore::apply`] from worker events and by the app's actions (open, select, compare,
 //! close); panels only read it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::engine::{Event, ModelInfo};
 use crate::experiments::compare::{CellReport, CellRole, CompareReport, CompareSettings};
+use crate::experiments::sweep::{GuidanceReport, SweepSettings};
 use crate::experiments::{ExperimentEvent, ExperimentReport, Progress, Stop};
 use crate::trace::{RgbImage, Run};
 
@@ -88,6 +89,24 @@ pub struct Comparison {
     pub report: Option<CompareReport>,
 }
 
+/// One finished run of the guidance sweep.
+pub struct SweepCell {
+    pub image: RgbImage,
+    pub run: Arc<Run>,
+}
+
+/// The guidance sweep the app shows: runs by (guidance row, seed column) as they finish. Rows
+/// added later ("re-run on release adds a row") extend `settings.guidances` and `report.rows`.
+pub struct SweepView {
+    pub generation: u64,
+    pub settings: SweepSettings,
+    pub cells: BTreeMap<(usize, usize), SweepCell>,
+    /// Per-guidance numbers, in `settings.guidances` order, as each sweep ends.
+    pub rows: Vec<GuidanceReport>,
+    /// Where the running sweep's guidance 0 lands in `settings.guidances`.
+    offset: usize,
+}
+
 /// How many runs the store keeps; the oldest that is neither shown nor streaming is dropped
 /// first (a full-capture SD 1.5 run is ~400 MB).
 pub const MAX_RUNS: usize = 8;
@@ -115,6 +134,8 @@ pub struct RunStore {
     removed: Vec<RunId>,
     /// The sampler comparison shown in the Compare tab.
     pub comparison: Option<Comparison>,
+    /// The guidance sweep shown in the Compare tab.
+    pub sweep: Option<SweepView>,
 }
 
 impl Default for RunStore {
@@ -133,6 +154,7 @@ impl Default for RunStore {
             experiment: None,
             removed: Vec::new(),
             comparison: None,
+            sweep: None,
         }
     }
 }
@@ -197,6 +219,21 @@ impl RunStore {
                         });
                     }
                 }
+                ExperimentEvent::SweepRun(o) => {
+                    if let Some(sw) = self.sweep.as_mut() {
+                        let o = *o;
+                        let image = o.run.image.clone();
+                        if let Some(image) = image {
+                            sw.cells.insert(
+                                (sw.offset + o.guidance_index, o.seed_index),
+                                SweepCell {
+                                    image,
+                                    run: Arc::new(o.run),
+                                },
+                            );
+                        }
+                    }
+                }
                 _ => {}
             },
             Some(Event::ExperimentFinished { outcome, total_secs }) => {
@@ -210,6 +247,9 @@ impl RunStore {
                 };
                 if let (ExperimentReport::Compare(r), Some(cmp)) = (&outcome.report, self.comparison.as_mut()) {
                     cmp.report = Some((**r).clone());
+                }
+                if let (ExperimentReport::Sweep(r), Some(sw)) = (&outcome.report, self.sweep.as_mut()) {
+                    sw.rows.extend(r.rows.iter().cloned());
                 }
                 self.experiment = Some((outcome.report, outcome.stopped));
             }
@@ -231,6 +271,42 @@ impl RunStore {
             rows: Vec::new(),
             report: None,
         });
+    }
+
+    /// Starts showing a new guidance sweep.
+    pub fn begin_sweep(&mut self, settings: SweepSettings) {
+        let generation = self.sweep.as_ref().map_or(1, |s| s.generation + 1);
+        self.sweep = Some(SweepView {
+            generation,
+            settings,
+            cells: BTreeMap::new(),
+            rows: Vec::new(),
+            offset: 0,
+        });
+    }
+
+    /// The sweep to run for one more guidance row with the shown sweep's seeds and settings
+    /// (None when no sweep is shown or `w` is already a row); the shown sweep expects it.
+    pub fn extend_sweep(&mut self, w: f32) -> Option<SweepSettings> {
+        let sw = self.sweep.as_mut()?;
+        if sw.settings.guidances.contains(&w) {
+            return None;
+        }
+        sw.offset = sw.settings.guidances.len();
+        sw.settings.guidances.push(w);
+        Some(SweepSettings {
+            guidances: vec![w],
+            ..sw.settings.clone()
+        })
+    }
+
+    /// Adds the sweep's run at (row, column) to the runs and makes it the current one.
+    pub fn open_sweep_cell(&mut self, row: usize, col: usize) -> Option<RunId> {
+        let run = self.sweep.as_ref()?.cells.get(&(row, col))?.run.clone();
+        let id = self.add(run, Origin::Generated);
+        self.select(id);
+        self.status = "opened from the sweep".into();
+        Some(id)
     }
 
     /// Adds row `row` of the comparison as a run and makes it the current one.

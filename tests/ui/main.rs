@@ -416,7 +416,7 @@ fn compare_view_fills_scrubs_and_opens_a_run() {
             samplers: "ddim:2,euler:3".into(),
             reference: "dpm++2m:6".into(),
             fractions: 2,
-            captions: 0,
+            ..diffusion_scope::ui::CompareUi::default()
         },
         ..Settings::default()
     };
@@ -459,4 +459,60 @@ fn compare_view_fills_scrubs_and_opens_a_run() {
     let current = h.state().store.current().expect("a run is shown");
     assert_eq!((current.meta.sampler.as_str(), current.meta.steps), ("ddim", 2));
     assert_eq!(current.steps.len(), 2);
+}
+
+/// The Compare tab's Guidance mode: the sweep fills rows = w × columns = seeds, the guidance
+/// slider's "as a new row" adds a w with the same seeds, and clicking a cell opens its run.
+#[test]
+fn guidance_sweep_fills_grows_by_a_row_and_opens_a_run() {
+    use diffusion_scope::ui::{Action, CompareMode, CompareUi, Tab};
+    let settings = Settings {
+        model: tiny_model(),
+        prompt: "a red circle".into(),
+        steps: 2,
+        sampler: Some(diffusion_scope::sampling::SamplerKind::Ddim),
+        compare: CompareUi {
+            mode: CompareMode::Guidance,
+            guidances: "1,4".into(),
+            seeds: "0..1".into(),
+            ..CompareUi::default()
+        },
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.state_mut().view.tab = Tab::Compare;
+    h.run_steps(2);
+    h.get_by_label("Run sweep").click();
+    h.step();
+    let done = |n: usize| {
+        move |app: &App| {
+            assert!(app.store.error.is_none(), "{:?}", app.store.error);
+            app.store
+                .sweep
+                .as_ref()
+                .is_some_and(|s| s.cells.len() == n && s.rows.len() == n / 2)
+                && !app.store.busy()
+        }
+    };
+    step_until(&mut h, 120, "the sweep", done(4));
+    // What the released slider sends with "as a new row of the guidance sweep".
+    h.state_mut().send(Action::AddSweepRow(7.0));
+    h.step();
+    step_until(&mut h, 120, "the added row", done(6));
+    h.run_steps(2);
+    let sw = h.state().store.sweep.as_ref().unwrap();
+    assert_eq!(sw.settings.guidances, [1.0, 4.0, 7.0]);
+    assert_eq!(sw.cells[&(2, 1)].run.meta.seed, sw.cells[&(0, 1)].run.meta.seed);
+    assert_eq!(sw.cells[&(2, 1)].run.meta.guidance, 7.0);
+    assert_eq!(h.state().view.compare_rects.len(), 6);
+    let rect = h.state().view.compare_rects.iter().find(|r| (r.0, r.1) == (2, 1)).unwrap().2;
+    h.hover_at(rect.center());
+    h.step();
+    h.drag_at(rect.center());
+    h.step();
+    h.drop_at(rect.center());
+    h.run_steps(3);
+    assert_eq!(h.state().view.tab, Tab::Run);
+    let current = h.state().store.current().unwrap();
+    assert_eq!((current.meta.guidance, current.meta.seed), (7.0, 1));
 }

@@ -12,10 +12,11 @@ use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 use super::exports::default_path;
 use crate::experiments::ExperimentSettings;
 use crate::experiments::compare::{self, CellRole, CellSpec, CompareSettings};
+use crate::experiments::sweep::{self, GuidanceReport, SweepSettings};
 use crate::ui::export::{self, Series};
 use crate::ui::files::PathPurpose;
-use crate::ui::store::{Activity, Comparison, ComparisonRow};
-use crate::ui::{Action, App};
+use crate::ui::store::{Activity, Comparison, ComparisonRow, SweepView};
+use crate::ui::{Action, App, CompareMode};
 
 /// The settings the tab would send, or what is wrong with them.
 fn settings(app: &App) -> Result<CompareSettings, String> {
@@ -74,6 +75,18 @@ fn row_numbers(r: &ComparisonRow) -> String {
 }
 
 pub fn compare_ui(app: &mut App, ui: &mut egui::Ui) {
+    ui.horizontal(|ui| {
+        let m = &mut app.settings.compare.mode;
+        ui.selectable_value(m, CompareMode::Samplers, "Samplers");
+        ui.selectable_value(m, CompareMode::Guidance, "Guidance");
+    });
+    match app.settings.compare.mode {
+        CompareMode::Samplers => samplers_ui(app, ui),
+        CompareMode::Guidance => sweep_ui(app, ui),
+    }
+}
+
+fn samplers_ui(app: &mut App, ui: &mut egui::Ui) {
     ui.heading("Sampler comparison");
     ui.label(
         RichText::new(
@@ -217,7 +230,7 @@ fn grid_ui(app: &mut App, ui: &mut egui::Ui, k: usize) -> Option<usize> {
             let mut tex = |col: usize| {
                 app.view
                     .compare_textures
-                    .entry((generation, ri, col))
+                    .entry((0, generation, ri, col))
                     .or_insert_with(|| {
                         let img = &row.frames[col];
                         let color = egui::ColorImage::from_rgb([img.width, img.height], &img.pixels);
@@ -312,4 +325,213 @@ fn plot_figure(cmp: &Comparison) -> image::RgbaImage {
         &by_sampler(cmp),
         true,
     )
+}
+
+/// The sweep the Guidance mode would send, or what is wrong with it.
+fn sweep_settings(app: &App) -> Result<SweepSettings, String> {
+    let c = &app.settings.compare;
+    let s = SweepSettings {
+        prompt: app.settings.prompt.clone(),
+        negative_prompt: app.settings.negative_prompt.clone(),
+        guidances: sweep::parse_guidances(&c.guidances).map_err(|e| format!("guidance: {e}"))?,
+        seeds: sweep::parse_seeds(&c.seeds).map_err(|e| format!("seeds: {e}"))?,
+        steps: app.settings.steps,
+        sampler: app.settings.sampler,
+        captions: c.captions,
+        height: app.settings.size.map(|(_, h)| h),
+        width: app.settings.size.map(|(w, _)| w),
+        ..SweepSettings::default()
+    };
+    s.validate()?;
+    Ok(s)
+}
+
+/// The Guidance mode: the same seeds at every w (the experiment of `diffusion-scope sweep`),
+/// rows = w, columns = seeds, filled as runs finish; the diversity plot beside.
+fn sweep_ui(app: &mut App, ui: &mut egui::Ui) {
+    ui.heading("Guidance sweep");
+    ui.label(
+        RichText::new(
+            "The prompt, steps, sampler and size of the run controls at every guidance value, with the same seeds. \
+             With \"re-run when the slider is released … as a new row\" the guidance slider adds rows here.",
+        )
+        .weak(),
+    );
+    let busy = app.store.busy();
+    let c = &mut app.settings.compare;
+    egui::Grid::new("sweep-settings").num_columns(2).show(ui, |ui| {
+        let l = ui.label("Guidance values");
+        ui.add(egui::TextEdit::singleline(&mut c.guidances).desired_width(240.0))
+            .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Seeds");
+        ui.add(egui::TextEdit::singleline(&mut c.seeds).desired_width(120.0))
+            .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Captions per value");
+        ui.add(egui::DragValue::new(&mut c.captions).range(0..=500)).labelled_by(l.id);
+        ui.end_row();
+    });
+    let asked = sweep_settings(app);
+    ui.horizontal(|ui| {
+        if ui.add_enabled(asked.is_ok() && !busy, egui::Button::new("Run sweep")).clicked()
+            && let Ok(s) = asked.clone()
+        {
+            app.send(Action::RunExperiment(ExperimentSettings::Sweep(s)));
+        }
+        if ui.add_enabled(busy, egui::Button::new("Cancel sweep")).clicked() {
+            app.send(Action::Cancel);
+        }
+        if let Err(e) = &asked {
+            ui.label(RichText::new(e).color(crate::ui::theme::ERROR));
+        }
+    });
+    if let Activity::Experiment(p) = &app.store.activity {
+        ui.add(egui::ProgressBar::new(p.done as f32 / p.total.max(1) as f32).text(format!("{}/{} runs  {}", p.done, p.total, p.message)));
+    }
+    ui.separator();
+    let Some(sw) = app.store.sweep.as_ref() else {
+        ui.label(RichText::new("No sweep yet.").weak());
+        return;
+    };
+    let mut export = None;
+    if ui.add_enabled(!sw.cells.is_empty(), egui::Button::new("Export grid…")).clicked() {
+        export = Some(sweep_grid_figure(sw));
+    }
+    if let Some(fig) = export {
+        let start = default_path(app, "sweep_grid.png");
+        app.send(Action::AskPath(PathPurpose::ExportPng(Arc::new(fig)), start));
+    }
+    let Some(sw) = app.store.sweep.as_ref() else { return };
+    let avail = ui.available_size();
+    let grid_w = (110.0 + sw.settings.seeds.len() as f32 * 100.0 + 16.0).min(avail.x * 0.72);
+    let generation = sw.generation;
+    let mut open = None;
+    ui.horizontal_top(|ui| {
+        ui.allocate_ui_with_layout(egui::vec2(grid_w, avail.y), egui::Layout::top_down(egui::Align::Min), |ui| {
+            egui::ScrollArea::both()
+                .id_salt("sweep-grid")
+                .auto_shrink([false, false])
+                .show(ui, |ui| {
+                    app.view.compare_rects.clear();
+                    ui.horizontal(|ui| {
+                        ui.add_space(104.0);
+                        for seed in &sw.settings.seeds {
+                            ui.add_sized(egui::vec2(96.0, 16.0), egui::Label::new(format!("seed {seed}")));
+                        }
+                    });
+                    for (gi, w) in sw.settings.guidances.iter().enumerate() {
+                        ui.horizontal(|ui| {
+                            ui.vertical(|ui| {
+                                ui.set_width(100.0);
+                                ui.label(RichText::new(format!("w = {w}")).strong());
+                                if let Some(r) = sw.rows.iter().find(|r| r.guidance == *w) {
+                                    if let Some(d) = r.image_diversity {
+                                        ui.label(RichText::new(format!("diversity {d:.3}")).small());
+                                    }
+                                    ui.label(RichText::new(format!("saturation {:.2}", r.saturation)).small());
+                                    if let Some(q) = &r.quality {
+                                        ui.label(RichText::new(format!("accuracy {:.0}%", q.accuracy())).small());
+                                    }
+                                }
+                            });
+                            for si in 0..sw.settings.seeds.len() {
+                                let Some(cell) = sw.cells.get(&(gi, si)) else {
+                                    ui.add_sized(egui::vec2(96.0, 96.0), egui::Label::new(RichText::new("…").weak()));
+                                    continue;
+                                };
+                                let ctx = ui.ctx().clone();
+                                let tex = app
+                                    .view
+                                    .compare_textures
+                                    .entry((1, generation, gi, si))
+                                    .or_insert_with(|| {
+                                        let img = &cell.image;
+                                        let color = egui::ColorImage::from_rgb([img.width, img.height], &img.pixels);
+                                        ctx.load_texture(format!("sweep-{generation}-{gi}-{si}"), color, egui::TextureOptions::NEAREST)
+                                    })
+                                    .clone();
+                                let m = &cell.run.meta;
+                                let r = ui
+                                    .add(
+                                        egui::Image::new(&tex)
+                                            .fit_to_exact_size(egui::vec2(96.0, 96.0))
+                                            .sense(egui::Sense::click()),
+                                    )
+                                    .on_hover_text(format!(
+                                        "w = {w}, seed {}\n{} {} steps, {:.2} s\n(click: open this run)",
+                                        m.seed, m.sampler, m.steps, m.total_secs
+                                    ));
+                                app.view.compare_rects.push((gi, si, r.rect));
+                                if r.clicked() {
+                                    open = Some((gi, si));
+                                }
+                            }
+                        });
+                    }
+                });
+        });
+        ui.separator();
+        ui.vertical(|ui| sweep_plot(sw, ui));
+    });
+    if let Some((gi, si)) = open {
+        app.send(Action::OpenSweepCell(gi, si));
+    }
+}
+
+/// Diversity across seeds against w (and the detector's accuracy when asked for).
+fn sweep_plot(sw: &SweepView, ui: &mut egui::Ui) {
+    ui.label(RichText::new("Diversity across seeds vs guidance").strong());
+    let mut rows: Vec<&GuidanceReport> = sw.rows.iter().collect();
+    rows.sort_by(|a, b| a.guidance.total_cmp(&b.guidance));
+    let line = |f: &dyn Fn(&GuidanceReport) -> Option<f64>| -> Vec<[f64; 2]> {
+        rows.iter().filter_map(|r| f(r).map(|v| [r.guidance as f64, v])).collect()
+    };
+    let image = line(&|r| r.image_diversity);
+    let latent = line(&|r| r.latent_diversity);
+    let saturation = line(&|r| Some(r.saturation));
+    Plot::new("sweep-diversity")
+        .legend(Legend::default())
+        .height(260.0)
+        .x_axis_label("guidance w")
+        .show(ui, |plot| {
+            for (name, pts) in [("image diversity", image), ("latent diversity", latent), ("saturation", saturation)] {
+                plot.line(Line::new(name, PlotPoints::from(pts.clone())));
+                plot.points(Points::new(name, PlotPoints::from(pts)).radius(3.0));
+            }
+        });
+    let acc = line(&|r| r.quality.as_ref().map(|q| q.accuracy()));
+    if !acc.is_empty() {
+        ui.label(RichText::new("Detector accuracy (%) vs guidance").strong());
+        Plot::new("sweep-accuracy")
+            .height(200.0)
+            .x_axis_label("guidance w")
+            .show(ui, |plot| {
+                plot.line(Line::new("accuracy", PlotPoints::from(acc.clone())));
+                plot.points(Points::new("accuracy", PlotPoints::from(acc)).radius(3.0));
+            });
+    }
+}
+
+fn sweep_grid_figure(sw: &SweepView) -> image::RgbaImage {
+    let s = &sw.settings;
+    let cols: Vec<String> = s.seeds.iter().map(|seed| format!("seed {seed}")).collect();
+    let rows: Vec<(String, String, Vec<crate::trace::RgbImage>)> = s
+        .guidances
+        .iter()
+        .enumerate()
+        .map(|(gi, w)| {
+            let frames = (0..s.seeds.len())
+                .filter_map(|si| sw.cells.get(&(gi, si)).map(|c| c.image.clone()))
+                .collect();
+            let detail = sw
+                .rows
+                .iter()
+                .find(|r| r.guidance == *w)
+                .and_then(|r| r.image_diversity)
+                .map_or(String::new(), |d| format!("diversity {d:.3}"));
+            (format!("w = {w}"), detail, frames)
+        })
+        .collect();
+    export::grid(&rows, &cols, 96, &format!("{:?}, {} steps", s.prompt, s.steps))
 }

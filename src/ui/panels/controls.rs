@@ -116,7 +116,13 @@ pub fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
         .add(egui::Slider::new(&mut s.guidance, 1.0..=15.0).step_by(0.1))
         .labelled_by(l.id);
     ui.checkbox(&mut s.auto_rerun, "re-run when the slider is released");
+    ui.add_enabled(
+        s.auto_rerun,
+        egui::Checkbox::new(&mut s.rerun_adds_sweep_row, "as a new row of the guidance sweep"),
+    );
     let rerun = g.drag_stopped() && s.auto_rerun;
+    let add_row = rerun && s.rerun_adds_sweep_row;
+    let w = s.guidance;
     ui.add_space(8.0);
     if browse {
         app.send(Action::BrowseModel);
@@ -126,9 +132,12 @@ pub fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
         if ui
             .add_enabled(!busy, egui::Button::new(RichText::new("Generate").strong()))
             .clicked()
-            || (rerun && !busy)
+            || (rerun && !add_row && !busy)
         {
             app.send(Action::Generate);
+        }
+        if add_row && !busy {
+            app.send(Action::AddSweepRow(w));
         }
         if ui.add_enabled(busy, egui::Button::new("Cancel")).clicked() {
             app.send(Action::Cancel);
