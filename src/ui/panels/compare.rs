@@ -268,6 +268,15 @@ fn grid_ui(app: &mut App, ui: &mut egui::Ui, k: usize) -> Option<usize> {
     clicked
 }
 
+/// A series drawn as a line with markers in the `i`-th colour of egui_plot's palette (one
+/// colour for both, so the legend entry matches).
+fn line_with_points(plot: &mut egui_plot::PlotUi, name: &str, pts: Vec<[f64; 2]>, i: usize) {
+    let golden = 0.618_034_f32;
+    let colour: egui::Color32 = egui::ecolor::Hsva::new((i as f32 * golden).fract(), 0.85, 0.5, 1.0).into();
+    plot.line(Line::new(name, PlotPoints::from(pts.clone())).color(colour));
+    plot.points(Points::new(name, PlotPoints::from(pts)).radius(3.0).color(colour));
+}
+
 /// Latent RMSE to the reference against NFE, one line per sampler (log10 axis).
 fn convergence_plot(cmp: &Comparison, ui: &mut egui::Ui) {
     ui.label(RichText::new("Distance to the reference (log10 latent RMSE) vs UNet evaluations").strong());
@@ -278,10 +287,9 @@ fn convergence_plot(cmp: &Comparison, ui: &mut egui::Ui) {
         .x_axis_label("NFE")
         .y_axis_label("log10 latent RMSE")
         .show(ui, |plot| {
-            for s in &series {
+            for (i, s) in series.iter().enumerate() {
                 let pts: Vec<[f64; 2]> = s.points.iter().filter(|p| p.1 > 0.0).map(|&(x, y)| [x, y.log10()]).collect();
-                plot.line(Line::new(s.label.clone(), PlotPoints::from(pts.clone())));
-                plot.points(Points::new(s.label.clone(), PlotPoints::from(pts)).radius(3.0));
+                line_with_points(plot, &s.label, pts, i);
             }
         });
 }
@@ -495,9 +503,11 @@ fn sweep_plot(sw: &SweepView, ui: &mut egui::Ui) {
         .height(260.0)
         .x_axis_label("guidance w")
         .show(ui, |plot| {
-            for (name, pts) in [("image diversity", image), ("latent diversity", latent), ("saturation", saturation)] {
-                plot.line(Line::new(name, PlotPoints::from(pts.clone())));
-                plot.points(Points::new(name, PlotPoints::from(pts)).radius(3.0));
+            for (i, (name, pts)) in [("image diversity", image), ("latent diversity", latent), ("saturation", saturation)]
+                .into_iter()
+                .enumerate()
+            {
+                line_with_points(plot, name, pts, i);
             }
         });
     let acc = line(&|r| r.quality.as_ref().map(|q| q.accuracy()));
