@@ -336,20 +336,22 @@ fn csv(report: &CompareReport) -> String {
 fn summary(report: &CompareReport) -> String {
     let mut s = String::new();
     if let Some(r) = &report.reference {
+        let check = match (r.double_latent_rmse, r.double_image_psnr) {
+            (Some(rmse), psnr) => format!(
+                "latent RMSE {rmse:.5}, image PSNR {:.1} dB -> {}",
+                psnr.unwrap_or(f64::NAN),
+                match (r.converged, r.closest_cell_rmse) {
+                    (true, Some(c)) => format!("converged (closest deterministic cell: {c:.5})"),
+                    (true, None) => "no deterministic cell to compare with".into(),
+                    (false, Some(c)) => format!("NOT converged: a cell is closer ({c:.5}); use more reference steps"),
+                    (false, None) => "not checked".into(),
+                }
+            ),
+            (None, _) => "the check did not run".into(),
+        };
         s.push_str(&format!(
-            "reference {} ({} NFE, {:.2} s); doubled to {}: latent RMSE {:.5}, image PSNR {:.1} dB -> {}\n",
-            r.spec,
-            r.nfe,
-            r.secs,
-            r.double,
-            r.double_latent_rmse,
-            r.double_image_psnr,
-            match (r.converged, r.closest_cell_rmse) {
-                (true, Some(c)) => format!("converged (closest deterministic cell: {c:.5})"),
-                (true, None) => "no deterministic cell to compare with".into(),
-                (false, Some(c)) => format!("NOT converged: a cell is closer ({c:.5}); use more reference steps"),
-                (false, None) => unreachable!("converged when there is no deterministic cell"),
-            }
+            "reference {} ({} NFE, {:.2} s); doubled to {}: {check}\n",
+            r.spec, r.nfe, r.secs, r.double
         ));
     }
     let quality = report.settings.captions > 0;

@@ -286,11 +286,13 @@ pub struct ReferenceReport {
     pub secs: f64,
     /// The same solver at twice the steps.
     pub double: CellSpec,
-    pub double_latent_rmse: f64,
-    pub double_image_psnr: f64,
+    /// Distances of the doubled run to the reference (None: the check was cancelled or failed).
+    pub double_latent_rmse: Option<f64>,
+    pub double_image_psnr: Option<f64>,
     /// The smallest latent RMSE of a deterministic cell to the reference (None: no such cell).
     pub closest_cell_rmse: Option<f64>,
-    /// Doubling changes the reference less than any deterministic cell differs from it.
+    /// Doubling changes the reference less than any deterministic cell differs from it (false
+    /// when the check did not run).
     pub converged: bool,
 }
 
@@ -473,6 +475,17 @@ pub fn run(
         Err(e) => return Ok((report, Some(stop(e, &format!("reference {r}"))))),
     }
     let double = CellSpec { steps: r.steps * 2, ..r };
+    let mut reference_report = ReferenceReport {
+        spec: r,
+        nfe: ref_nfe,
+        secs: ref_secs,
+        double,
+        double_latent_rmse: None,
+        double_image_psnr: None,
+        closest_cell_rmse: None,
+        converged: false,
+    };
+    report.reference = Some(reference_report.clone());
     progress(done, format!("reference check {double}"), sink);
     let cfg = settings.run_config(&double, &settings.prompt, settings.seed, CaptureMode::None);
     let doubled = match generate(sd, model_spec, &cfg, cancel) {
@@ -480,16 +493,8 @@ pub fn run(
         Err(e) => return Ok((report, Some(stop(e, &format!("reference check {double}"))))),
     };
     done += 1;
-    let mut reference_report = ReferenceReport {
-        spec: r,
-        nfe: ref_nfe,
-        secs: ref_secs,
-        double,
-        double_latent_rmse: analysis::rms_diff(final_latents(&doubled), &ref_latents) as f64,
-        double_image_psnr: analysis::psnr(&image_of(&doubled).pixels, &ref_image.pixels).unwrap_or(0.0),
-        closest_cell_rmse: None,
-        converged: false,
-    };
+    reference_report.double_latent_rmse = Some(analysis::rms_diff(final_latents(&doubled), &ref_latents) as f64);
+    reference_report.double_image_psnr = analysis::psnr(&image_of(&doubled).pixels, &ref_image.pixels);
     report.reference = Some(reference_report.clone());
 
     let mut stopped = None;
@@ -535,9 +540,11 @@ pub fn run(
     }
     let deterministic = report.cells.iter().filter(|c| !c.stochastic).map(|c| c.latent_rmse);
     reference_report.closest_cell_rmse = deterministic.reduce(f64::min);
-    reference_report.converged = reference_report
-        .closest_cell_rmse
-        .is_none_or(|closest| reference_report.double_latent_rmse < closest);
+    reference_report.converged = match (reference_report.double_latent_rmse, reference_report.closest_cell_rmse) {
+        (Some(doubled), Some(closest)) => doubled < closest,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
     report.reference = Some(reference_report);
     report.complete = stopped.is_none() && report.cells.len() == settings.cells.len();
     progress(done, String::new(), sink);

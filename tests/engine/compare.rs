@@ -83,7 +83,7 @@ fn every_cell_starts_from_the_same_noise_and_is_measured_against_the_reference()
         .map(|c| c.latent_rmse)
         .fold(f64::INFINITY, f64::min);
     assert_eq!(r.closest_cell_rmse, Some(closest));
-    assert_eq!(r.converged, r.double_latent_rmse < closest);
+    assert_eq!(r.converged, r.double_latent_rmse.unwrap() < closest);
     assert!(r.converged, "{r:?}");
 }
 
@@ -105,7 +105,21 @@ fn cancel_keeps_the_finished_cells() {
     assert_eq!(stopped, Some(Stop::Cancelled));
     assert_eq!((cells, report.cells.len()), (1, 1));
     assert!(!report.complete);
-    assert!(report.reference.is_some());
+    assert!(report.reference.as_ref().is_some_and(|r| r.double_latent_rmse.is_some()));
+
+    // Cancelled during the reference check: the reference is reported, its check is not.
+    let cancel = AtomicBool::new(false);
+    let (report, stopped) = compare::run(&sd, "tiny", &s, &cancel, &mut |ev| {
+        if let ExperimentEvent::CompareCell(c) = ev
+            && c.role == CellRole::Reference
+        {
+            cancel.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert_eq!(stopped, Some(Stop::Cancelled));
+    let r = report.reference.expect("the reference is reported");
+    assert_eq!((r.double_latent_rmse, r.converged, report.cells.len()), (None, false, 0));
 }
 
 fn cli(args: &[&str]) -> std::process::Output {

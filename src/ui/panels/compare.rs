@@ -140,22 +140,23 @@ fn samplers_ui(app: &mut App, ui: &mut egui::Ui) {
     let n = cmp.settings.fractions;
     app.view.compare_fraction = app.view.compare_fraction.min(n);
     if let Some(r) = cmp.report.as_ref().and_then(|r| r.reference.as_ref()) {
-        let text = format!(
-            "Reference {} doubled to {}: latent RMSE {:.5}: {}",
-            r.spec,
-            r.double,
-            r.double_latent_rmse,
-            if r.converged {
-                "converged (closer than every deterministic cell)"
-            } else {
-                "NOT converged: use more reference steps"
-            }
-        );
-        ui.label(RichText::new(text).color(if r.converged {
-            ui.visuals().text_color()
-        } else {
-            crate::ui::theme::ERROR
-        }));
+        let (text, ok) = match r.double_latent_rmse {
+            None => (format!("Reference {}: its check at {} did not run", r.spec, r.double), false),
+            Some(d) => (
+                format!(
+                    "Reference {} doubled to {}: latent RMSE {d:.5}: {}",
+                    r.spec,
+                    r.double,
+                    if r.converged {
+                        "converged (closer than every deterministic cell)"
+                    } else {
+                        "NOT converged: use more reference steps"
+                    }
+                ),
+                r.converged,
+            ),
+        };
+        ui.label(RichText::new(text).color(if ok { ui.visuals().text_color() } else { crate::ui::theme::ERROR }));
     }
     let mut k = app.view.compare_fraction;
     let mut export: Option<(image::RgbaImage, &str)> = None;
