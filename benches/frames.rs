@@ -2,7 +2,10 @@
 //! latents, 16 cross-attention layers with full capture, 77 tokens): p50/p95 of the UI pass
 //! and of UI + wgpu render, while the run streams in (one step per frame, a token selected so
 //! heatmaps are recomputed), while scrubbing back and forth, and while the same run, saved as a
-//! ~400 MB trace folder, is opened in the background (the worst frame during the load).
+//! ~400 MB trace folder, is opened in the background (the worst frame during the load), and on
+//! the Compare tab while a 40-cell sampler comparison streams in (one finished cell per frame,
+//! eleven 512x512 trajectory frames each, uploaded as textures when first shown) and while its
+//! scrubber moves every row.
 //!
 //!     cargo bench --bench frames
 //!
@@ -117,4 +120,82 @@ fn main() {
     );
     frames.report("while opening");
     let _ = std::fs::remove_dir_all(&dir);
+
+    compare_tab(&mut h);
+}
+
+/// The Compare tab while a 40-cell comparison streams in, then while scrubbing it.
+fn compare_tab(h: &mut Harness<'_, App>) {
+    use diffusion_scope::experiments::ExperimentEvent;
+    use diffusion_scope::experiments::compare::{CellOutput, CellReport, CellRole, CellSpec, CompareSettings, TrajectoryPoint};
+    use diffusion_scope::trace::RgbImage;
+
+    let mut cells = Vec::new();
+    for sampler in ["ddim", "euler", "euler-a", "dpm++2m", "heun", "lms", "pndm", "ddpm"] {
+        for steps in [5, 10, 20, 30, 50] {
+            cells.push(CellSpec::parse(&format!("{sampler}:{steps}")).expect("a valid cell"));
+        }
+    }
+    let settings = CompareSettings {
+        prompt: "a red circle left of a blue square".into(),
+        cells: cells.clone(),
+        ..CompareSettings::default()
+    };
+    let n = settings.fractions;
+    h.state_mut().view.tab = diffusion_scope::ui::Tab::Compare;
+    h.state_mut().store.begin_comparison(settings);
+    h.step();
+    let small = synthetic::run(&SyntheticSpec::small());
+    let frame = |k: usize, c: usize| RgbImage {
+        width: 512,
+        height: 512,
+        pixels: (0..512 * 512)
+            .flat_map(|p| [(p % 512 / 2 + k * 9) as u8, (p / 512 / 2 + c * 5) as u8, 128])
+            .collect(),
+    };
+    let mut frames = Frames::default();
+    let roles = std::iter::once(CellRole::Reference).chain((0..cells.len()).map(CellRole::Cell));
+    for (c, role) in roles.enumerate() {
+        let spec = match role {
+            CellRole::Reference => CellSpec::parse("dpm++2m:200").expect("a valid cell"),
+            CellRole::Cell(i) => cells[i],
+        };
+        let report = CellReport {
+            spec,
+            label: spec.label(),
+            stochastic: spec.stochastic(),
+            nfe: spec.steps,
+            secs: 0.1 * spec.steps as f64,
+            latent_rmse: 1.0 / spec.steps as f64,
+            image_psnr: 20.0 + spec.steps as f64 / 5.0,
+            trajectory: (0..=n)
+                .map(|k| TrajectoryPoint {
+                    fraction: k as f64 / n as f64,
+                    step: (k < n).then_some(k),
+                    psnr_to_final: 10.0 + k as f64,
+                    detector_correct: Some(k > n / 2),
+                })
+                .collect(),
+            recognisable_at: Some(0.5),
+            detector_at: Some(0.6),
+            quality: None,
+        };
+        let output = CellOutput {
+            role,
+            report,
+            run: small.clone(),
+            frames: (0..=n).map(|k| frame(k, c)).collect(),
+        };
+        h.state_mut()
+            .store
+            .apply(Event::Experiment(Box::new(ExperimentEvent::CompareCell(Box::new(output)))));
+        frames.time(h);
+    }
+    frames.report("compare: streaming");
+    let mut frames = Frames::default();
+    for k in (0..=n).rev().chain(0..=n) {
+        h.state_mut().view.compare_fraction = k;
+        frames.time(h);
+    }
+    frames.report("compare: scrubbing");
 }
