@@ -128,7 +128,7 @@ pub struct RunStore {
     pub status: String,
     /// Full VAE decodes by (run, step).
     decodes: HashMap<(RunId, usize), DecodeState>,
-    /// The last experiment report (and why it stopped early, if it did).
+    /// The last shapes-world evaluation's report (and why it stopped early, if it did).
     pub experiment: Option<(ExperimentReport, Option<Stop>)>,
     /// Runs dropped since the app last looked: their view caches are cleared.
     removed: Vec<RunId>,
@@ -251,7 +251,11 @@ impl RunStore {
                 if let (ExperimentReport::Sweep(r), Some(sw)) = (&outcome.report, self.sweep.as_mut()) {
                     sw.rows.extend(r.rows.iter().cloned());
                 }
-                self.experiment = Some((outcome.report, outcome.stopped));
+                // The Evaluate tab shows the last evaluation; comparisons and sweeps keep
+                // theirs in `comparison` / `sweep`.
+                if matches!(outcome.report, ExperimentReport::ShapesEval(_)) {
+                    self.experiment = Some((outcome.report, outcome.stopped));
+                }
             }
             _ => {}
         }
