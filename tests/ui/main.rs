@@ -416,6 +416,7 @@ fn compare_view_fills_scrubs_and_opens_a_run() {
             samplers: "ddim:2,euler:3".into(),
             reference: "dpm++2m:6".into(),
             fractions: 2,
+            captions: 1,
             ..diffusion_scope::ui::CompareUi::default()
         },
         ..Settings::default()
@@ -441,6 +442,13 @@ fn compare_view_fills_scrubs_and_opens_a_run() {
         .map(|r| r.report.label.clone())
         .collect();
     assert_eq!(labels, ["dpm++2m:6", "ddim:2", "euler:3"]);
+    // With held-out captions every cell has a quality, and the accuracy plot is shown.
+    assert!(
+        h.state().store.comparison.as_ref().unwrap().rows[1..]
+            .iter()
+            .all(|r| r.report.quality.as_ref().is_some_and(|q| q.captions == 1))
+    );
+    h.get_by_label("Detector accuracy (%) over 1 captions vs UNet evaluations");
     // Every row shows the final image after the run; the scrubber moves them all.
     let shown = |h: &Harness<'static, App>| h.state().view.compare_rects.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>();
     assert_eq!(shown(&h), [(0, 2), (1, 2), (2, 2)]);

@@ -281,10 +281,10 @@ fn line_with_points(plot: &mut egui_plot::PlotUi, name: &str, pts: Vec<[f64; 2]>
 /// Latent RMSE to the reference against NFE, one line per sampler (log10 axis).
 fn convergence_plot(cmp: &Comparison, ui: &mut egui::Ui) {
     ui.label(RichText::new("Distance to the reference (log10 latent RMSE) vs UNet evaluations").strong());
-    let series = by_sampler(cmp);
+    let series = by_sampler(cmp, |c| Some((c.nfe as f64, c.latent_rmse)));
     Plot::new("compare-convergence")
         .legend(Legend::default())
-        .height(300.0)
+        .height(280.0)
         .x_axis_label("NFE")
         .y_axis_label("log10 latent RMSE")
         .show(ui, |plot| {
@@ -293,11 +293,32 @@ fn convergence_plot(cmp: &Comparison, ui: &mut egui::Ui) {
                 line_with_points(plot, &s.label, pts, i);
             }
         });
+    // With held-out captions: the detector's accuracy against NFE.
+    let quality = by_sampler(cmp, |c| c.quality.as_ref().map(|q| (c.nfe as f64, q.accuracy())));
+    if quality.iter().any(|s| !s.points.is_empty()) {
+        ui.label(
+            RichText::new(format!(
+                "Detector accuracy (%) over {} captions vs UNet evaluations",
+                cmp.settings.captions
+            ))
+            .strong(),
+        );
+        Plot::new("compare-quality")
+            .legend(Legend::default())
+            .height(220.0)
+            .x_axis_label("NFE")
+            .show(ui, |plot| {
+                for (i, s) in quality.iter().enumerate() {
+                    let pts: Vec<[f64; 2]> = s.points.iter().map(|&(x, y)| [x, y]).collect();
+                    line_with_points(plot, &s.label, pts, i);
+                }
+            });
+    }
 }
 
-fn by_sampler(cmp: &Comparison) -> Vec<Series> {
+fn by_sampler(cmp: &Comparison, value: impl Fn(&compare::CellReport) -> Option<(f64, f64)>) -> Vec<Series> {
     let cells = cmp.rows.iter().filter(|r| matches!(r.role, CellRole::Cell(_))).map(|r| &r.report);
-    compare::by_sampler(cells, |c| Some((c.nfe as f64, c.latent_rmse)))
+    compare::by_sampler(cells, value)
         .into_iter()
         .map(|(label, points)| Series { label, points })
         .collect()
@@ -331,7 +352,7 @@ fn plot_figure(cmp: &Comparison) -> image::RgbaImage {
         &format!("Distance to the reference ({}): final latents", cmp.settings.reference),
         "UNet evaluations (NFE)",
         "latent RMSE",
-        &by_sampler(cmp),
+        &by_sampler(cmp, |c| Some((c.nfe as f64, c.latent_rmse))),
         true,
     )
 }
