@@ -95,7 +95,6 @@ fn samplers_ui(app: &mut App, ui: &mut egui::Ui) {
         )
         .weak(),
     );
-    let busy = app.store.busy();
     let c = &mut app.settings.compare;
     egui::Grid::new("compare-settings").num_columns(2).show(ui, |ui| {
         let l = ui.label("Samplers");
@@ -114,25 +113,10 @@ fn samplers_ui(app: &mut App, ui: &mut egui::Ui) {
         ui.end_row();
     });
     let asked = settings(app);
-    ui.horizontal(|ui| {
-        let ok = asked.is_ok() && !busy;
-        if ui.add_enabled(ok, egui::Button::new("Run comparison")).clicked()
-            && let Ok(s) = asked.clone()
-        {
-            app.view.compare_fraction = s.fractions;
-            app.send(Action::RunExperiment(ExperimentSettings::Compare(s)));
-        }
-        if ui.add_enabled(busy, egui::Button::new("Cancel comparison")).clicked() {
-            app.send(Action::Cancel);
-        }
-        if let Err(e) = &asked {
-            ui.label(RichText::new(e).color(crate::ui::theme::ERROR));
-        }
-    });
-    if let Activity::Experiment(p) = &app.store.activity {
-        ui.add(egui::ProgressBar::new(p.done as f32 / p.total.max(1) as f32).text(format!("{}/{} runs  {}", p.done, p.total, p.message)));
+    if let Some(s) = run_controls(app, ui, "comparison", asked) {
+        app.view.compare_fraction = s.fractions;
+        app.send(Action::RunExperiment(ExperimentSettings::Compare(s)));
     }
-    ui.separator();
     let Some(cmp) = app.store.comparison.as_ref() else {
         ui.label(RichText::new("No comparison yet.").weak());
         return;
@@ -269,6 +253,33 @@ fn grid_ui(app: &mut App, ui: &mut egui::Ui, k: usize) -> Option<usize> {
     clicked
 }
 
+/// "Run WHAT" and "Cancel WHAT" (the settings' error beside them when they are refused), the
+/// progress bar while an experiment runs, and a separator. Returns the settings to run when
+/// Run was clicked.
+fn run_controls<S>(app: &mut App, ui: &mut egui::Ui, what: &str, asked: Result<S, String>) -> Option<S> {
+    let busy = app.store.busy();
+    let mut run = None;
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(asked.is_ok() && !busy, egui::Button::new(format!("Run {what}")))
+            .clicked()
+        {
+            run = Some(());
+        }
+        if ui.add_enabled(busy, egui::Button::new(format!("Cancel {what}"))).clicked() {
+            app.send(Action::Cancel);
+        }
+        if let Err(e) = &asked {
+            ui.label(RichText::new(e).color(crate::ui::theme::ERROR));
+        }
+    });
+    if let Activity::Experiment(p) = &app.store.activity {
+        ui.add(egui::ProgressBar::new(p.done as f32 / p.total.max(1) as f32).text(format!("{}/{} runs  {}", p.done, p.total, p.message)));
+    }
+    ui.separator();
+    run.and(asked.ok())
+}
+
 /// A series drawn as a line with markers in the `i`-th colour of egui_plot's palette (one
 /// colour for both, so the legend entry matches).
 fn line_with_points(plot: &mut egui_plot::PlotUi, name: &str, pts: Vec<[f64; 2]>, i: usize) {
@@ -387,7 +398,6 @@ fn sweep_ui(app: &mut App, ui: &mut egui::Ui) {
         )
         .weak(),
     );
-    let busy = app.store.busy();
     let c = &mut app.settings.compare;
     egui::Grid::new("sweep-settings").num_columns(2).show(ui, |ui| {
         let l = ui.label("Guidance values");
@@ -403,23 +413,9 @@ fn sweep_ui(app: &mut App, ui: &mut egui::Ui) {
         ui.end_row();
     });
     let asked = sweep_settings(app);
-    ui.horizontal(|ui| {
-        if ui.add_enabled(asked.is_ok() && !busy, egui::Button::new("Run sweep")).clicked()
-            && let Ok(s) = asked.clone()
-        {
-            app.send(Action::RunExperiment(ExperimentSettings::Sweep(s)));
-        }
-        if ui.add_enabled(busy, egui::Button::new("Cancel sweep")).clicked() {
-            app.send(Action::Cancel);
-        }
-        if let Err(e) = &asked {
-            ui.label(RichText::new(e).color(crate::ui::theme::ERROR));
-        }
-    });
-    if let Activity::Experiment(p) = &app.store.activity {
-        ui.add(egui::ProgressBar::new(p.done as f32 / p.total.max(1) as f32).text(format!("{}/{} runs  {}", p.done, p.total, p.message)));
+    if let Some(s) = run_controls(app, ui, "sweep", asked) {
+        app.send(Action::RunExperiment(ExperimentSettings::Sweep(s)));
     }
-    ui.separator();
     let Some(sw) = app.store.sweep.as_ref() else {
         ui.label(RichText::new("No sweep yet.").weak());
         return;
