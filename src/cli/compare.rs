@@ -12,11 +12,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use diffusion_scope::engine::ModelRequest;
 use diffusion_scope::experiments::compare::{self, CellReport, CellRole, CellSpec, CompareReport, CompareSettings};
 use diffusion_scope::experiments::shapes_eval::Rate;
 use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, ExperimentSettings, Stop};
-use diffusion_scope::model::{DTypeChoice, DeviceChoice};
 use diffusion_scope::trace::{RgbImage, save_run};
 use diffusion_scope::ui::export::{self, Series};
 
@@ -24,9 +22,8 @@ use crate::cli::interrupt::Interrupt;
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    /// A diffusers folder or a hub id; default: the bundled model.
-    #[arg(long)]
-    model: Option<String>,
+    #[command(flatten)]
+    target: crate::cli::ModelTarget,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value = "")]
@@ -62,10 +59,6 @@ pub struct CompareArgs {
     height: Option<usize>,
     #[arg(long)]
     width: Option<usize>,
-    #[arg(long, default_value = "f32")]
-    dtype: DTypeChoice,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
     /// The output folder (new or empty; an earlier compare output only with --overwrite).
     #[arg(long)]
     out: PathBuf,
@@ -109,7 +102,7 @@ pub fn prepare_out(out: &Path, overwrite: bool) -> anyhow::Result<()> {
 }
 
 pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
-    let spec = crate::cli::model_spec(a.model.clone())?;
+    let request = a.target.request()?;
     let cells = CellSpec::parse_list(&a.samplers).map_err(|e| anyhow::anyhow!("--samplers: {e}"))?;
     let reference = CellSpec::parse(&a.reference).map_err(|e| anyhow::anyhow!("--reference: {e}"))?;
     let spacing = match a.spacing.as_str() {
@@ -134,11 +127,6 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     settings.validate().map_err(|e| anyhow::anyhow!(e))?;
     prepare_out(&a.out, a.overwrite)?;
 
-    let request = ModelRequest {
-        spec,
-        device: a.device,
-        dtype: a.dtype,
-    };
     // Frames per row: the reference first, then the cells in order.
     let mut rows: BTreeMap<(usize, usize), (CellReport, Vec<RgbImage>)> = BTreeMap::new();
     let mut on_cell = |ev: ExperimentEvent, interrupt: &Interrupt| -> anyhow::Result<()> {

@@ -10,10 +10,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use diffusion_scope::engine::ModelRequest;
 use diffusion_scope::experiments::shapes_eval::{CaseResult, EvalSettings, render_summary};
 use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, ExperimentSettings, Stop};
-use diffusion_scope::model::{DTypeChoice, DeviceChoice};
 use diffusion_scope::sampling::SamplerKind;
 use diffusion_scope::trace::{RgbImage, save_png, save_run};
 
@@ -21,9 +19,8 @@ use crate::cli::interrupt::Interrupt;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A diffusers folder or hub id of a shapes-world model; default: the bundled model.
-    #[arg(long)]
-    model: Option<String>,
+    #[command(flatten)]
+    target: crate::cli::ModelTarget,
     /// Number of held-out captions, cycling through the five caption templates.
     #[arg(long, default_value_t = 200)]
     count: usize,
@@ -43,10 +40,6 @@ pub struct EvalArgs {
     /// Threshold (fraction of the min-max range) of the attention map for the IoU (DAAM: 0.4).
     #[arg(long, default_value_t = diffusion_scope::analysis::pointing::DEFAULT_THRESHOLD)]
     threshold: f32,
-    #[arg(long, default_value = "f32")]
-    dtype: DTypeChoice,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
     /// Folder for report.json, summary.txt, images/ and contact_sheet.png.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -65,7 +58,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         a.threshold > 0.0 && a.threshold < 1.0,
         "--threshold must be between 0 and 1 (exclusive)"
     );
-    let spec = super::model_spec(a.model.clone())?;
+    let request = a.target.request()?;
     let settings = EvalSettings {
         count: a.count,
         caption_seed: a.caption_seed,
@@ -78,11 +71,6 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out.join("images")).with_context(|| format!("creating {}", out.display()))?;
     }
-    let request = ModelRequest {
-        spec: spec.clone(),
-        device: a.device,
-        dtype: a.dtype,
-    };
     let mut images: Vec<RgbImage> = Vec::new();
     let mut on_case = |ev: ExperimentEvent, interrupt: &Interrupt| -> anyhow::Result<()> {
         let ExperimentEvent::ShapesEvalCase(c) = ev else { return Ok(()) };

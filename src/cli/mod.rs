@@ -67,6 +67,29 @@ pub fn run_experiment(
     Ok((report, stopped, interrupt))
 }
 
+/// The model flags of the experiment commands (eval, compare, sweep).
+#[derive(clap::Args, Debug)]
+pub struct ModelTarget {
+    /// A diffusers folder or a hub id (owner/name[@revision]); default: the bundled model.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, default_value = "f32")]
+    dtype: diffusion_scope::model::DTypeChoice,
+    #[arg(long, default_value = "cpu")]
+    device: diffusion_scope::model::DeviceChoice,
+}
+
+impl ModelTarget {
+    /// The worker's model request (the bundled model when `--model` is omitted).
+    pub fn request(&self) -> anyhow::Result<ModelRequest> {
+        Ok(ModelRequest {
+            spec: model_spec(self.model.clone())?,
+            device: self.device,
+            dtype: self.dtype,
+        })
+    }
+}
+
 /// The model to use: `--model` when given, else the bundled model (an error naming its
 /// folder when it is missing).
 pub fn model_spec(model: Option<String>) -> anyhow::Result<String> {

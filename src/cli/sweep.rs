@@ -12,10 +12,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use diffusion_scope::engine::ModelRequest;
 use diffusion_scope::experiments::sweep::{self, Snapshot, SweepReport, SweepSettings};
 use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, ExperimentSettings, Stop};
-use diffusion_scope::model::{DTypeChoice, DeviceChoice};
 use diffusion_scope::sampling::SamplerKind;
 use diffusion_scope::trace::{RgbImage, save_png, save_run};
 use diffusion_scope::ui::export::{self, Series};
@@ -24,9 +22,8 @@ use crate::cli::interrupt::Interrupt;
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {
-    /// A diffusers folder or a hub id; default: the bundled model.
-    #[arg(long)]
-    model: Option<String>,
+    #[command(flatten)]
+    target: crate::cli::ModelTarget,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value = "")]
@@ -54,10 +51,6 @@ pub struct SweepArgs {
     height: Option<usize>,
     #[arg(long)]
     width: Option<usize>,
-    #[arg(long, default_value = "f32")]
-    dtype: DTypeChoice,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
     /// The output folder (new or empty; an earlier output only with --overwrite).
     #[arg(long)]
     out: PathBuf,
@@ -71,7 +64,7 @@ pub struct SweepArgs {
 }
 
 pub fn run(a: SweepArgs) -> anyhow::Result<ExitCode> {
-    let spec = crate::cli::model_spec(a.model.clone())?;
+    let request = a.target.request()?;
     let settings = SweepSettings {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
@@ -89,11 +82,6 @@ pub fn run(a: SweepArgs) -> anyhow::Result<ExitCode> {
     crate::cli::compare::prepare_out(&a.out, a.overwrite)?;
     std::fs::create_dir_all(a.out.join("images")).with_context(|| format!("creating {}", a.out.display()))?;
 
-    let request = ModelRequest {
-        spec,
-        device: a.device,
-        dtype: a.dtype,
-    };
     let mut images: BTreeMap<(usize, usize), RgbImage> = BTreeMap::new();
     let mut snaps: BTreeMap<usize, Vec<Snapshot>> = BTreeMap::new();
     let mut on_run = |ev: ExperimentEvent, interrupt: &Interrupt| -> anyhow::Result<()> {

@@ -214,6 +214,16 @@ fn step_until(h: &mut Harness<'static, App>, secs: u64, what: &str, done: impl F
     }
 }
 
+/// A primary click at `pos` as the pointer makes it (move, press, release), then a few frames.
+fn click_at(h: &mut Harness<'static, App>, pos: egui::Pos2) {
+    h.hover_at(pos);
+    h.step();
+    h.drag_at(pos);
+    h.step();
+    h.drop_at(pos);
+    h.run_steps(3);
+}
+
 fn generate_and_wait(h: &mut Harness<'static, App>) {
     let before = h.state().store.runs().len();
     h.get_by_label("Generate").click();
@@ -457,12 +467,7 @@ fn compare_view_fills_scrubs_and_opens_a_run() {
     assert_eq!(shown(&h), [(0, 1), (1, 1), (2, 1)]);
     // Clicking the second row's frame opens that run.
     let rect = h.state().view.compare_rects[1].2;
-    h.hover_at(rect.center());
-    h.step();
-    h.drag_at(rect.center());
-    h.step();
-    h.drop_at(rect.center());
-    h.run_steps(3);
+    click_at(&mut h, rect.center());
     assert_eq!(h.state().view.tab, diffusion_scope::ui::Tab::Run);
     let current = h.state().store.current().expect("a run is shown");
     assert_eq!((current.meta.sampler.as_str(), current.meta.steps), ("ddim", 2));
@@ -514,12 +519,7 @@ fn guidance_sweep_fills_grows_by_a_row_and_opens_a_run() {
     assert_eq!(sw.cells[&(2, 1)].run.meta.guidance, 7.0);
     assert_eq!(h.state().view.compare_rects.len(), 6);
     let rect = h.state().view.compare_rects.iter().find(|r| (r.0, r.1) == (2, 1)).unwrap().2;
-    h.hover_at(rect.center());
-    h.step();
-    h.drag_at(rect.center());
-    h.step();
-    h.drop_at(rect.center());
-    h.run_steps(3);
+    click_at(&mut h, rect.center());
     assert_eq!(h.state().view.tab, Tab::Run);
     let current = h.state().store.current().unwrap();
     assert_eq!((current.meta.guidance, current.meta.seed), (7.0, 1));
