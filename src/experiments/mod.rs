@@ -65,6 +65,8 @@ pub enum ExperimentEvent {
     CompareCell(Box<compare::CellOutput>),
     /// One finished run (guidance x seed) of a guidance sweep.
     SweepRun(Box<sweep::SweepOutput>),
+    /// One guidance value's numbers, as soon as its runs (and captions) are done.
+    SweepRow(Box<sweep::GuidanceReport>),
 }
 
 /// Why an experiment stopped before its last item.

@@ -183,6 +183,7 @@ pub struct SweepReport {
 }
 
 /// One decoded snapshot of a run: the fraction, x0 and x_t.
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     pub fraction: f64,
     pub step: usize,
@@ -304,7 +305,7 @@ pub fn run(
         let n = settings.seeds.len() as f64;
         let lat: Vec<&[f32]> = latents.iter().map(Vec::as_slice).collect();
         let img: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
-        report.rows.push(GuidanceReport {
+        let row = GuidanceReport {
             guidance: w,
             seeds: settings.seeds.len(),
             latent_diversity: mean_pairwise(&lat),
@@ -313,7 +314,9 @@ pub fn run(
             contrast: contrast / n,
             secs: secs / n,
             quality,
-        });
+        };
+        sink(ExperimentEvent::SweepRow(Box::new(row.clone())));
+        report.rows.push(row);
     }
     report.complete = true;
     sink(ExperimentEvent::Progress(Progress {

@@ -104,6 +104,8 @@ pub struct CompareUi {
     pub guidances: String,
     /// The sweep's seeds, `0..3` or `0,4,9`.
     pub seeds: String,
+    /// The sweep decodes x0 and x_t at 0, 1/4, 1/2, 3/4 and 1 of every run.
+    pub snapshots: bool,
 }
 
 /// What the Compare tab compares.
@@ -123,6 +125,7 @@ impl Default for CompareUi {
             mode: CompareMode::Samplers,
             guidances: "1,3,5,7.5,10,15".into(),
             seeds: "0..3".into(),
+            snapshots: false,
         }
     }
 }
@@ -282,6 +285,8 @@ pub struct ViewState {
     /// Textures of the Compare tab's frames by (0 comparison / 1 sweep, generation, row,
     /// column).
     pub compare_textures: HashMap<(u8, u64, usize, usize), egui::TextureHandle>,
+    /// The sweep grid's columns: None the seeds, Some(i) the timestep snapshots of seed i.
+    pub sweep_snapshots_of: Option<usize>,
     /// The current run last frame (a switch resets the step and the selected words).
     seen_current: Option<RunId>,
 }
@@ -309,6 +314,7 @@ impl Default for ViewState {
             compare_fraction: 0,
             compare_rects: Vec::new(),
             compare_textures: HashMap::new(),
+            sweep_snapshots_of: None,
             seen_current: None,
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::engine::{Event, ModelInfo};
 use crate::experiments::compare::{CellReport, CellRole, CompareReport, CompareSettings};
-use crate::experiments::sweep::{GuidanceReport, SweepSettings};
+use crate::experiments::sweep::{GuidanceReport, Snapshot, SweepSettings};
 use crate::experiments::{ExperimentEvent, ExperimentReport, Progress, Stop};
 use crate::trace::{RgbImage, Run};
 
@@ -93,6 +93,8 @@ pub struct Comparison {
 pub struct SweepCell {
     pub image: RgbImage,
     pub run: Arc<Run>,
+    /// x0 and x_t at the sweep's snapshot fractions (empty unless the sweep asked for them).
+    pub snapshots: Vec<Snapshot>,
 }
 
 /// The guidance sweep the app shows: runs by (guidance row, seed column) as they finish. Rows
@@ -101,10 +103,20 @@ pub struct SweepView {
     pub generation: u64,
     pub settings: SweepSettings,
     pub cells: BTreeMap<(usize, usize), SweepCell>,
-    /// Per-guidance numbers, in `settings.guidances` order, as each sweep ends.
+    /// Per-guidance numbers, as each guidance value's runs finish.
     pub rows: Vec<GuidanceReport>,
     /// Where the running sweep's guidance 0 lands in `settings.guidances`.
     offset: usize,
+}
+
+impl SweepView {
+    /// Records a guidance value's numbers (replacing an earlier record of the same w).
+    fn add_row(&mut self, row: GuidanceReport) {
+        match self.rows.iter_mut().find(|r| r.guidance == row.guidance) {
+            Some(r) => *r = row,
+            None => self.rows.push(row),
+        }
+    }
 }
 
 /// How many runs the store keeps; the oldest that is neither shown nor streaming is dropped
@@ -229,9 +241,15 @@ impl RunStore {
                                 SweepCell {
                                     image,
                                     run: Arc::new(o.run),
+                                    snapshots: o.snapshots,
                                 },
                             );
                         }
+                    }
+                }
+                ExperimentEvent::SweepRow(row) => {
+                    if let Some(sw) = self.sweep.as_mut() {
+                        sw.add_row(*row);
                     }
                 }
                 _ => {}
@@ -249,7 +267,10 @@ impl RunStore {
                     cmp.report = Some((**r).clone());
                 }
                 if let (ExperimentReport::Sweep(r), Some(sw)) = (&outcome.report, self.sweep.as_mut()) {
-                    sw.rows.extend(r.rows.iter().cloned());
+                    // Normally streamed row by row already; the report is the record.
+                    for row in &r.rows {
+                        sw.add_row(row.clone());
+                    }
                 }
                 // The Evaluate tab shows the last evaluation; comparisons and sweeps keep
                 // theirs in `comparison` / `sweep`.

@@ -219,16 +219,33 @@ fn the_sweep_uses_the_same_seeds_at_every_guidance() {
         ..SweepSettings::default()
     };
     let mut runs = Vec::new();
+    // The order of the streamed runs and rows: (guidance index, seed index) or (w, None).
+    let mut order: Vec<(f32, Option<usize>)> = Vec::new();
     let never = AtomicBool::new(false);
-    let (report, stopped) = sweep::run(&sd, "tiny", &s, &never, &mut |ev| {
-        if let ExperimentEvent::SweepRun(o) = ev {
+    let (report, stopped) = sweep::run(&sd, "tiny", &s, &never, &mut |ev| match ev {
+        ExperimentEvent::SweepRun(o) => {
+            order.push((o.guidance_index as f32, Some(o.seed_index)));
             runs.push(*o)
         }
+        ExperimentEvent::SweepRow(r) => order.push((r.guidance, None)),
+        _ => {}
     })
     .unwrap();
     assert_eq!(stopped, None);
     assert!(report.complete);
     assert_eq!(runs.len(), 4);
+    // Each guidance value's numbers stream as soon as its runs are done.
+    assert_eq!(
+        order,
+        [
+            (0.0, Some(0)),
+            (0.0, Some(1)),
+            (1.0, None),
+            (1.0, Some(0)),
+            (1.0, Some(1)),
+            (5.0, None)
+        ]
+    );
     let at = |g: usize, si: usize| runs.iter().find(|o| (o.guidance_index, o.seed_index) == (g, si)).unwrap();
     for si in 0..2 {
         assert_eq!(at(0, si).run.meta.seed, at(1, si).run.meta.seed);

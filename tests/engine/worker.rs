@@ -209,7 +209,9 @@ fn the_worker_runs_an_experiment() {
                     assert_eq!(c.run.meta.status, diffusion_scope::trace::RunStatus::Complete);
                     cases.push(c.case.index);
                 }
-                ExperimentEvent::CompareCell(_) | ExperimentEvent::SweepRun(_) => panic!("another experiment's event"),
+                ExperimentEvent::CompareCell(_) | ExperimentEvent::SweepRun(_) | ExperimentEvent::SweepRow(_) => {
+                    panic!("another experiment's event")
+                }
             },
             Event::ExperimentFinished { outcome, .. } => break outcome,
             Event::Failed { error, .. } => panic!("{error}"),

@@ -495,6 +495,10 @@ fn guidance_sweep_fills_grows_by_a_row_and_opens_a_run() {
     let mut h = harness(settings);
     h.state_mut().view.tab = Tab::Compare;
     h.run_steps(2);
+    h.get_by_label("Timestep snapshots (x0 and x_t at t ~ T, 3T/4, T/2, T/4, 0)")
+        .click();
+    h.run_steps(2);
+    assert!(h.state().settings.compare.snapshots);
     h.get_by_label("Run sweep").click();
     h.step();
     let done = |n: usize| {
@@ -518,6 +522,15 @@ fn guidance_sweep_fills_grows_by_a_row_and_opens_a_run() {
     assert_eq!(sw.cells[&(2, 1)].run.meta.seed, sw.cells[&(0, 1)].run.meta.seed);
     assert_eq!(sw.cells[&(2, 1)].run.meta.guidance, 7.0);
     assert_eq!(h.state().view.compare_rects.len(), 6);
+    assert!(sw.cells.values().all(|c| c.snapshots.len() == 5));
+    // Columns: the timestep snapshots of seed 1 (one rect per row: its final x0).
+    h.get_by_label("Columns").click();
+    h.run_steps(2);
+    h.get_by_label("timesteps of seed 1").click();
+    h.run_steps(2);
+    assert_eq!(h.state().view.sweep_snapshots_of, Some(1));
+    assert_eq!(h.state().view.compare_rects.len(), 3);
+    assert!(h.state().view.compare_rects.iter().all(|r| r.1 == 1));
     let rect = h.state().view.compare_rects.iter().find(|r| (r.0, r.1) == (2, 1)).unwrap().2;
     click_at(&mut h, rect.center());
     assert_eq!(h.state().view.tab, Tab::Run);

@@ -379,6 +379,7 @@ fn sweep_settings(app: &App) -> Result<SweepSettings, String> {
         steps: app.settings.steps,
         sampler: app.settings.sampler,
         captions: c.captions,
+        snapshots: c.snapshots,
         height: app.settings.size.map(|(_, h)| h),
         width: app.settings.size.map(|(w, _)| w),
         ..SweepSettings::default()
@@ -411,6 +412,9 @@ fn sweep_ui(app: &mut App, ui: &mut egui::Ui) {
         let l = ui.label("Captions per value");
         ui.add(egui::DragValue::new(&mut c.captions).range(0..=500)).labelled_by(l.id);
         ui.end_row();
+        ui.label("");
+        ui.checkbox(&mut c.snapshots, "Timestep snapshots (x0 and x_t at t ~ T, 3T/4, T/2, T/4, 0)");
+        ui.end_row();
     });
     let asked = sweep_settings(app);
     if let Some(s) = run_controls(app, ui, "sweep", asked) {
@@ -420,18 +424,50 @@ fn sweep_ui(app: &mut App, ui: &mut egui::Ui) {
         ui.label(RichText::new("No sweep yet.").weak());
         return;
     };
+    let has_snapshots = sw.cells.values().any(|c| !c.snapshots.is_empty());
+    let mut of = app
+        .view
+        .sweep_snapshots_of
+        .filter(|&i| has_snapshots && i < sw.settings.seeds.len());
     let mut export = None;
-    if ui.add_enabled(!sw.cells.is_empty(), egui::Button::new("Export grid…")).clicked() {
-        export = Some(sweep_grid_figure(sw));
-    }
+    ui.horizontal(|ui| {
+        if has_snapshots {
+            let l = ui.label("Columns");
+            let name = |of: Option<usize>| match of {
+                None => "seeds".to_string(),
+                Some(i) => format!("timesteps of seed {}", sw.settings.seeds[i]),
+            };
+            egui::ComboBox::from_id_salt("sweep-columns")
+                .selected_text(name(of))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut of, None, name(None));
+                    for i in 0..sw.settings.seeds.len() {
+                        ui.selectable_value(&mut of, Some(i), name(Some(i)));
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        }
+        if ui.add_enabled(!sw.cells.is_empty(), egui::Button::new("Export grid…")).clicked() {
+            export = Some(match of {
+                None => sweep_grid_figure(sw),
+                Some(si) => snapshot_grid_figure(sw, si),
+            });
+        }
+    });
+    app.view.sweep_snapshots_of = of;
     if let Some(fig) = export {
-        let start = default_path(app, "sweep_grid.png");
+        let name = if of.is_some() { "sweep_timesteps.png" } else { "sweep_grid.png" };
+        let start = default_path(app, name);
         app.send(Action::AskPath(PathPurpose::ExportPng(Arc::new(fig)), start));
     }
     let Some(sw) = app.store.sweep.as_ref() else { return };
     let avail = ui.available_size();
-    let grid_w = (110.0 + sw.settings.seeds.len() as f32 * 100.0 + 16.0).min(avail.x * 0.72);
-    let generation = sw.generation;
+    let columns = match of {
+        None => sw.settings.seeds.len(),
+        Some(_) => sweep::SNAPSHOT_FRACTIONS.len(),
+    };
+    let grid_w = (110.0 + columns as f32 * 100.0 + 16.0).min(avail.x * 0.72);
     let mut open = None;
     ui.horizontal_top(|ui| {
         ui.allocate_ui_with_layout(egui::vec2(grid_w, avail.y), egui::Layout::top_down(egui::Align::Min), |ui| {
@@ -439,70 +475,170 @@ fn sweep_ui(app: &mut App, ui: &mut egui::Ui) {
                 .id_salt("sweep-grid")
                 .auto_shrink([false, false])
                 .show(ui, |ui| {
-                    app.view.compare_rects.clear();
-                    ui.horizontal(|ui| {
-                        ui.add_space(104.0);
-                        for seed in &sw.settings.seeds {
-                            ui.add_sized(egui::vec2(96.0, 16.0), egui::Label::new(format!("seed {seed}")));
-                        }
-                    });
-                    for (gi, w) in sw.settings.guidances.iter().enumerate() {
-                        ui.horizontal(|ui| {
-                            ui.vertical(|ui| {
-                                ui.set_width(100.0);
-                                ui.label(RichText::new(format!("w = {w}")).strong());
-                                if let Some(r) = sw.rows.iter().find(|r| r.guidance == *w) {
-                                    if let Some(d) = r.image_diversity {
-                                        ui.label(RichText::new(format!("diversity {d:.3}")).small());
-                                    }
-                                    ui.label(RichText::new(format!("saturation {:.2}", r.saturation)).small());
-                                    if let Some(q) = &r.quality {
-                                        ui.label(RichText::new(format!("accuracy {:.0}%", q.accuracy())).small());
-                                    }
-                                }
-                            });
-                            for si in 0..sw.settings.seeds.len() {
-                                let Some(cell) = sw.cells.get(&(gi, si)) else {
-                                    ui.add_sized(egui::vec2(96.0, 96.0), egui::Label::new(RichText::new("…").weak()));
-                                    continue;
-                                };
-                                let ctx = ui.ctx().clone();
-                                let tex = app
-                                    .view
-                                    .compare_textures
-                                    .entry((1, generation, gi, si))
-                                    .or_insert_with(|| {
-                                        let img = &cell.image;
-                                        let color = egui::ColorImage::from_rgb([img.width, img.height], &img.pixels);
-                                        ctx.load_texture(format!("sweep-{generation}-{gi}-{si}"), color, egui::TextureOptions::NEAREST)
-                                    })
-                                    .clone();
-                                let m = &cell.run.meta;
-                                let r = ui
-                                    .add(
-                                        egui::Image::new(&tex)
-                                            .fit_to_exact_size(egui::vec2(96.0, 96.0))
-                                            .sense(egui::Sense::click()),
-                                    )
-                                    .on_hover_text(format!(
-                                        "w = {w}, seed {}\n{} {} steps, {:.2} s\n(click: open this run)",
-                                        m.seed, m.sampler, m.steps, m.total_secs
-                                    ));
-                                app.view.compare_rects.push((gi, si, r.rect));
-                                if r.clicked() {
-                                    open = Some((gi, si));
-                                }
-                            }
-                        });
-                    }
+                    open = match of {
+                        None => sweep_seed_grid(app, ui),
+                        Some(si) => sweep_snapshot_grid(app, ui, si),
+                    };
                 });
         });
         ui.separator();
-        ui.vertical(|ui| sweep_plot(sw, ui));
+        if let Some(sw) = app.store.sweep.as_ref() {
+            ui.vertical(|ui| sweep_plot(sw, ui));
+        }
     });
     if let Some((gi, si)) = open {
         app.send(Action::OpenSweepCell(gi, si));
     }
+}
+
+/// The label column of a guidance row: w and its numbers once its runs are done.
+fn sweep_row_label(sw: &SweepView, ui: &mut egui::Ui, w: f32) {
+    ui.vertical(|ui| {
+        ui.set_width(100.0);
+        ui.label(RichText::new(format!("w = {w}")).strong());
+        if let Some(r) = sw.rows.iter().find(|r| r.guidance == w) {
+            if let Some(d) = r.image_diversity {
+                ui.label(RichText::new(format!("diversity {d:.3}")).small());
+            }
+            ui.label(RichText::new(format!("saturation {:.2}", r.saturation)).small());
+            if let Some(q) = &r.quality {
+                ui.label(RichText::new(format!("accuracy {:.0}%", q.accuracy())).small());
+            }
+        }
+    });
+}
+
+/// A sweep image as a texture cached under `key`.
+fn sweep_texture(
+    cache: &mut std::collections::HashMap<(u8, u64, usize, usize), egui::TextureHandle>,
+    ctx: &egui::Context,
+    key: (u8, u64, usize, usize),
+    img: &crate::trace::RgbImage,
+) -> egui::TextureHandle {
+    cache
+        .entry(key)
+        .or_insert_with(|| {
+            let color = egui::ColorImage::from_rgb([img.width, img.height], &img.pixels);
+            ctx.load_texture(format!("sweep-{key:?}"), color, egui::TextureOptions::NEAREST)
+        })
+        .clone()
+}
+
+/// Rows = w, columns = seeds (final images). Returns the cell clicked.
+fn sweep_seed_grid(app: &mut App, ui: &mut egui::Ui) -> Option<(usize, usize)> {
+    app.view.compare_rects.clear();
+    let sw = app.store.sweep.as_ref()?;
+    let generation = sw.generation;
+    let mut open = None;
+    ui.horizontal(|ui| {
+        ui.add_space(104.0);
+        for seed in &sw.settings.seeds {
+            ui.add_sized(egui::vec2(96.0, 16.0), egui::Label::new(format!("seed {seed}")));
+        }
+    });
+    for (gi, &w) in sw.settings.guidances.iter().enumerate() {
+        ui.horizontal(|ui| {
+            sweep_row_label(sw, ui, w);
+            for si in 0..sw.settings.seeds.len() {
+                let Some(cell) = sw.cells.get(&(gi, si)) else {
+                    ui.add_sized(egui::vec2(96.0, 96.0), egui::Label::new(RichText::new("…").weak()));
+                    continue;
+                };
+                let tex = sweep_texture(
+                    &mut app.view.compare_textures,
+                    &ui.ctx().clone(),
+                    (1, generation, gi, si),
+                    &cell.image,
+                );
+                let m = &cell.run.meta;
+                let r = ui
+                    .add(
+                        egui::Image::new(&tex)
+                            .fit_to_exact_size(egui::vec2(96.0, 96.0))
+                            .sense(egui::Sense::click()),
+                    )
+                    .on_hover_text(format!(
+                        "w = {w}, seed {}\n{} {} steps, {:.2} s\n(click: open this run)",
+                        m.seed, m.sampler, m.steps, m.total_secs
+                    ));
+                app.view.compare_rects.push((gi, si, r.rect));
+                if r.clicked() {
+                    open = Some((gi, si));
+                }
+            }
+        });
+    }
+    open
+}
+
+/// The snapshot columns' labels: the fraction of the run and the timestep there (from the
+/// first run that has snapshots).
+fn snapshot_columns(sw: &SweepView) -> Vec<String> {
+    let first = sw.cells.values().find(|c| !c.snapshots.is_empty());
+    sweep::SNAPSHOT_FRACTIONS
+        .iter()
+        .enumerate()
+        .map(|(j, f)| match first.and_then(|c| c.snapshots.get(j)) {
+            Some(s) => format!("{:.0}% (t {:.0})", f * 100.0, s.timestep),
+            None => format!("{:.0}%", f * 100.0),
+        })
+        .collect()
+}
+
+/// Rows = w (x0 above x_t), columns = the snapshot fractions of seed `si`'s run. Returns the
+/// cell clicked.
+fn sweep_snapshot_grid(app: &mut App, ui: &mut egui::Ui, si: usize) -> Option<(usize, usize)> {
+    app.view.compare_rects.clear();
+    let sw = app.store.sweep.as_ref()?;
+    let generation = sw.generation;
+    let mut open = None;
+    ui.horizontal(|ui| {
+        ui.add_space(104.0 + 24.0);
+        for c in snapshot_columns(sw) {
+            ui.add_sized(egui::vec2(72.0, 16.0), egui::Label::new(RichText::new(c).small()));
+        }
+    });
+    for (gi, &w) in sw.settings.guidances.iter().enumerate() {
+        ui.horizontal(|ui| {
+            sweep_row_label(sw, ui, w);
+            let Some(cell) = sw.cells.get(&(gi, si)).filter(|c| !c.snapshots.is_empty()) else {
+                ui.label(RichText::new("…").weak());
+                return;
+            };
+            ui.vertical(|ui| {
+                for (which, name) in [(0usize, "x0"), (1, "x_t")] {
+                    ui.horizontal(|ui| {
+                        ui.add_sized(egui::vec2(20.0, 72.0), egui::Label::new(RichText::new(name).small()));
+                        for (j, snap) in cell.snapshots.iter().enumerate() {
+                            let img = if which == 0 { &snap.x0 } else { &snap.xt };
+                            let key = (2, generation, gi, (si * 2 + which) * 16 + j);
+                            let tex = sweep_texture(&mut app.view.compare_textures, &ui.ctx().clone(), key, img);
+                            let r = ui
+                                .add(
+                                    egui::Image::new(&tex)
+                                        .fit_to_exact_size(egui::vec2(72.0, 72.0))
+                                        .sense(egui::Sense::click()),
+                                )
+                                .on_hover_text(format!(
+                                    "w = {w}, seed {}: {name} at step {} of {} (t {:.0})\n(click: open this run)",
+                                    cell.run.meta.seed,
+                                    snap.step + 1,
+                                    cell.run.steps.len(),
+                                    snap.timestep
+                                ));
+                            if which == 0 && j + 1 == cell.snapshots.len() {
+                                app.view.compare_rects.push((gi, si, r.rect));
+                            }
+                            if r.clicked() {
+                                open = Some((gi, si));
+                            }
+                        }
+                    });
+                }
+            });
+        });
+    }
+    open
 }
 
 /// Diversity across seeds against w (and the detector's accuracy when asked for).
@@ -562,4 +698,25 @@ fn sweep_grid_figure(sw: &SweepView) -> image::RgbaImage {
         })
         .collect();
     export::grid(&rows, &cols, 96, &format!("{:?}, {} steps", s.prompt, s.steps))
+}
+
+/// The timestep snapshots of seed `si` as a labelled figure: two rows per w (x0, x_t).
+fn snapshot_grid_figure(sw: &SweepView, si: usize) -> image::RgbaImage {
+    let s = &sw.settings;
+    let mut rows: Vec<(String, String, Vec<crate::trace::RgbImage>)> = Vec::new();
+    for (gi, w) in s.guidances.iter().enumerate() {
+        let Some(cell) = sw.cells.get(&(gi, si)) else { continue };
+        rows.push((
+            format!("w = {w}"),
+            "x0 (predicted clean)".into(),
+            cell.snapshots.iter().map(|p| p.x0.clone()).collect(),
+        ));
+        rows.push((
+            format!("w = {w}"),
+            "x_t (noisy latents)".into(),
+            cell.snapshots.iter().map(|p| p.xt.clone()).collect(),
+        ));
+    }
+    let title = format!("{:?}, seed {}, {} steps", s.prompt, s.seeds[si], s.steps);
+    export::grid(&rows, &snapshot_columns(sw), 96, &title)
 }
