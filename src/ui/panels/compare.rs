@@ -314,8 +314,9 @@ fn convergence_plot(cmp: &Comparison, ui: &mut egui::Ui) {
             ))
             .strong(),
         );
+        // Accuracy rises with NFE: the legend goes where the points are not.
         Plot::new("compare-quality")
-            .legend(Legend::default())
+            .legend(Legend::default().position(egui_plot::Corner::RightBottom))
             .height(220.0)
             .x_axis_label("NFE")
             .show(ui, |plot| {
