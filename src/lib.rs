@@ -5,6 +5,7 @@
 pub mod analysis;
 pub mod engine;
 pub mod experiments;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod sampling;
