@@ -3,8 +3,10 @@
 //! (`features`).
 
 pub mod features;
+pub mod inception;
 pub mod math;
 pub mod nprand;
+pub mod resize;
 
 use serde::{Deserialize, Serialize};
 

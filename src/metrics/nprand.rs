@@ -51,6 +51,13 @@ impl RandomState {
         y ^ (y >> 18)
     }
 
+    /// `random_sample()`: a double in [0, 1) from two outputs (53 bits).
+    pub fn random_sample(&mut self) -> f64 {
+        let a = (self.next_u32() >> 5) as f64;
+        let b = (self.next_u32() >> 6) as f64;
+        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
+    }
+
     /// A uniform integer in 0..=max by masked rejection (NumPy's legacy `random_interval`).
     fn interval(&mut self, max: u32) -> u32 {
         if max == 0 {

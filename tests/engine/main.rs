@@ -9,6 +9,7 @@ mod errors;
 mod eval;
 mod fuzz;
 mod hub;
+mod inception;
 mod metrics;
 mod parity;
 mod trace_io;
