@@ -32,6 +32,9 @@ enum Command {
     /// Sweep the guidance scale over the same seeds: grid, diversity, saturation, and (with
     /// --captions) the detector's accuracy per w.
     Sweep(cli::sweep::SweepArgs),
+    /// Quality metrics: feature files (features, merge) and FID / KID / IS / precision-recall
+    /// (compare), exact to torch-fidelity on the same features.
+    Metrics(cli::metrics::MetricsArgs),
     /// Check a run folder as the app's Open does and print what it holds (exit 1 naming the
     /// first problem).
     Inspect(cli::inspect::InspectArgs),
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Some(Command::Inspect(args)) => cli::inspect::run(args),
         Some(Command::Compare(args)) => cli::compare::run(args),
         Some(Command::Sweep(args)) => cli::sweep::run(args),
+        Some(Command::Metrics(args)) => cli::metrics::run(args),
         Some(Command::Open { dir }) => open_app(Some(dir)),
         None => open_app(None),
     };

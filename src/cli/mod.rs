@@ -8,6 +8,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod interrupt;
+pub mod metrics;
 pub mod sweep;
 pub mod unet_bench;
 

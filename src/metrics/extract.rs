@@ -1,0 +1,193 @@
+//! Feature extraction: images from a folder (or the images of run folders), streamed through a
+//! feature network in batches, into a [`FeatureFile`]. Unreadable images are skipped and
+//! counted, always (never silently, never an abort half-way): the caller prints them and the
+//! file's metadata keeps the count.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Tensor;
+
+use super::MetricsError;
+use super::features::{FeatureFile, FeatureMeta, shard_range};
+use super::inception::{self, Inception};
+use super::math::Rows;
+use super::resize::{self, Resize};
+
+/// The image files a folder holds (PNG, JPEG), sorted by name: the rows' order.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, MetricsError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| MetricsError::File(format!("{}: {e}", dir.display())))?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(MetricsError::File(format!(
+            "{}: no PNG or JPEG images in this folder",
+            dir.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// The final images of the run folders under `dir` (every folder with a trace.json and an
+/// image.png, at any depth), sorted by path.
+pub fn list_run_images(dir: &Path) -> Result<Vec<PathBuf>, MetricsError> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>, depth: usize) {
+        if d.join("trace.json").is_file() && d.join("image.png").is_file() {
+            out.push(d.join("image.png"));
+        }
+        if depth == 0 {
+            return;
+        }
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), out, depth - 1);
+                }
+            }
+        }
+    }
+    if !dir.is_dir() {
+        return Err(MetricsError::File(format!("{}: not a folder", dir.display())));
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out, 4);
+    out.sort();
+    if out.is_empty() {
+        return Err(MetricsError::File(format!(
+            "{}: no run folders (trace.json + image.png) under it",
+            dir.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// The networks features come from.
+pub enum Network {
+    Inception(Inception),
+}
+
+impl Network {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Network::Inception(_) => "inception",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExtractSettings {
+    pub resize: Resize,
+    pub batch: usize,
+    /// (index from 1, count) of the input to process.
+    pub shard: Option<(usize, usize)>,
+}
+
+impl Default for ExtractSettings {
+    fn default() -> Self {
+        Self {
+            resize: Resize::Clean,
+            batch: 8,
+            shard: None,
+        }
+    }
+}
+
+/// What extraction made: the file, and the images skipped with why.
+pub struct Extracted {
+    pub file: FeatureFile,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+fn load_rgb(p: &Path) -> Result<(Vec<u8>, usize, usize), String> {
+    // Grey, grey+alpha and RGBA become RGB as PIL's convert("RGB") makes them (alpha dropped).
+    let img = image::open(p).map_err(|e| e.to_string())?.to_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return Err("empty image".into());
+    }
+    Ok((img.into_raw(), w, h))
+}
+
+/// Features of `files` (the shard of them `s.shard` names). `progress(done, total)` after each
+/// batch; `cancel` stops after the current batch (then `Err(Cancelled)`-like: None).
+pub fn extract(
+    net: &Network,
+    files: &[PathBuf],
+    s: &ExtractSettings,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Option<Extracted>, MetricsError> {
+    let range = s.shard.map_or(0..files.len(), |sh| shard_range(files.len(), sh));
+    let mine = &files[range];
+    if mine.is_empty() {
+        return Err(MetricsError::TooFew(format!(
+            "shard {:?} of {} images holds none",
+            s.shard.unwrap_or((1, 1)),
+            files.len()
+        )));
+    }
+    let Network::Inception(inc) = net;
+    let size = inception::SIZE;
+    let mut features = Vec::new();
+    let mut logits = Vec::new();
+    let mut skipped = Vec::new();
+    let mut n = 0;
+    for (bi, chunk) in mine.chunks(s.batch.max(1)).enumerate() {
+        if cancel.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let mut input = Vec::with_capacity(chunk.len() * 3 * size * size);
+        let mut count = 0;
+        for p in chunk {
+            match load_rgb(p) {
+                Ok((rgb, w, h)) => {
+                    input.extend(resize::network_input(&rgb, w, h, s.resize));
+                    count += 1;
+                }
+                Err(e) => skipped.push((p.clone(), e)),
+            }
+        }
+        if count > 0 {
+            let x = Tensor::from_vec(input, (count, 3, size, size), inc.device()).map_err(|e| MetricsError::Numeric(e.to_string()))?;
+            let out = inc.forward(&x)?;
+            let rows = |t: &Tensor| -> Result<Vec<f32>, MetricsError> {
+                t.flatten_all()
+                    .and_then(|t| t.to_vec1())
+                    .map_err(|e| MetricsError::Numeric(e.to_string()))
+            };
+            features.extend(rows(&out.pool3)?);
+            if let Some(l) = &out.logits {
+                logits.extend(rows(l)?);
+            }
+            n += count;
+        }
+        progress((bi * s.batch.max(1) + chunk.len()).min(mine.len()), mine.len());
+    }
+    if n == 0 {
+        return Err(MetricsError::File(format!(
+            "none of the {} images could be read (first: {}: {})",
+            mine.len(),
+            skipped[0].0.display(),
+            skipped[0].1
+        )));
+    }
+    let logits = inc.has_logits().then(|| Rows::new(n, inception::CLASSES, logits));
+    let meta = FeatureMeta {
+        network: Some(net.name().into()),
+        resize: Some(s.resize.name().into()),
+        shard: s.shard,
+        images: Some(files.len()),
+    };
+    Ok(Some(Extracted {
+        file: FeatureFile::from_rows(Rows::new(n, inception::FEATURES, features), logits, meta),
+        skipped,
+    }))
+}
