@@ -10,6 +10,7 @@ use diffusion_scope::metrics::nprand::RandomState;
 use diffusion_scope::metrics::resize::{self, Resize};
 
 use crate::common::fixtures;
+use crate::parity::tempdir;
 
 fn reference() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixtures().join("inception/ref.safetensors"), &Device::Cpu).unwrap()
@@ -100,4 +101,229 @@ fn weights_of_another_network_name_the_missing_key() {
     w.remove("Mixed_6c.branch7x7dbl_3.bn.running_var");
     let e = Inception::from_tensors(&w, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("`Mixed_6c.branch7x7dbl_3.bn.running_var`"), "{e}");
+}
+
+/// The seeded weights as a safetensors file, for the CLI.
+fn weights_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("inception-random.safetensors");
+    candle_core::safetensors::save(&random_weights(), &p).unwrap();
+    p
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_metrics_cli_extracts_shards_merges_and_compares() {
+    use diffusion_scope::metrics::FeatureFile;
+    let dir = tempdir("metrics-cli");
+    let w = weights_file(&dir);
+    // Four images: the two fixtures, a grey copy and an RGBA copy (both become RGB), and a
+    // corrupt file that is skipped and counted.
+    let imgs = dir.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for n in ["a", "b"] {
+        std::fs::copy(fixtures().join(format!("inception/{n}.png")), imgs.join(format!("{n}.png"))).unwrap();
+    }
+    let a = image::open(fixtures().join("inception/a.png")).unwrap();
+    a.to_luma8().save(imgs.join("c_grey.png")).unwrap();
+    a.to_rgba8().save(imgs.join("d_rgba.png")).unwrap();
+    std::fs::write(imgs.join("e_broken.png"), b"not a png").unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (w, imgs_s) = (s(&w), s(&imgs));
+    let whole = dir.join("whole.safetensors");
+    let o = cli(&[
+        "metrics",
+        "features",
+        "--images",
+        &imgs_s,
+        "--weights",
+        &w,
+        "--quiet",
+        "--out",
+        &s(&whole),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("skipped 1 unreadable image") && err.contains("e_broken.png"), "{err}");
+    let f = FeatureFile::read(&whole).unwrap();
+    assert_eq!(f.count(), 4);
+    assert_eq!(
+        (f.meta.network.as_deref(), f.meta.resize.as_deref()),
+        (Some("inception"), Some("clean"))
+    );
+    let rows = f.features.as_ref().unwrap();
+    // The grey image is its own RGB; the RGBA copy equals the original.
+    assert_eq!(rows.row(3), rows.row(0), "RGBA (opaque) reads as its RGB");
+    assert_ne!(rows.row(2), rows.row(0));
+    // Two shards of the five files, merged: the same rows.
+    let mut parts = Vec::new();
+    for i in 1..=2 {
+        let p = dir.join(format!("part{i}.safetensors"));
+        let o = cli(&[
+            "metrics",
+            "features",
+            "--images",
+            &imgs_s,
+            "--weights",
+            &w,
+            "--shard",
+            &format!("{i}/2"),
+            "--quiet",
+            "--out",
+            &s(&p),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        parts.push(s(&p));
+    }
+    let merged = dir.join("merged.safetensors");
+    let o = cli(&["metrics", "merge", &parts[0], &parts[1], "--out", &s(&merged)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(FeatureFile::read(&merged).unwrap().features, f.features);
+    // compare (on the 24-d fixture sets: FID at 2048-d takes minutes in a debug build, whose
+    // faer code is not optimised; tools/metrics/check_inception.py runs it on folders).
+    let bytes = std::fs::read(fixtures().join("metrics/sets.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let rows = |name: &str| {
+        let t = st.tensor(name).unwrap();
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        diffusion_scope::metrics::Rows::new(t.shape()[0], t.shape()[1], v)
+    };
+    let meta = diffusion_scope::metrics::FeatureMeta::default();
+    let real = dir.join("real.safetensors");
+    FeatureFile::from_rows(rows("real"), None, meta.clone()).write(&real).unwrap();
+    let fake = dir.join("fake.safetensors");
+    // The logits (200 rows) stand in for the fake set's classifier output.
+    FeatureFile::from_rows(rows("fake"), Some(rows("logits")), meta)
+        .write(&fake)
+        .unwrap();
+    let json = dir.join("m.json");
+    let o = cli(&[
+        "metrics",
+        "compare",
+        "--real",
+        &s(&real),
+        "--fake",
+        &s(&fake),
+        "--kid",
+        "--is",
+        "--pr",
+        "--json",
+        &s(&json),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for k in [
+        "fid",
+        "kid_mean",
+        "kid_std",
+        "is_mean",
+        "is_std",
+        "precision",
+        "recall",
+        "n_real",
+        "n_fake",
+    ] {
+        assert!(!v[k].is_null(), "{k} missing in {v}");
+    }
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("metrics/ref.json")).unwrap()).unwrap();
+    assert!((v["fid"].as_f64().unwrap() - r["fake"]["fid"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((v["is_mean"].as_f64().unwrap() - r["is_mean"].as_f64().unwrap()).abs() < 1e-9);
+    assert_eq!((v["n_real"].as_u64(), v["n_fake"].as_u64()), (Some(240), Some(200)));
+    // The default KID subset size is min(1000, n_real, n_fake) = 200 here.
+    assert!(v["kid_mean"].as_f64().unwrap() > 0.0);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("below 5000 samples"));
+    // Bad input: one line naming the problem.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for (args, expected) in [
+        (
+            vec![
+                "metrics",
+                "features",
+                "--images",
+                s(&empty).as_str(),
+                "--weights",
+                w.as_str(),
+                "--out",
+                "x.safetensors",
+            ],
+            "no PNG or JPEG images",
+        ),
+        (
+            vec![
+                "metrics",
+                "features",
+                "--images",
+                imgs_s.as_str(),
+                "--weights",
+                imgs_s.as_str(),
+                "--out",
+                "x.safetensors",
+            ],
+            "not a torch state dict",
+        ),
+        (
+            vec![
+                "metrics",
+                "features",
+                "--images",
+                imgs_s.as_str(),
+                "--weights",
+                w.as_str(),
+                "--shard",
+                "3/2",
+                "--out",
+                "x.safetensors",
+            ],
+            "--shard",
+        ),
+        (
+            vec![
+                "metrics",
+                "compare",
+                "--real",
+                s(&real).as_str(),
+                "--fake",
+                s(&fake).as_str(),
+                "--kid",
+                "--kid-subset-size",
+                "900",
+            ],
+            "--kid-subset-size",
+        ),
+        (
+            vec![
+                "metrics",
+                "compare",
+                "--real",
+                s(&real).as_str(),
+                "--fake",
+                s(&real).as_str(),
+                "--is",
+            ],
+            "needs class logits",
+        ),
+        (
+            vec!["metrics", "compare", "--real", s(&real).as_str(), "--fake", s(&whole).as_str()],
+            "the real features are 24-d, the fake ones 2048-d",
+        ),
+        (
+            vec!["metrics", "merge", parts[1].as_str(), parts[0].as_str(), "--out", "x.safetensors"],
+            "in order",
+        ),
+    ] {
+        let o = cli(&args);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(expected), "{args:?}: {e}");
+    }
 }
