@@ -119,6 +119,12 @@ pub fn compare(
     };
     if let Some(k) = &s.kid {
         let (a, b) = (rows(real, "real", "KID")?, rows(fake, "fake", "KID")?);
+        if k.subset_size >= a.n.min(b.n) && a.n == b.n {
+            r.warnings.push(format!(
+                "KID subsets of {} rows take every row of both sets: all subsets are the same, so kid_std is 0",
+                k.subset_size
+            ));
+        }
         let total = k.subsets;
         let (m, sd) = math::kid(&a, &b, k, &mut |i| progress(i, total, "KID subsets"))?;
         r.kid_mean = Some(m);
