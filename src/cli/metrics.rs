@@ -14,7 +14,7 @@ use diffusion_scope::metrics::extract::{self, ExtractSettings, Network};
 use diffusion_scope::metrics::features::{FeatureFile, parse_shard};
 use diffusion_scope::metrics::inception::{self, Inception};
 use diffusion_scope::metrics::resize::Resize;
-use diffusion_scope::metrics::{self, CompareSettings, KidSettings, MetricsReport};
+use diffusion_scope::metrics::{self, KidSettings, MetricSettings, MetricsReport};
 
 use super::interrupt::Interrupt;
 
@@ -283,7 +283,7 @@ fn compare(a: CompareArgs) -> anyhow::Result<std::process::ExitCode> {
         subset_size: a.kid_subset_size.unwrap_or_else(|| 1000.min(real.count()).min(fake.count())),
         ..KidSettings::default()
     });
-    let s = CompareSettings {
+    let s = MetricSettings {
         kid,
         is_splits: a.inception_score.then_some(a.is_splits),
         pr_k: a.pr.then_some(a.pr_k),

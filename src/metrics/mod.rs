@@ -27,23 +27,13 @@ pub enum MetricsError {
 }
 
 /// Which metrics `compare` computes besides FID.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompareSettings {
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricSettings {
     pub kid: Option<KidSettings>,
     /// Inception Score splits (of the fake set's logits).
     pub is_splits: Option<usize>,
     /// Precision/recall neighbourhood k.
     pub pr_k: Option<usize>,
-}
-
-impl Default for CompareSettings {
-    fn default() -> Self {
-        Self {
-            kid: None,
-            is_splits: None,
-            pr_k: None,
-        }
-    }
 }
 
 /// The numbers, with the JSON keys the issue fixes.
@@ -73,7 +63,7 @@ pub const FID_MIN_SAMPLES: usize = 5000;
 pub fn compare(
     real: &FeatureFile,
     fake: &FeatureFile,
-    s: &CompareSettings,
+    s: &MetricSettings,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<MetricsReport, MetricsError> {
     if let (Some(a), Some(b)) = (real.dim(), fake.dim()) {

@@ -32,15 +32,16 @@ const MATRIX_A: u32 = 0x9908_b0df;
 const UPPER_MASK: u32 = 0x8000_0000;
 const LOWER_MASK: u32 = 0x7fff_ffff;
 
-/// The standard 32-bit Mersenne Twister (mt19937), seeded like `std::mt19937(seed)`.
+/// The standard 32-bit Mersenne Twister (mt19937), seeded like `std::mt19937(seed)` (also
+/// NumPy's legacy `RandomState(seed)`, see `metrics::nprand`).
 #[derive(Clone)]
-struct Mt19937 {
+pub(crate) struct Mt19937 {
     state: [u32; MT_N],
     index: usize,
 }
 
 impl Mt19937 {
-    fn new(seed: u32) -> Self {
+    pub(crate) fn new(seed: u32) -> Self {
         let mut state = [0u32; MT_N];
         state[0] = seed;
         for j in 1..MT_N {
@@ -62,7 +63,7 @@ impl Mt19937 {
         self.index = 0;
     }
 
-    fn next_u32(&mut self) -> u32 {
+    pub(crate) fn next_u32(&mut self) -> u32 {
         if self.index >= MT_N {
             self.twist();
         }

@@ -3,7 +3,7 @@
 
 use diffusion_scope::metrics::features::{FeatureFile, FeatureMeta, shard_range};
 use diffusion_scope::metrics::nprand::RandomState;
-use diffusion_scope::metrics::{self, CompareSettings, KidSettings, Rows, math};
+use diffusion_scope::metrics::{self, KidSettings, MetricSettings, Rows, math};
 use serde_json::Value;
 
 use crate::common::fixtures;
@@ -118,7 +118,7 @@ fn sharded_feature_files_merge_to_the_numbers_of_one_job() {
     assert_eq!(merged.features, whole.features);
     assert_eq!(merged.logits, whole.logits);
     let real = FeatureFile::from_rows(s["real"].clone(), None, meta(None));
-    let all = CompareSettings {
+    let all = MetricSettings {
         kid: Some(KidSettings {
             subset_size: 100,
             ..KidSettings::default()
@@ -155,7 +155,7 @@ fn sharded_feature_files_merge_to_the_numbers_of_one_job() {
     let back = FeatureFile::read(&p).unwrap();
     close(
         "FID from statistics only",
-        metrics::compare(&real, &back, &CompareSettings::default(), &mut |_, _, _| {})
+        metrics::compare(&real, &back, &MetricSettings::default(), &mut |_, _, _| {})
             .unwrap()
             .fid
             .unwrap(),
