@@ -147,7 +147,7 @@ impl GenerateConfig {
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let cfg = GenerateConfig::from_args(args)?;
     let worker = Worker::spawn(Box::new(|| {})).context("starting the worker thread")?;
-    let interrupt = Interrupt::install(worker.cancel_flag(), "UNet evaluation");
+    let interrupt = Interrupt::install(worker.cancel_flag(), "UNet evaluation", "saving what was computed");
     worker.generate(cfg.model.clone(), cfg.run.clone())?;
 
     let bar = if cfg.quiet {

@@ -13,8 +13,9 @@ pub struct Interrupt {
 
 impl Interrupt {
     /// Installs the handler; `cancel` is the worker's cancel flag. `unit` names what finishes
-    /// before the stop ("UNet evaluation").
-    pub fn install(cancel: Arc<AtomicBool>, unit: &'static str) -> Self {
+    /// before the stop ("UNet evaluation"), `then` what the command does next ("saving what was
+    /// computed").
+    pub fn install(cancel: Arc<AtomicBool>, unit: &'static str, then: &'static str) -> Self {
         let interrupted = Arc::new(AtomicBool::new(false));
         let writing = Arc::new(Mutex::new(()));
         let (flag, lock) = (interrupted.clone(), writing.clone());
@@ -28,7 +29,7 @@ impl Interrupt {
                 std::process::exit(130);
             }
             cancel.store(true, Ordering::SeqCst);
-            eprintln!("\nstopping after the current {unit} and saving what was computed (again to quit now)");
+            eprintln!("\nstopping after the current {unit}, then {then} (again to quit now)");
         });
         Self { interrupted, writing }
     }

@@ -10,6 +10,7 @@ use candle_core::Device;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use diffusion_scope::metrics::clip::{self, Clip};
 use diffusion_scope::metrics::extract::{self, ExtractSettings, Network};
 use diffusion_scope::metrics::features::{FeatureFile, parse_shard};
 use diffusion_scope::metrics::inception::{self, Inception};
@@ -32,14 +33,20 @@ enum MetricsCommand {
     Merge(MergeArgs),
     /// FID (and KID, IS, precision/recall) of a fake set against a real set.
     Compare(CompareArgs),
+    /// The CLIP score of images against their captions (torchmetrics' CLIPScore).
+    ClipScore(ClipScoreArgs),
 }
 
 /// How images become features.
 #[derive(Args, Clone)]
 struct NetworkArgs {
-    /// The feature network: inception (the FID Inception-v3 of 2015-12-05).
+    /// The feature network: inception (the FID Inception-v3 of 2015-12-05) or clip (a CLIP
+    /// image tower's projected embeddings, clean-fid's CLIP features; see --model).
     #[arg(long, default_value = "inception")]
     network: String,
+    /// The CLIP model for --network clip: a Hugging Face CLIP folder or hub id.
+    #[arg(long, default_value = metrics::clip::DEFAULT_MODEL)]
+    model: String,
     /// The network's weights; default: pt_inception-2015-12-05-6726825d.pth or
     /// weights-inception-2015-12-05-6726825d.pth in the torch hub cache.
     #[arg(long)]
@@ -68,6 +75,28 @@ struct FeaturesArgs {
     shard: Option<String>,
     #[arg(long)]
     out: PathBuf,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ClipScoreArgs {
+    /// A folder of PNG / JPEG images (sorted by name).
+    #[arg(long)]
+    images: PathBuf,
+    /// Captions, one per line: one line per image (in the images' order), or a single line for
+    /// every image.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// A Hugging Face CLIP folder or hub id (torchmetrics' default).
+    #[arg(long, default_value = metrics::clip::DEFAULT_MODEL)]
+    model: String,
+    /// Images per model call.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Write the score, and the score of every image, as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
     #[arg(long)]
     quiet: bool,
 }
@@ -121,6 +150,7 @@ pub fn run(args: MetricsArgs) -> anyhow::Result<std::process::ExitCode> {
         MetricsCommand::Features(a) => features(a),
         MetricsCommand::Merge(a) => merge(a),
         MetricsCommand::Compare(a) => compare(a),
+        MetricsCommand::ClipScore(a) => clip_score(a),
     }
 }
 
@@ -139,6 +169,12 @@ fn check_out(out: &Path) -> anyhow::Result<()> {
 impl NetworkArgs {
     fn settings(&self, shard: Option<(usize, usize)>) -> anyhow::Result<ExtractSettings> {
         let resize = Resize::parse(&self.resize).map_err(|e| anyhow::anyhow!("--resize: {e}"))?;
+        if self.network == "clip" && resize != Resize::Clean {
+            bail!(
+                "--resize {}: CLIP features use the clean resize (clean-fid's CLIP recipe)",
+                self.resize
+            );
+        }
         if self.batch == 0 {
             bail!("--batch: must be at least 1");
         }
@@ -166,7 +202,8 @@ impl NetworkArgs {
                 };
                 Ok(Network::Inception(Inception::load(&path, &Device::Cpu)?))
             }
-            other => bail!("--network: '{other}' is not a feature network (inception)"),
+            "clip" => Ok(Network::Clip(Box::new(Clip::load(&self.model, &Device::Cpu).context("--model")?))),
+            other => bail!("--network: '{other}' is not a feature network (inception, clip)"),
         }
     }
 }
@@ -180,7 +217,11 @@ fn run_extract(
     what: &str,
 ) -> anyhow::Result<Option<extract::Extracted>> {
     let cancel = Arc::new(AtomicBool::new(false));
-    let _interrupt = Interrupt::install(cancel.clone(), "batch");
+    let _interrupt = Interrupt::install(
+        cancel.clone(),
+        "batch",
+        "exiting without writing this job's output (finished shards are kept)",
+    );
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(
         ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} images  {{per_sec}}  eta {{eta}}  {what}"))
@@ -330,4 +371,107 @@ fn print_report(r: &MetricsReport) {
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
+}
+
+/// The captions of `n` images: one line each, or one line for all.
+fn read_captions(path: &Path, n: usize) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--prompts {}", path.display()))?;
+    let lines: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_owned()).collect();
+    let lines: Vec<String> = match lines.iter().rposition(|l| !l.trim().is_empty()) {
+        Some(last) => lines[..=last].to_vec(),
+        None => bail!("--prompts {}: no captions in this file", path.display()),
+    };
+    match lines.len() {
+        1 => Ok(vec![lines[0].clone(); n]),
+        k if k == n => Ok(lines),
+        k => bail!(
+            "--prompts {}: {k} captions for {n} images; give one caption per image (in the images' sorted order) or a single caption for all",
+            path.display()
+        ),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct PerImage {
+    image: String,
+    caption: String,
+    score: f64,
+}
+
+#[derive(serde::Serialize)]
+struct ClipScoreJson {
+    #[serde(flatten)]
+    report: MetricsReport,
+    per_image: Vec<PerImage>,
+}
+
+fn clip_score(a: ClipScoreArgs) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(j) = &a.json {
+        check_out(j).context("--json")?;
+    }
+    if a.batch == 0 {
+        bail!("--batch: must be at least 1");
+    }
+    let files = extract::list_images(&a.images).context("--images")?;
+    let captions = read_captions(&a.prompts, files.len())?;
+    let model = Clip::load(&a.model, &Device::Cpu).context("--model")?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _interrupt = Interrupt::install(cancel.clone(), "batch", "exiting without a score");
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(files.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}  CLIP score")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let Some(out) = clip::clip_score(&model, &files, &captions, a.batch, &cancel, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?
+    else {
+        bar.finish_and_clear();
+        eprintln!("interrupted: no score");
+        return Ok(std::process::ExitCode::from(130));
+    };
+    bar.finish_and_clear();
+    let mut report = MetricsReport {
+        clip_score: Some(out.clip_score),
+        n_fake: out.scores.len(),
+        network: Some(format!("clip:{}", model.name)),
+        resize: Some("clip-processor".into()),
+        ..Default::default()
+    };
+    if out.truncated > 0 {
+        report.warnings.push(format!(
+            "{} caption(s) longer than the model's position limit were cut there (without their end-of-text token, as torchmetrics does)",
+            out.truncated
+        ));
+    }
+    if !out.skipped.is_empty() {
+        report.warnings.push(format!("{} unreadable image(s) skipped", out.skipped.len()));
+        for (p, e) in out.skipped.iter().take(10) {
+            eprintln!("  skipped {}: {e}", p.display());
+        }
+    }
+    println!("{} images, model {}", report.n_fake, model.name);
+    println!("CLIP score {:.6}", out.clip_score);
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(j) = &a.json {
+        let by_path: std::collections::HashMap<&Path, &String> = files.iter().map(|p| p.as_path()).zip(&captions).collect();
+        let per_image = out
+            .scores
+            .iter()
+            .map(|(p, s)| PerImage {
+                image: p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                caption: by_path[p.as_path()].clone(),
+                score: *s,
+            })
+            .collect();
+        let json = ClipScoreJson { report, per_image };
+        std::fs::write(j, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", j.display()))?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }

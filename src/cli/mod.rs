@@ -32,7 +32,7 @@ pub fn run_experiment(
     item: &mut dyn FnMut(ExperimentEvent, &Interrupt) -> anyhow::Result<()>,
 ) -> anyhow::Result<(ExperimentReport, Option<Stop>, Interrupt)> {
     let worker = Worker::spawn(Box::new(|| {})).context("starting the worker thread")?;
-    let interrupt = Interrupt::install(worker.cancel_flag(), "UNet evaluation");
+    let interrupt = Interrupt::install(worker.cancel_flag(), "UNet evaluation", "saving what was computed");
     worker.experiment(request, settings)?;
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     bar.set_style(

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Tensor;
 
 use super::MetricsError;
+use super::clip::Clip;
 use super::features::{FeatureFile, FeatureMeta, shard_range};
 use super::inception::{self, Inception};
 use super::math::Rows;
@@ -71,13 +72,53 @@ pub fn list_run_images(dir: &Path) -> Result<Vec<PathBuf>, MetricsError> {
 
 /// The networks features come from.
 pub enum Network {
+    /// The FID Inception-v3: pool3 features and the 1008 logits.
     Inception(Inception),
+    /// A CLIP image tower: projected image embeddings (clean-fid's CLIP features), no logits.
+    Clip(Box<Clip>),
 }
 
 impl Network {
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> String {
         match self {
-            Network::Inception(_) => "inception",
+            Network::Inception(_) => "inception".into(),
+            Network::Clip(c) => format!("clip:{}", c.name),
+        }
+    }
+
+    fn input_size(&self) -> usize {
+        match self {
+            Network::Inception(_) => inception::SIZE,
+            Network::Clip(c) => c.image_size,
+        }
+    }
+
+    fn input(&self, rgb: &[u8], w: usize, h: usize, r: Resize) -> Vec<f32> {
+        match self {
+            Network::Inception(_) => resize::network_input(rgb, w, h, r),
+            Network::Clip(c) => c.feature_input(rgb, w, h),
+        }
+    }
+
+    fn device(&self) -> &candle_core::Device {
+        match self {
+            Network::Inception(i) => i.device(),
+            Network::Clip(c) => c.device(),
+        }
+    }
+
+    /// Features [B, d] and, where the network has them, logits [B, classes].
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Option<Tensor>), MetricsError> {
+        match self {
+            Network::Inception(i) => i.forward(x).map(|o| (o.pool3, o.logits)),
+            Network::Clip(c) => c.image_embeds(x).map(|e| (e, None)),
+        }
+    }
+
+    fn dims(&self) -> (usize, Option<usize>) {
+        match self {
+            Network::Inception(i) => (inception::FEATURES, i.has_logits().then_some(inception::CLASSES)),
+            Network::Clip(c) => (c.projection_dim, None),
         }
     }
 }
@@ -106,7 +147,7 @@ pub struct Extracted {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-fn load_rgb(p: &Path) -> Result<(Vec<u8>, usize, usize), String> {
+pub(crate) fn load_rgb(p: &Path) -> Result<(Vec<u8>, usize, usize), String> {
     // Grey, grey+alpha and RGBA become RGB as PIL's convert("RGB") makes them (alpha dropped).
     let img = image::open(p).map_err(|e| e.to_string())?.to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -134,8 +175,7 @@ pub fn extract(
             files.len()
         )));
     }
-    let Network::Inception(inc) = net;
-    let size = inception::SIZE;
+    let size = net.input_size();
     let mut features = Vec::new();
     let mut logits = Vec::new();
     let mut skipped = Vec::new();
@@ -149,22 +189,22 @@ pub fn extract(
         for p in chunk {
             match load_rgb(p) {
                 Ok((rgb, w, h)) => {
-                    input.extend(resize::network_input(&rgb, w, h, s.resize));
+                    input.extend(net.input(&rgb, w, h, s.resize));
                     count += 1;
                 }
                 Err(e) => skipped.push((p.clone(), e)),
             }
         }
         if count > 0 {
-            let x = Tensor::from_vec(input, (count, 3, size, size), inc.device()).map_err(|e| MetricsError::Numeric(e.to_string()))?;
-            let out = inc.forward(&x)?;
+            let x = Tensor::from_vec(input, (count, 3, size, size), net.device()).map_err(|e| MetricsError::Numeric(e.to_string()))?;
+            let (feats, logit_rows) = net.forward(&x)?;
             let rows = |t: &Tensor| -> Result<Vec<f32>, MetricsError> {
                 t.flatten_all()
                     .and_then(|t| t.to_vec1())
                     .map_err(|e| MetricsError::Numeric(e.to_string()))
             };
-            features.extend(rows(&out.pool3)?);
-            if let Some(l) = &out.logits {
+            features.extend(rows(&feats)?);
+            if let Some(l) = &logit_rows {
                 logits.extend(rows(l)?);
             }
             n += count;
@@ -179,15 +219,16 @@ pub fn extract(
             skipped[0].1
         )));
     }
-    let logits = inc.has_logits().then(|| Rows::new(n, inception::CLASSES, logits));
+    let (dim, classes) = net.dims();
+    let logits = classes.map(|c| Rows::new(n, c, logits));
     let meta = FeatureMeta {
-        network: Some(net.name().into()),
+        network: Some(net.name()),
         resize: Some(s.resize.name().into()),
         shard: s.shard,
         images: Some(files.len()),
     };
     Ok(Some(Extracted {
-        file: FeatureFile::from_rows(Rows::new(n, inception::FEATURES, features), logits, meta),
+        file: FeatureFile::from_rows(Rows::new(n, dim, features), logits, meta),
         skipped,
     }))
 }

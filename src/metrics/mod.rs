@@ -2,6 +2,7 @@
 //! torch-fidelity on the same features (`math`), over feature files that shard and merge
 //! (`features`).
 
+pub mod clip;
 pub mod extract;
 pub mod features;
 pub mod inception;

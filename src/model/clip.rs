@@ -9,13 +9,24 @@ use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use super::config::TextEncoderConfig;
 
 #[derive(Debug, Clone, Copy)]
-enum Activation {
+pub(crate) enum Activation {
     QuickGelu,
     GeluErf,
     GeluTanh,
 }
 
 impl Activation {
+    /// transformers' `hidden_act` names: "gelu" is exact (erf), "gelu_new" /
+    /// "gelu_pytorch_tanh" the tanh approximation.
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        match name {
+            "quick_gelu" => Some(Activation::QuickGelu),
+            "gelu" => Some(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" => Some(Activation::GeluTanh),
+            _ => None,
+        }
+    }
+
     fn forward(self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702f64)?)?,
@@ -36,18 +47,91 @@ struct EncoderLayer {
     fc2: Linear,
 }
 
+/// The pre-norm transformer stack both CLIP towers share (`encoder.layers.N...`).
+pub(crate) struct ClipEncoder {
+    layers: Vec<EncoderLayer>,
+    heads: usize,
+    hidden: usize,
+    activation: Activation,
+}
+
+/// The sizes of one tower's stack.
+pub(crate) struct EncoderShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub eps: f64,
+    pub activation: Activation,
+}
+
+pub(crate) fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    candle_nn::layer_norm(dim, candle_nn::LayerNormConfig { eps, ..Default::default() }, vb)
+}
+
+impl ClipEncoder {
+    /// `vb` points at the tower's `encoder`.
+    pub(crate) fn new(vb: VarBuilder, s: &EncoderShape) -> Result<Self> {
+        let d = s.hidden;
+        let mut layers = Vec::with_capacity(s.layers);
+        let vl = vb.pp("layers");
+        for i in 0..s.layers {
+            let v = vl.pp(i);
+            let attn = v.pp("self_attn");
+            layers.push(EncoderLayer {
+                layer_norm1: layer_norm(d, s.eps, v.pp("layer_norm1"))?,
+                q_proj: candle_nn::linear(d, d, attn.pp("q_proj"))?,
+                k_proj: candle_nn::linear(d, d, attn.pp("k_proj"))?,
+                v_proj: candle_nn::linear(d, d, attn.pp("v_proj"))?,
+                out_proj: candle_nn::linear(d, d, attn.pp("out_proj"))?,
+                layer_norm2: layer_norm(d, s.eps, v.pp("layer_norm2"))?,
+                fc1: candle_nn::linear(d, s.intermediate, v.pp("mlp").pp("fc1"))?,
+                fc2: candle_nn::linear(s.intermediate, d, v.pp("mlp").pp("fc2"))?,
+            });
+        }
+        Ok(Self {
+            layers,
+            heads: s.heads,
+            hidden: d,
+            activation: s.activation,
+        })
+    }
+
+    /// `xs` [B, L, D] through every layer; `mask` [1, 1, L, L] is added to the attention scores.
+    pub(crate) fn forward(&self, mut xs: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, l, _) = xs.dims3()?;
+        let d = self.hidden;
+        let hd = d / self.heads;
+        let scale = (hd as f64).powf(-0.5);
+        for layer in &self.layers {
+            let residual = xs.clone();
+            let h = layer.layer_norm1.forward(&xs)?;
+            let split = |t: Tensor| -> Result<Tensor> { t.reshape((b, l, self.heads, hd))?.transpose(1, 2)?.contiguous() };
+            let q = split((layer.q_proj.forward(&h)? * scale)?)?;
+            let k = split(layer.k_proj.forward(&h)?)?;
+            let v = split(layer.v_proj.forward(&h)?)?;
+            let mut scores = q.matmul(&k.t()?)?;
+            if let Some(m) = mask {
+                scores = scores.broadcast_add(m)?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let h = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+            xs = (residual + layer.out_proj.forward(&h)?)?;
+            let residual = xs.clone();
+            let h = layer.layer_norm2.forward(&xs)?;
+            let h = layer.fc2.forward(&self.activation.forward(&layer.fc1.forward(&h)?)?)?;
+            xs = (residual + h)?;
+        }
+        Ok(xs)
+    }
+}
+
 pub struct ClipTextEncoder {
     token_embedding: Embedding,
     position_embedding: Embedding,
-    layers: Vec<EncoderLayer>,
+    encoder: ClipEncoder,
     final_layer_norm: LayerNorm,
-    heads: usize,
-    activation: Activation,
     pub config: TextEncoderConfig,
-}
-
-fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
-    candle_nn::layer_norm(dim, candle_nn::LayerNormConfig { eps, ..Default::default() }, vb)
 }
 
 impl ClipTextEncoder {
@@ -63,35 +147,21 @@ impl ClipTextEncoder {
         let emb = vb.pp("embeddings");
         let token_embedding = candle_nn::embedding(config.vocab_size, d, emb.pp("token_embedding"))?;
         let position_embedding = candle_nn::embedding(config.max_position_embeddings, d, emb.pp("position_embedding"))?;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        let vl = vb.pp("encoder").pp("layers");
-        for i in 0..config.num_hidden_layers {
-            let v = vl.pp(i);
-            let attn = v.pp("self_attn");
-            layers.push(EncoderLayer {
-                layer_norm1: layer_norm(d, config.layer_norm_eps, v.pp("layer_norm1"))?,
-                q_proj: candle_nn::linear(d, d, attn.pp("q_proj"))?,
-                k_proj: candle_nn::linear(d, d, attn.pp("k_proj"))?,
-                v_proj: candle_nn::linear(d, d, attn.pp("v_proj"))?,
-                out_proj: candle_nn::linear(d, d, attn.pp("out_proj"))?,
-                layer_norm2: layer_norm(d, config.layer_norm_eps, v.pp("layer_norm2"))?,
-                fc1: candle_nn::linear(d, config.intermediate_size, v.pp("mlp").pp("fc1"))?,
-                fc2: candle_nn::linear(config.intermediate_size, d, v.pp("mlp").pp("fc2"))?,
-            });
-        }
-        let final_layer_norm = layer_norm(d, config.layer_norm_eps, vb.pp("final_layer_norm"))?;
-        let activation = match config.hidden_act.as_str() {
-            "quick_gelu" => Activation::QuickGelu,
-            "gelu" => Activation::GeluErf,
-            _ => Activation::GeluTanh,
+        let shape = EncoderShape {
+            hidden: d,
+            intermediate: config.intermediate_size,
+            layers: config.num_hidden_layers,
+            heads: config.num_attention_heads,
+            eps: config.layer_norm_eps,
+            activation: Activation::parse(&config.hidden_act).unwrap_or(Activation::GeluTanh),
         };
+        let encoder = ClipEncoder::new(vb.pp("encoder"), &shape)?;
+        let final_layer_norm = layer_norm(d, config.layer_norm_eps, vb.pp("final_layer_norm"))?;
         Ok(Self {
             token_embedding,
             position_embedding,
-            layers,
+            encoder,
             final_layer_norm,
-            heads: config.num_attention_heads,
-            activation,
             config: config.clone(),
         })
     }
@@ -99,32 +169,14 @@ impl ClipTextEncoder {
     /// `last_hidden_state` for a batch of token ids [B, L] (u32): what diffusers' SD pipelines
     /// use as `prompt_embeds` (no attention mask, causal self-attention).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, l) = ids.dims2()?;
+        let (_, l) = ids.dims2()?;
         let positions = Tensor::arange(0u32, l as u32, ids.device())?.unsqueeze(0)?;
-        let mut xs = self
+        let xs = self
             .token_embedding
             .forward(ids)?
             .broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(l, xs.dtype(), ids.device())?;
-        let d = self.config.hidden_size;
-        let hd = d / self.heads;
-        let scale = (hd as f64).powf(-0.5);
-        for layer in &self.layers {
-            let residual = xs.clone();
-            let h = layer.layer_norm1.forward(&xs)?;
-            let split = |t: Tensor| -> Result<Tensor> { t.reshape((b, l, self.heads, hd))?.transpose(1, 2)?.contiguous() };
-            let q = split((layer.q_proj.forward(&h)? * scale)?)?;
-            let k = split(layer.k_proj.forward(&h)?)?;
-            let v = split(layer.v_proj.forward(&h)?)?;
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let h = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
-            xs = (residual + layer.out_proj.forward(&h)?)?;
-            let residual = xs.clone();
-            let h = layer.layer_norm2.forward(&xs)?;
-            let h = layer.fc2.forward(&self.activation.forward(&layer.fc1.forward(&h)?)?)?;
-            xs = (residual + h)?;
-        }
+        let xs = self.encoder.forward(xs, Some(&mask))?;
         self.final_layer_norm.forward(&xs)
     }
 }

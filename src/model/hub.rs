@@ -87,28 +87,8 @@ pub fn resolve(source: &ModelSource, prefer_fp16: bool) -> Result<PathBuf, Model
             }
         }
         ModelSource::Hub { owner, name, revision } => {
-            let client = HFClientSync::new().map_err(|e| ModelError::Hub(e.to_string()))?;
-            let repo = client.model(owner.as_str(), name.as_str());
-            let local_only = offline();
-            // `optional`: a file that may legitimately be absent from the repo; offline, "not
-            // cached" then counts as absent and the loader reports what is really missing.
-            let fetch_opt = |file: &str, optional: bool| -> Result<Option<PathBuf>, ModelError> {
-                let res = repo
-                    .download_file()
-                    .filename(file)
-                    .maybe_revision(revision.clone())
-                    .local_files_only(local_only)
-                    .send();
-                match res {
-                    Ok(p) => Ok(Some(p)),
-                    Err(HFError::EntryNotFound { .. }) => Ok(None),
-                    Err(HFError::LocalEntryNotFound { .. }) if local_only && optional => Ok(None),
-                    Err(HFError::LocalEntryNotFound { .. }) if local_only => Err(ModelError::Hub(format!(
-                        "{owner}/{name}: {file} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
-                    ))),
-                    Err(e) => Err(ModelError::Hub(format!("{owner}/{name}: {file}: {e}"))),
-                }
-            };
+            let hub = HubRepo::new(owner, name, revision)?;
+            let fetch_opt = |file: &str, optional: bool| hub.fetch(file, optional);
             let fetch = |file: &str| fetch_opt(file, false);
             let index = fetch("model_index.json")?
                 .ok_or_else(|| ModelError::Hub(format!("{owner}/{name} has no model_index.json (not a diffusers pipeline repo)")))?;
@@ -139,6 +119,77 @@ pub fn resolve(source: &ModelSource, prefer_fp16: bool) -> Result<PathBuf, Model
                 .map(Path::to_path_buf)
                 .ok_or_else(|| ModelError::Hub("cache path has no parent".into()))?;
             Ok(root)
+        }
+    }
+}
+
+/// One hub repo at one revision, fetched file by file into the shared cache.
+struct HubRepo {
+    repo: hf_hub::HFRepositorySync<hf_hub::repository::RepoTypeModel>,
+    id: String,
+    revision: Option<String>,
+    local_only: bool,
+}
+
+impl HubRepo {
+    fn new(owner: &str, name: &str, revision: &Option<String>) -> Result<Self, ModelError> {
+        let client = HFClientSync::new().map_err(|e| ModelError::Hub(e.to_string()))?;
+        Ok(Self {
+            repo: client.model(owner, name),
+            id: format!("{owner}/{name}"),
+            revision: revision.clone(),
+            local_only: offline(),
+        })
+    }
+
+    /// The cached path of `file`. `optional`: a file that may legitimately be absent from the
+    /// repo; offline, "not cached" then counts as absent and the loader reports what is really
+    /// missing.
+    fn fetch(&self, file: &str, optional: bool) -> Result<Option<PathBuf>, ModelError> {
+        let res = self
+            .repo
+            .download_file()
+            .filename(file)
+            .maybe_revision(self.revision.clone())
+            .local_files_only(self.local_only)
+            .send();
+        let id = &self.id;
+        match res {
+            Ok(p) => Ok(Some(p)),
+            Err(HFError::EntryNotFound { .. }) => Ok(None),
+            Err(HFError::LocalEntryNotFound { .. }) if self.local_only && optional => Ok(None),
+            Err(HFError::LocalEntryNotFound { .. }) if self.local_only => Err(ModelError::Hub(format!(
+                "{id}: {file} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+            ))),
+            Err(e) => Err(ModelError::Hub(format!("{id}: {file}: {e}"))),
+        }
+    }
+}
+
+/// A plain (non-diffusers) repo as a local folder: `required` files must exist, `optional` ones
+/// are fetched when the repo has them. Local folders are returned as they are.
+pub fn resolve_files(source: &ModelSource, required: &[&str], optional: &[&str]) -> Result<PathBuf, ModelError> {
+    match source {
+        ModelSource::Local(p) => {
+            if p.is_dir() {
+                Ok(p.clone())
+            } else {
+                Err(ModelError::NoSuchFolder(p.clone()))
+            }
+        }
+        ModelSource::Hub { owner, name, revision } => {
+            let hub = HubRepo::new(owner, name, revision)?;
+            let mut root = None;
+            for f in required {
+                let p = hub
+                    .fetch(f, false)?
+                    .ok_or_else(|| ModelError::Hub(format!("{owner}/{name} has no {f}")))?;
+                root = root.or_else(|| p.parent().map(Path::to_path_buf));
+            }
+            for f in optional {
+                hub.fetch(f, true)?;
+            }
+            root.ok_or_else(|| ModelError::Hub("nothing to fetch".into()))
         }
     }
 }

@@ -439,6 +439,19 @@ impl ClipTokenizer {
         self.assemble_prompt(words)
     }
 
+    /// bos, every token of `text`, eos: no truncation and no padding (what a tokenizer call
+    /// without `truncation=True` returns; CLIP-score readers cut it themselves).
+    pub fn encode_untruncated(&self, text: &str) -> Vec<u32> {
+        let words = match &self.backend {
+            Backend::Bpe(slow) => self.words_slow(slow, text),
+            Backend::Fast(tok) => self.words_fast(tok, text),
+        };
+        let mut ids = vec![self.bos_id];
+        ids.extend(words.into_iter().flat_map(|(_, pieces)| pieces.into_iter().map(|(id, _)| id)));
+        ids.push(self.eos_id);
+        ids
+    }
+
     /// Cut the raw text around special-token strings (longest match at the earliest position).
     fn split_special<'a>(&self, text: &'a str) -> Vec<(&'a str, Option<u32>)> {
         let mut out = Vec::new();

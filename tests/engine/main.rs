@@ -2,6 +2,7 @@
 //! and the CLI's handling of bad input. One binary, a module per area.
 
 mod bundled;
+mod clip_score;
 mod common;
 mod compare;
 mod components;
