@@ -32,6 +32,9 @@ enum Command {
     /// Sweep the guidance scale over the same seeds: grid, diversity, saturation, and (with
     /// --captions) the detector's accuracy per w.
     Sweep(cli::sweep::SweepArgs),
+    /// Generate an image set for the metrics (prompts x seeds for each sampler / steps /
+    /// guidance), in shards (--shard I/N) for array jobs; resumes where it stopped.
+    GenerateSet(cli::generate_set::GenerateSetArgs),
     /// Quality metrics: feature files (features, merge) and FID / KID / IS / precision-recall
     /// (compare), exact to torch-fidelity on the same features.
     Metrics(cli::metrics::MetricsArgs),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Some(Command::Compare(args)) => cli::compare::run(args),
         Some(Command::Sweep(args)) => cli::sweep::run(args),
         Some(Command::Metrics(args)) => cli::metrics::run(args),
+        Some(Command::GenerateSet(args)) => cli::generate_set::run(args),
         Some(Command::Open { dir }) => open_app(Some(dir)),
         None => open_app(None),
     };

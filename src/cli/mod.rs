@@ -6,6 +6,7 @@ pub mod compare;
 pub mod dataset;
 pub mod eval;
 pub mod generate;
+pub mod generate_set;
 pub mod inspect;
 pub mod interrupt;
 pub mod metrics;

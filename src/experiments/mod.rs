@@ -13,6 +13,7 @@
 //! one arm in [`run`].
 
 pub mod compare;
+pub mod generate_set;
 pub mod shapes_eval;
 pub mod sweep;
 
@@ -36,6 +37,7 @@ pub enum ExperimentSettings {
     ShapesEval(shapes_eval::EvalSettings),
     Compare(compare::CompareSettings),
     Sweep(sweep::SweepSettings),
+    GenerateSet(generate_set::SetRun),
 }
 
 impl ExperimentSettings {
@@ -44,6 +46,7 @@ impl ExperimentSettings {
             ExperimentSettings::ShapesEval(_) => "shapes-world evaluation",
             ExperimentSettings::Compare(_) => "sampler comparison",
             ExperimentSettings::Sweep(_) => "guidance sweep",
+            ExperimentSettings::GenerateSet(_) => "image set",
         }
     }
 }
@@ -54,6 +57,7 @@ pub enum ExperimentReport {
     ShapesEval(Box<shapes_eval::EvalReport>),
     Compare(Box<compare::CompareReport>),
     Sweep(Box<sweep::SweepReport>),
+    GenerateSet(Box<generate_set::SetReport>),
 }
 
 /// What an experiment streams while it runs.
@@ -67,6 +71,8 @@ pub enum ExperimentEvent {
     SweepRun(Box<sweep::SweepOutput>),
     /// One guidance value's numbers, as soon as its runs (and captions) are done.
     SweepRow(Box<sweep::GuidanceReport>),
+    /// One finished image of an image set.
+    SetImage(Box<generate_set::SetImage>),
 }
 
 /// Why an experiment stopped before its last item.
@@ -121,6 +127,13 @@ pub fn run(
             let (report, stopped) = sweep::run(sd, model_spec, s, cancel, sink)?;
             Ok(Outcome {
                 report: ExperimentReport::Sweep(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::GenerateSet(s) => {
+            let (report, stopped) = generate_set::run(sd, model_spec, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::GenerateSet(Box::new(report)),
                 stopped,
             })
         }

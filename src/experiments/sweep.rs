@@ -79,8 +79,13 @@ pub fn parse_guidances(text: &str) -> Result<Vec<f32>, String> {
     Ok(v)
 }
 
-/// Parses `0..7` (inclusive) or `0,4,9`.
+/// Parses `0..7` (inclusive) or `0,4,9` (at most 1024 seeds).
 pub fn parse_seeds(text: &str) -> Result<Vec<u64>, String> {
+    parse_seeds_up_to(text, 1024)
+}
+
+/// [`parse_seeds`] with another limit on a range's length.
+pub fn parse_seeds_up_to(text: &str, max: u64) -> Result<Vec<u64>, String> {
     let t = text.trim();
     if let Some((a, b)) = t.split_once("..") {
         let num = |s: &str| {
@@ -92,8 +97,8 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u64>, String> {
         if b < a {
             return Err(format!("seeds {t}: the range is empty"));
         }
-        if b - a >= 1024 {
-            return Err(format!("seeds {t}: at most 1024 seeds"));
+        if b - a >= max {
+            return Err(format!("seeds {t}: at most {max} seeds"));
         }
         return Ok((a..=b).collect());
     }

@@ -534,7 +534,7 @@ impl App {
                         self.store.begin_sweep(s.clone());
                         self.view.compare_textures.clear();
                     }
-                    ExperimentSettings::ShapesEval(_) => {}
+                    ExperimentSettings::ShapesEval(_) | ExperimentSettings::GenerateSet(_) => {}
                 }
                 let model = Self::model_request(&self.settings.model);
                 if let Err(e) = self.worker.experiment(model, settings) {

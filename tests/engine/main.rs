@@ -9,6 +9,7 @@ mod components;
 mod errors;
 mod eval;
 mod fuzz;
+mod generate_set;
 mod hub;
 mod inception;
 mod metrics;

@@ -209,7 +209,10 @@ fn the_worker_runs_an_experiment() {
                     assert_eq!(c.run.meta.status, diffusion_scope::trace::RunStatus::Complete);
                     cases.push(c.case.index);
                 }
-                ExperimentEvent::CompareCell(_) | ExperimentEvent::SweepRun(_) | ExperimentEvent::SweepRow(_) => {
+                ExperimentEvent::CompareCell(_)
+                | ExperimentEvent::SweepRun(_)
+                | ExperimentEvent::SweepRow(_)
+                | ExperimentEvent::SetImage(_) => {
                     panic!("another experiment's event")
                 }
             },
