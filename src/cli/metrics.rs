@@ -11,9 +11,8 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use diffusion_scope::metrics::clip::{self, Clip};
-use diffusion_scope::metrics::extract::{self, ExtractSettings, Network};
+use diffusion_scope::metrics::extract::{self, ExtractSettings, Network, NetworkChoice};
 use diffusion_scope::metrics::features::{FeatureFile, parse_shard};
-use diffusion_scope::metrics::inception::{self, Inception};
 use diffusion_scope::metrics::resize::Resize;
 use diffusion_scope::metrics::{self, KidSettings, MetricSettings, MetricsReport};
 
@@ -186,25 +185,15 @@ impl NetworkArgs {
     }
 
     fn load(&self) -> anyhow::Result<Network> {
-        match self.network.as_str() {
-            "inception" => {
-                let path = match &self.weights {
-                    Some(p) => p.clone(),
-                    None => inception::find_weights().ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "the FID Inception weights were not found: pass --weights FILE ({} from pytorch-fid, {} from \
-                             torch-fidelity, or a safetensors conversion); looked in $TORCH_HOME/hub/checkpoints \
-                             (default ~/.cache/torch/hub/checkpoints)",
-                            inception::WEIGHT_FILES[0],
-                            inception::WEIGHT_FILES[1]
-                        )
-                    })?,
-                };
-                Ok(Network::Inception(Inception::load(&path, &Device::Cpu)?))
-            }
-            "clip" => Ok(Network::Clip(Box::new(Clip::load(&self.model, &Device::Cpu).context("--model")?))),
+        let choice = match self.network.as_str() {
+            "inception" => NetworkChoice::Inception {
+                weights: self.weights.clone(),
+            },
+            "clip" => NetworkChoice::Clip { model: self.model.clone() },
             other => bail!("--network: '{other}' is not a feature network (inception, clip)"),
-        }
+        };
+        let flag = if self.network == "clip" { "--model" } else { "--weights" };
+        choice.load(&Device::Cpu).context(flag)
     }
 }
 
@@ -236,7 +225,7 @@ fn run_extract(
         if !x.skipped.is_empty() {
             eprintln!("skipped {} unreadable image(s):", x.skipped.len());
             for (p, e) in x.skipped.iter().take(10) {
-                eprintln!("  {}: {e}", p.display());
+                eprintln!("  {p}: {e}");
             }
         }
     }
@@ -451,7 +440,7 @@ fn clip_score(a: ClipScoreArgs) -> anyhow::Result<std::process::ExitCode> {
     if !out.skipped.is_empty() {
         report.warnings.push(format!("{} unreadable image(s) skipped", out.skipped.len()));
         for (p, e) in out.skipped.iter().take(10) {
-            eprintln!("  skipped {}: {e}", p.display());
+            eprintln!("  skipped {p}: {e}");
         }
     }
     println!("{} images, model {}", report.n_fake, model.name);
@@ -460,14 +449,13 @@ fn clip_score(a: ClipScoreArgs) -> anyhow::Result<std::process::ExitCode> {
         eprintln!("warning: {w}");
     }
     if let Some(j) = &a.json {
-        let by_path: std::collections::HashMap<&Path, &String> = files.iter().map(|p| p.as_path()).zip(&captions).collect();
         let per_image = out
             .scores
             .iter()
-            .map(|(p, s)| PerImage {
-                image: p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                caption: by_path[p.as_path()].clone(),
-                score: *s,
+            .map(|&(i, s)| PerImage {
+                image: files[i].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                caption: captions[i].clone(),
+                score: s,
             })
             .collect();
         let json = ClipScoreJson { report, per_image };

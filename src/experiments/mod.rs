@@ -14,6 +14,7 @@
 
 pub mod compare;
 pub mod generate_set;
+pub mod quality;
 pub mod shapes_eval;
 pub mod sweep;
 
@@ -38,6 +39,7 @@ pub enum ExperimentSettings {
     Compare(compare::CompareSettings),
     Sweep(sweep::SweepSettings),
     GenerateSet(generate_set::SetRun),
+    Quality(quality::QualitySettings),
 }
 
 impl ExperimentSettings {
@@ -47,6 +49,7 @@ impl ExperimentSettings {
             ExperimentSettings::Compare(_) => "sampler comparison",
             ExperimentSettings::Sweep(_) => "guidance sweep",
             ExperimentSettings::GenerateSet(_) => "image set",
+            ExperimentSettings::Quality(_) => "quality metrics",
         }
     }
 }
@@ -58,6 +61,7 @@ pub enum ExperimentReport {
     Compare(Box<compare::CompareReport>),
     Sweep(Box<sweep::SweepReport>),
     GenerateSet(Box<generate_set::SetReport>),
+    Quality(Box<quality::QualityReport>),
 }
 
 /// What an experiment streams while it runs.
@@ -73,6 +77,8 @@ pub enum ExperimentEvent {
     SweepRow(Box<sweep::GuidanceReport>),
     /// One finished image of an image set.
     SetImage(Box<generate_set::SetImage>),
+    /// One scored row of the quality metrics.
+    QualityRow(Box<quality::QualityRow>),
 }
 
 /// Why an experiment stopped before its last item.
@@ -97,6 +103,8 @@ pub enum ExperimentError {
     Compare(#[from] compare::CompareError),
     #[error("{0}")]
     Sweep(#[from] crate::pipeline::RunError),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Runs one experiment on a loaded model. `Err` only when nothing could be computed at all
@@ -127,6 +135,13 @@ pub fn run(
             let (report, stopped) = sweep::run(sd, model_spec, s, cancel, sink)?;
             Ok(Outcome {
                 report: ExperimentReport::Sweep(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::Quality(s) => {
+            let (report, stopped) = quality::run(s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::Quality(Box::new(report)),
                 stopped,
             })
         }

@@ -15,13 +15,14 @@
 //!   resized to the model's input size by the clean protocol (PIL bicubic on float), /255, the
 //!   CLIP mean/std, and the raw (not normalised) projected image embedding.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::MetricsError;
+use super::extract::ImageSource;
 use super::resize::{U8Filter, pil_bicubic, torchvision_u8};
 use crate::model::clip::{Activation, ClipEncoder, ClipTextEncoder, EncoderShape, layer_norm};
 use crate::model::config::TextEncoderConfig;
@@ -539,49 +540,48 @@ pub fn score(a: &[f32], b: &[f32]) -> f64 {
 /// What `clip_score` computed.
 #[derive(Debug, Clone)]
 pub struct ClipScores {
-    /// 100 x cos per (image, caption) pair, in input order; skipped images are absent.
-    pub scores: Vec<(PathBuf, f64)>,
+    /// (image index, 100 x cos) per (image, caption) pair, in input order; skipped images are
+    /// absent.
+    pub scores: Vec<(usize, f64)>,
     /// max(mean of `scores`, 0), torchmetrics' `CLIPScore`.
     pub clip_score: f64,
     /// Captions cut at the model's position limit.
     pub truncated: usize,
-    pub skipped: Vec<(PathBuf, String)>,
+    pub skipped: Vec<(String, String)>,
 }
 
 /// The CLIP score of `images` paired with `captions` (the same length). `progress(done, total)`
 /// after each batch; `cancel` stops after the current batch (then `Ok(None)`).
-pub fn clip_score(
+pub fn clip_score<S: ImageSource + ?Sized>(
     clip: &Clip,
-    images: &[PathBuf],
+    images: &S,
     captions: &[String],
     batch: usize,
     cancel: &std::sync::atomic::AtomicBool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Option<ClipScores>, MetricsError> {
-    if images.len() != captions.len() {
-        return Err(MetricsError::Dimensions(format!(
-            "{} images but {} captions",
-            images.len(),
-            captions.len()
-        )));
+    let n = images.count();
+    if n != captions.len() {
+        return Err(MetricsError::Dimensions(format!("{n} images but {} captions", captions.len())));
     }
     let mut text_cache: std::collections::HashMap<&str, TextEmbedding> = std::collections::HashMap::new();
     let mut out = ClipScores {
-        scores: Vec::with_capacity(images.len()),
+        scores: Vec::with_capacity(n),
         clip_score: 0.0,
         truncated: 0,
         skipped: Vec::new(),
     };
     let batch = batch.max(1);
-    for (bi, chunk) in images.chunks(batch).enumerate() {
+    let order: Vec<usize> = (0..n).collect();
+    for (bi, chunk) in order.chunks(batch).enumerate() {
         if cancel.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(None);
         }
         let mut pixels = Vec::new();
         let mut kept = Vec::new();
         let mut shape = None;
-        for (k, p) in chunk.iter().enumerate() {
-            match super::extract::load_rgb(p) {
+        for &i in chunk {
+            match images.rgb(i) {
                 Ok((rgb, w, h)) => {
                     let (px, ph, pw) = clip.processor.apply(&rgb, w, h);
                     if shape.is_some_and(|s| s != (ph, pw)) {
@@ -591,9 +591,9 @@ pub fn clip_score(
                     }
                     shape = Some((ph, pw));
                     pixels.extend(px);
-                    kept.push(bi * batch + k);
+                    kept.push(i);
                 }
-                Err(e) => out.skipped.push((p.clone(), e)),
+                Err(e) => out.skipped.push((images.name(i), e)),
             }
         }
         if let Some((ph, pw)) = shape {
@@ -610,13 +610,13 @@ pub fn clip_score(
                 if t.truncated {
                     out.truncated += 1;
                 }
-                out.scores.push((images[i].clone(), score(row, &t.embedding)));
+                out.scores.push((i, score(row, &t.embedding)));
             }
         }
-        progress((bi * batch + chunk.len()).min(images.len()), images.len());
+        progress((bi * batch + chunk.len()).min(n), n);
     }
     if out.scores.is_empty() {
-        return Err(MetricsError::File(format!("none of the {} images could be read", images.len())));
+        return Err(MetricsError::File(format!("none of the {n} images could be read")));
     }
     let mean = out.scores.iter().map(|(_, s)| s).sum::<f64>() / out.scores.len() as f64;
     out.clip_score = mean.max(0.0);

@@ -70,12 +70,96 @@ pub fn list_run_images(dir: &Path) -> Result<Vec<PathBuf>, MetricsError> {
     Ok(out)
 }
 
+/// Images in order, from files or from memory.
+pub trait ImageSource {
+    fn count(&self) -> usize;
+    /// The image as interleaved RGB u8, width, height; or why it could not be read.
+    fn rgb(&self, i: usize) -> Result<(Vec<u8>, usize, usize), String>;
+    /// How to name image `i` in messages.
+    fn name(&self, i: usize) -> String;
+}
+
+impl ImageSource for [PathBuf] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn rgb(&self, i: usize) -> Result<(Vec<u8>, usize, usize), String> {
+        load_rgb(&self[i])
+    }
+    fn name(&self, i: usize) -> String {
+        self[i].display().to_string()
+    }
+}
+
+impl ImageSource for [crate::trace::RgbImage] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn rgb(&self, i: usize) -> Result<(Vec<u8>, usize, usize), String> {
+        let im = &self[i];
+        if im.width == 0 || im.height == 0 || im.pixels.len() != im.width * im.height * 3 {
+            return Err("empty or malformed image".into());
+        }
+        Ok((im.pixels.clone(), im.width, im.height))
+    }
+    fn name(&self, i: usize) -> String {
+        format!("image {i}")
+    }
+}
+
+impl<T> ImageSource for Vec<T>
+where
+    [T]: ImageSource,
+{
+    fn count(&self) -> usize {
+        self.as_slice().count()
+    }
+    fn rgb(&self, i: usize) -> Result<(Vec<u8>, usize, usize), String> {
+        self.as_slice().rgb(i)
+    }
+    fn name(&self, i: usize) -> String {
+        self.as_slice().name(i)
+    }
+}
+
+/// Which feature network to load.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum NetworkChoice {
+    /// The FID Inception; weights from this file, or found in the torch hub cache.
+    Inception { weights: Option<PathBuf> },
+    /// A CLIP folder or hub id.
+    Clip { model: String },
+}
+
+impl NetworkChoice {
+    pub fn load(&self, device: &candle_core::Device) -> Result<Network, MetricsError> {
+        match self {
+            NetworkChoice::Inception { weights } => {
+                let path = match weights {
+                    Some(p) => p.clone(),
+                    None => inception::find_weights().ok_or_else(|| {
+                        MetricsError::File(format!(
+                            "the FID Inception weights were not found: give the weights file ({} from pytorch-fid, {} from \
+                             torch-fidelity, or a safetensors conversion); looked in $TORCH_HOME/hub/checkpoints \
+                             (default ~/.cache/torch/hub/checkpoints)",
+                            inception::WEIGHT_FILES[0],
+                            inception::WEIGHT_FILES[1]
+                        ))
+                    })?,
+                };
+                Ok(Network::Inception(Inception::load(&path, device)?))
+            }
+            NetworkChoice::Clip { model } => Ok(Network::Clip(std::sync::Arc::new(Clip::load(model, device)?))),
+        }
+    }
+}
+
 /// The networks features come from.
 pub enum Network {
     /// The FID Inception-v3: pool3 features and the 1008 logits.
     Inception(Inception),
     /// A CLIP image tower: projected image embeddings (clean-fid's CLIP features), no logits.
-    Clip(Box<Clip>),
+    Clip(std::sync::Arc<Clip>),
 }
 
 impl Network {
@@ -141,10 +225,10 @@ impl Default for ExtractSettings {
     }
 }
 
-/// What extraction made: the file, and the images skipped with why.
+/// What extraction made: the file, and the images skipped (named) with why.
 pub struct Extracted {
     pub file: FeatureFile,
-    pub skipped: Vec<(PathBuf, String)>,
+    pub skipped: Vec<(String, String)>,
 }
 
 pub(crate) fn load_rgb(p: &Path) -> Result<(Vec<u8>, usize, usize), String> {
@@ -159,20 +243,20 @@ pub(crate) fn load_rgb(p: &Path) -> Result<(Vec<u8>, usize, usize), String> {
 
 /// Features of `files` (the shard of them `s.shard` names). `progress(done, total)` after each
 /// batch; `cancel` stops after the current batch (then `Err(Cancelled)`-like: None).
-pub fn extract(
+pub fn extract<S: ImageSource + ?Sized>(
     net: &Network,
-    files: &[PathBuf],
+    files: &S,
     s: &ExtractSettings,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Option<Extracted>, MetricsError> {
-    let range = s.shard.map_or(0..files.len(), |sh| shard_range(files.len(), sh));
-    let mine = &files[range];
+    let range = s.shard.map_or(0..files.count(), |sh| shard_range(files.count(), sh));
+    let mine: Vec<usize> = range.collect();
     if mine.is_empty() {
         return Err(MetricsError::TooFew(format!(
             "shard {:?} of {} images holds none",
             s.shard.unwrap_or((1, 1)),
-            files.len()
+            files.count()
         )));
     }
     let size = net.input_size();
@@ -186,13 +270,13 @@ pub fn extract(
         }
         let mut input = Vec::with_capacity(chunk.len() * 3 * size * size);
         let mut count = 0;
-        for p in chunk {
-            match load_rgb(p) {
+        for &i in chunk {
+            match files.rgb(i) {
                 Ok((rgb, w, h)) => {
                     input.extend(net.input(&rgb, w, h, s.resize));
                     count += 1;
                 }
-                Err(e) => skipped.push((p.clone(), e)),
+                Err(e) => skipped.push((files.name(i), e)),
             }
         }
         if count > 0 {
@@ -215,7 +299,7 @@ pub fn extract(
         return Err(MetricsError::File(format!(
             "none of the {} images could be read (first: {}: {})",
             mine.len(),
-            skipped[0].0.display(),
+            skipped[0].0,
             skipped[0].1
         )));
     }
@@ -225,7 +309,7 @@ pub fn extract(
         network: Some(net.name()),
         resize: Some(s.resize.name().into()),
         shard: s.shard,
-        images: Some(files.len()),
+        images: Some(files.count()),
     };
     Ok(Some(Extracted {
         file: FeatureFile::from_rows(Rows::new(n, dim, features), logits, meta),

@@ -30,7 +30,7 @@ use crate::trace::{RgbImage, Run};
 use crate::types::CaptureMode;
 use files::{FileJob, FileResult, Files, PathPurpose};
 use heatmap::MapData;
-use store::{DecodeState, RunId, RunStore};
+use store::{DecodeState, QualityOf, RunId, RunStore};
 
 /// Which picture of a step the image panel shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +106,13 @@ pub struct CompareUi {
     pub seeds: String,
     /// The sweep decodes x0 and x_t at 0, 1/4, 1/2, 3/4 and 1 of every run.
     pub snapshots: bool,
+    /// Quality metrics: the CLIP model of the CLIP score (empty: none).
+    pub clip_model: String,
+    /// Quality metrics: the real set's feature file for FID (empty: none).
+    pub real_features: String,
+    /// Quality metrics: the Inception weights when the real features are Inception's (empty:
+    /// the torch hub cache).
+    pub inception_weights: String,
 }
 
 /// What the Compare tab compares.
@@ -126,6 +133,9 @@ impl Default for CompareUi {
             guidances: "1,3,5,7.5,10,15".into(),
             seeds: "0..3".into(),
             snapshots: false,
+            clip_model: crate::metrics::clip::DEFAULT_MODEL.into(),
+            real_features: String::new(),
+            inception_weights: String::new(),
         }
     }
 }
@@ -533,6 +543,16 @@ impl App {
                     ExperimentSettings::Sweep(s) => {
                         self.store.begin_sweep(s.clone());
                         self.view.compare_textures.clear();
+                    }
+                    ExperimentSettings::Quality(s) => {
+                        let of = match self.settings.compare.mode {
+                            CompareMode::Samplers => self.store.comparison.as_ref().map(|c| QualityOf::Comparison(c.generation)),
+                            CompareMode::Guidance => self.store.sweep.as_ref().map(|c| QualityOf::Sweep(c.generation)),
+                        };
+                        match of {
+                            Some(of) => self.store.begin_quality(of, s.sets.iter().map(|s| s.label.clone()).collect()),
+                            None => return,
+                        }
                     }
                     ExperimentSettings::ShapesEval(_) | ExperimentSettings::GenerateSet(_) => {}
                 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::engine::{Event, ModelInfo};
 use crate::experiments::compare::{CellReport, CellRole, CompareReport, CompareSettings};
+use crate::experiments::quality::QualityRow;
 use crate::experiments::sweep::{GuidanceReport, Snapshot, SweepSettings};
 use crate::experiments::{ExperimentEvent, ExperimentReport, Progress, Stop};
 use crate::trace::{RgbImage, Run};
@@ -119,6 +120,23 @@ impl SweepView {
     }
 }
 
+/// Which Compare view a set of quality rows belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QualityOf {
+    /// The sampler comparison of this generation.
+    Comparison(u64),
+    /// The guidance sweep of this generation.
+    Sweep(u64),
+}
+
+/// The quality metrics of a comparison's or a sweep's rows, filled as rows are scored.
+pub struct QualityView {
+    pub of: QualityOf,
+    pub labels: Vec<String>,
+    pub rows: Vec<Option<QualityRow>>,
+    pub stopped: Option<Stop>,
+}
+
 /// How many runs the store keeps; the oldest that is neither shown nor streaming is dropped
 /// first (a full-capture SD 1.5 run is ~400 MB).
 pub const MAX_RUNS: usize = 8;
@@ -148,6 +166,8 @@ pub struct RunStore {
     pub comparison: Option<Comparison>,
     /// The guidance sweep shown in the Compare tab.
     pub sweep: Option<SweepView>,
+    /// The quality metrics last computed in the Compare tab.
+    pub quality: Option<QualityView>,
 }
 
 impl Default for RunStore {
@@ -167,6 +187,7 @@ impl Default for RunStore {
             removed: Vec::new(),
             comparison: None,
             sweep: None,
+            quality: None,
         }
     }
 }
@@ -252,6 +273,11 @@ impl RunStore {
                         sw.add_row(*row);
                     }
                 }
+                ExperimentEvent::QualityRow(row) => {
+                    if let Some(slot) = self.quality.as_mut().and_then(|q| q.rows.get_mut(row.index)) {
+                        *slot = Some(*row);
+                    }
+                }
                 _ => {}
             },
             Some(Event::ExperimentFinished { outcome, total_secs }) => {
@@ -271,6 +297,14 @@ impl RunStore {
                     for row in &r.rows {
                         sw.add_row(row.clone());
                     }
+                }
+                if let (ExperimentReport::Quality(r), Some(q)) = (&outcome.report, self.quality.as_mut()) {
+                    for row in &r.rows {
+                        if let Some(slot) = q.rows.get_mut(row.index) {
+                            *slot = Some(row.clone());
+                        }
+                    }
+                    q.stopped = outcome.stopped.clone();
                 }
                 // The Evaluate tab shows the last evaluation; comparisons and sweeps keep
                 // theirs in `comparison` / `sweep`.
@@ -295,6 +329,16 @@ impl RunStore {
             settings,
             rows: Vec::new(),
             report: None,
+        });
+    }
+
+    /// Starts showing the quality rows of `of` (labelled, scored as they arrive).
+    pub fn begin_quality(&mut self, of: QualityOf, labels: Vec<String>) {
+        self.quality = Some(QualityView {
+            of,
+            rows: vec![None; labels.len()],
+            labels,
+            stopped: None,
         });
     }
 

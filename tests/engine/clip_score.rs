@@ -116,7 +116,7 @@ fn the_clip_score_matches_torchmetrics() {
 #[test]
 fn clip_features_follow_clean_fids_recipe() {
     let (r, _) = reference();
-    let net = Network::Clip(Box::new(model()));
+    let net = Network::Clip(std::sync::Arc::new(model()));
     let s = ExtractSettings {
         batch: 3,
         ..Default::default()
@@ -221,4 +221,107 @@ fn the_clip_score_cli_writes_the_score_and_refuses_bad_input() {
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("not a CLIP model folder"), "{e}");
+}
+
+#[test]
+fn the_quality_experiment_scores_rows_as_the_metrics_cli_does() {
+    use diffusion_scope::experiments::quality::{self, QualitySet, QualitySettings};
+    use diffusion_scope::experiments::{ExperimentEvent, Stop};
+    use diffusion_scope::trace::RgbImage;
+    let (_, j) = reference();
+    let captions: Vec<String> = j["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let imgs: Vec<RgbImage> = images()
+        .iter()
+        .map(|p| {
+            let im = image::open(p).unwrap().to_rgb8();
+            RgbImage {
+                width: im.width() as usize,
+                height: im.height() as usize,
+                pixels: im.into_raw(),
+            }
+        })
+        .collect();
+    // The real set: CLIP features of the four fixture images, as `metrics features --network clip`.
+    let dir = tempdir("quality");
+    let real = dir.join("real.safetensors");
+    let net = Network::Clip(std::sync::Arc::new(model()));
+    let x = extract::extract(
+        &net,
+        &images(),
+        &ExtractSettings::default(),
+        &AtomicBool::new(false),
+        &mut |_, _| {},
+    )
+    .unwrap()
+    .unwrap();
+    x.file.write(&real).unwrap();
+    let settings = QualitySettings {
+        sets: vec![
+            QualitySet {
+                label: "first three".into(),
+                images: imgs[..3].to_vec(),
+                captions: captions[..3].to_vec(),
+            },
+            QualitySet {
+                label: "one".into(),
+                images: imgs[3..].to_vec(),
+                captions: captions[3..].to_vec(),
+            },
+        ],
+        clip_model: Some(fixtures().join("tiny-clip").to_str().unwrap().into()),
+        real_features: Some(real.clone()),
+        inception_weights: None,
+    };
+    let mut streamed = Vec::new();
+    let (report, stopped) = quality::run(&settings, &AtomicBool::new(false), &mut |ev| {
+        if let ExperimentEvent::QualityRow(r) = ev {
+            streamed.push(r.index);
+        }
+    })
+    .unwrap();
+    assert!(stopped.is_none() && report.complete);
+    assert_eq!(streamed, vec![0, 1]);
+    // Row 0: the CLIP score of its three pairs, and the FID of its features against the real file.
+    let scores: Vec<f64> = j["scores"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let r0 = &report.rows[0].metrics;
+    let want = scores[..3].iter().sum::<f64>() / 3.0;
+    assert!((r0.clip_score.unwrap() - want).abs() < 1e-4, "{r0:?}");
+    let fake = extract::extract(
+        &net,
+        &imgs[..3].to_vec(),
+        &ExtractSettings::default(),
+        &AtomicBool::new(false),
+        &mut |_, _| {},
+    )
+    .unwrap()
+    .unwrap()
+    .file;
+    let direct = diffusion_scope::metrics::compare(&x.file, &fake, &Default::default(), &mut |_, _, _| {}).unwrap();
+    assert_eq!(r0.fid, direct.fid);
+    assert!(r0.kid_mean.is_some() && r0.warnings.iter().any(|w| w.contains("noise")));
+    assert_eq!(r0.network.as_deref(), Some("clip:tiny-clip"));
+    // Row 1: one image: a CLIP score (its pair is negative, and so is the mean: clamped at 0),
+    // no FID, and a note saying why.
+    let r1 = &report.rows[1].metrics;
+    assert_eq!(r1.clip_score, Some(0.0));
+    assert!(
+        r1.fid.is_none() && r1.warnings.iter().any(|w| w.contains("at least 2 images")),
+        "{r1:?}"
+    );
+    // Cancelled before the first row: nothing scored, and it says so.
+    let (r, stopped) = quality::run(&settings, &AtomicBool::new(true), &mut |_| {}).unwrap();
+    assert!(r.rows.is_empty() && stopped == Some(Stop::Cancelled));
+    // Features of another CLIP cannot be compared: the error names the network.
+    let mut other = settings.clone();
+    other.clip_model = None;
+    let e = quality::run(&other, &AtomicBool::new(false), &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("clip:tiny-clip"), "{e}");
 }

@@ -212,7 +212,8 @@ fn the_worker_runs_an_experiment() {
                 ExperimentEvent::CompareCell(_)
                 | ExperimentEvent::SweepRun(_)
                 | ExperimentEvent::SweepRow(_)
-                | ExperimentEvent::SetImage(_) => {
+                | ExperimentEvent::SetImage(_)
+                | ExperimentEvent::QualityRow(_) => {
                     panic!("another experiment's event")
                 }
             },

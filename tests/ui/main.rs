@@ -523,6 +523,27 @@ fn guidance_sweep_fills_grows_by_a_row_and_opens_a_run() {
     assert_eq!(sw.cells[&(2, 1)].run.meta.guidance, 7.0);
     assert_eq!(h.state().view.compare_rects.len(), 6);
     assert!(sw.cells.values().all(|c| c.snapshots.len() == 5));
+    // Quality metrics of the rows: the CLIP score of each w's two images (a tiny random CLIP).
+    let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
+    h.state_mut().settings.compare.clip_model = clip.display().to_string();
+    h.run_steps(2);
+    h.get_by_label("Compute metrics").click();
+    h.step();
+    step_until(&mut h, 120, "the metrics", |app| {
+        assert!(app.store.error.is_none(), "{:?}", app.store.error);
+        app.store.quality.as_ref().is_some_and(|q| q.rows.iter().all(Option::is_some)) && !app.store.busy()
+    });
+    h.run_steps(2);
+    let q = h.state().store.quality.as_ref().unwrap();
+    assert_eq!(q.labels, ["w = 1", "w = 4", "w = 7"]);
+    assert!(
+        q.rows
+            .iter()
+            .flatten()
+            .all(|r| r.metrics.n_fake == 2 && r.metrics.clip_score.is_some())
+    );
+    h.get_by_label("CLIP score");
+    h.get_by_label("Copy CSV");
     // Columns: the timestep snapshots of seed 1 (one rect per row: its final x0).
     h.get_by_label("Columns").click();
     h.run_steps(2);

@@ -177,9 +177,12 @@ fn samplers_ui(app: &mut App, ui: &mut egui::Ui) {
         });
         ui.separator();
         ui.vertical(|ui| {
-            if let Some(cmp) = app.store.comparison.as_ref() {
-                convergence_plot(cmp, ui);
-            }
+            egui::ScrollArea::vertical().id_salt("compare-side").show(ui, |ui| {
+                if let Some(cmp) = app.store.comparison.as_ref() {
+                    convergence_plot(cmp, ui);
+                }
+                super::quality::quality_ui(app, ui);
+            });
         });
     });
     if let Some(row) = open {
@@ -483,9 +486,14 @@ fn sweep_ui(app: &mut App, ui: &mut egui::Ui) {
                 });
         });
         ui.separator();
-        if let Some(sw) = app.store.sweep.as_ref() {
-            ui.vertical(|ui| sweep_plot(sw, ui));
-        }
+        ui.vertical(|ui| {
+            egui::ScrollArea::vertical().id_salt("sweep-side").show(ui, |ui| {
+                if let Some(sw) = app.store.sweep.as_ref() {
+                    sweep_plot(sw, ui);
+                }
+                super::quality::quality_ui(app, ui);
+            });
+        });
     });
     if let Some((gi, si)) = open {
         app.send(Action::OpenSweepCell(gi, si));

@@ -48,7 +48,11 @@ pub fn evaluate_ui(app: &mut App, ui: &mut egui::Ui) {
     }
     ui.separator();
     match &app.store.experiment {
-        None | Some((ExperimentReport::Compare(_) | ExperimentReport::Sweep(_) | ExperimentReport::GenerateSet(_), _)) => {
+        None
+        | Some((
+            ExperimentReport::Compare(_) | ExperimentReport::Sweep(_) | ExperimentReport::GenerateSet(_) | ExperimentReport::Quality(_),
+            _,
+        )) => {
             ui.label(RichText::new("No evaluation yet.").weak());
         }
         Some((ExperimentReport::ShapesEval(report), stopped)) => {

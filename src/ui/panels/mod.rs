@@ -10,6 +10,7 @@ mod controls;
 mod evaluate;
 mod exports;
 mod images;
+mod quality;
 mod runs;
 mod schedules;
 mod timeline;
