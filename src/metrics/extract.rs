@@ -140,10 +140,12 @@ impl NetworkChoice {
                     None => inception::find_weights().ok_or_else(|| {
                         MetricsError::File(format!(
                             "the FID Inception weights were not found: give the weights file ({} from pytorch-fid, {} from \
-                             torch-fidelity, or a safetensors conversion); looked in $TORCH_HOME/hub/checkpoints \
-                             (default ~/.cache/torch/hub/checkpoints)",
+                             torch-fidelity, the TorchScript {} of clean-fid, or a safetensors conversion); looked in \
+                             $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints) and {}",
                             inception::WEIGHT_FILES[0],
-                            inception::WEIGHT_FILES[1]
+                            inception::WEIGHT_FILES[1],
+                            inception::TORCHSCRIPT_FILE,
+                            std::env::temp_dir().display()
                         ))
                     })?,
                 };

@@ -295,11 +295,14 @@ impl Inception {
         })
     }
 
-    /// Loads `.pth` (a torch state dict) or `.safetensors` weights.
+    /// Loads `.pth` (a torch state dict), `.safetensors` weights, or the network's TorchScript
+    /// archive (`inception-2015-12-05.pt`, `default_1.pt`: no classifier, so no logits).
     pub fn load(path: &Path, device: &Device) -> Result<Self, MetricsError> {
         let bad = |e: String| MetricsError::File(format!("{}: {e}", path.display()));
         let tensors: HashMap<String, Tensor> = if path.extension().is_some_and(|e| e == "safetensors") {
             candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(e.to_string()))?
+        } else if super::torchscript::is_torchscript(path) {
+            super::torchscript::inception_weights(path)?
         } else {
             candle_core::pickle::read_all(path)
                 .map_err(|e| bad(format!("not a torch state dict ({e})")))?
@@ -308,7 +311,7 @@ impl Inception {
         };
         if tensors.is_empty() {
             return Err(bad(
-                "holds no tensors (a TorchScript archive? give the state-dict .pth or a safetensors conversion)".into(),
+                "holds no tensors (not a torch state dict, TorchScript archive or safetensors file)".into(),
             ));
         }
         Self::from_tensors(&tensors, device).map_err(|e| match e {
@@ -350,8 +353,13 @@ impl Inception {
     }
 }
 
+/// The TorchScript archive's file name (clean-fid downloads it into the temporary folder).
+pub const TORCHSCRIPT_FILE: &str = "inception-2015-12-05.pt";
+
 /// Where the weights are found without `--weights`: the torch hub cache
-/// (`$TORCH_HOME/hub/checkpoints`, default `~/.cache/torch/hub/checkpoints`).
+/// (`$TORCH_HOME/hub/checkpoints`, default `~/.cache/torch/hub/checkpoints`) holding one of
+/// [`WEIGHT_FILES`] or the TorchScript archive, then clean-fid's copy of the archive in the
+/// temporary folder.
 pub fn find_weights() -> Option<PathBuf> {
     let home = std::env::var_os("TORCH_HOME").map(PathBuf::from).or_else(|| {
         std::env::var_os("XDG_CACHE_HOME")
@@ -359,5 +367,10 @@ pub fn find_weights() -> Option<PathBuf> {
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/torch")))
     })?;
     let dir = home.join("hub/checkpoints");
-    WEIGHT_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file())
+    WEIGHT_FILES
+        .iter()
+        .chain([&TORCHSCRIPT_FILE])
+        .map(|f| dir.join(f))
+        .chain([std::env::temp_dir().join(TORCHSCRIPT_FILE)])
+        .find(|p| p.is_file())
 }

@@ -9,6 +9,7 @@ pub mod inception;
 pub mod math;
 pub mod nprand;
 pub mod resize;
+pub mod torchscript;
 
 use serde::{Deserialize, Serialize};
 

@@ -327,3 +327,42 @@ fn the_metrics_cli_extracts_shards_merges_and_compares() {
         assert!(!o.status.success() && e.contains(expected), "{args:?}: {e}");
     }
 }
+
+/// A TorchScript archive's tensors by module path, as torch's `state_dict()` names them: nested
+/// modules, a buffer, a float16 tensor (candle's flat `pickle::read_all` finds none of them).
+#[test]
+fn torchscript_archives_are_read_by_module_path() {
+    use diffusion_scope::metrics::torchscript;
+    let path = fixtures().join("torchscript/nested.pt");
+    assert!(candle_core::pickle::read_all(&path).unwrap().is_empty());
+    assert!(torchscript::is_torchscript(&path));
+    let got = torchscript::read(&path).unwrap();
+    let want = candle_core::safetensors::load(fixtures().join("torchscript/nested.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = got.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "layers.0.conv.weight",
+            "layers.0.f16",
+            "layers.0.var",
+            "layers.1.bias",
+            "layers.1.weight",
+            "scale"
+        ]
+    );
+    for (k, w) in &want {
+        let g = &got[k];
+        assert_eq!((g.dims(), g.dtype()), (w.dims(), w.dtype()), "{k}");
+        let (g, w) = (
+            values(&g.to_dtype(candle_core::DType::F32).unwrap()),
+            values(&w.to_dtype(candle_core::DType::F32).unwrap()),
+        );
+        assert_eq!(g, w, "{k}");
+    }
+    // Not the FID Inception: said by name, not a panic.
+    let e = Inception::load(&path, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("without the FID Inception's parameters"), "{e}");
+    // A state-dict .pth is not mistaken for an archive.
+    assert!(!torchscript::is_torchscript(&fixtures().join("inception/a.png")));
+}
