@@ -21,3 +21,28 @@ pub const BUNDLED_MODEL_DIR: &str = "assets/shapes-model";
 pub fn bundled_model_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_MODEL_DIR)
 }
+
+/// The shapes world's evaluation networks (feature network and CLIP), relative to the crate root.
+pub const SHAPES_METRICS_DIR: &str = "assets/shapes-metrics";
+
+/// The shapes world's feature network folder (`--network shapes`).
+pub fn shapes_featnet_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(SHAPES_METRICS_DIR)
+        .join("featnet")
+}
+
+/// The shapes CLIP folder (`clip-score --model shapes`).
+pub fn shapes_clip_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(SHAPES_METRICS_DIR)
+        .join("clip")
+}
+
+/// The shipped feature file of shapes-world renders (`--real shapes`): the shapes network's
+/// features of 2000 renders.
+pub fn shapes_renders_features_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(SHAPES_METRICS_DIR)
+        .join("renders-2k.safetensors")
+}

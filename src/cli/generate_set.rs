@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use diffusion_scope::experiments::generate_set::{SetRun, SetSettings};
+use diffusion_scope::experiments::generate_set::{SetRun, SetSettings, cell_dir};
 use diffusion_scope::experiments::sweep::{parse_guidances, parse_seeds_up_to};
 use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, ExperimentSettings, Stop};
 use diffusion_scope::metrics::features::parse_shard;
@@ -103,16 +103,6 @@ fn settings(a: &GenerateSetArgs) -> anyhow::Result<SetSettings> {
     };
     s.validate().map_err(|e| anyhow::anyhow!(e))?;
     Ok(s)
-}
-
-/// The folder of cell `ci`: the set folder itself when there is one cell.
-fn cell_dir(out: &Path, s: &SetSettings, ci: usize) -> PathBuf {
-    let cells = s.cells();
-    if cells.len() == 1 {
-        out.to_path_buf()
-    } else {
-        out.join(cells[ci].folder())
-    }
 }
 
 fn image_path(out: &Path, s: &SetSettings, job: usize) -> PathBuf {

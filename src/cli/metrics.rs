@@ -34,13 +34,40 @@ enum MetricsCommand {
     Compare(CompareArgs),
     /// The CLIP score of images against their captions (torchmetrics' CLIPScore).
     ClipScore(ClipScoreArgs),
+    /// FID, KID, precision/recall, IS, CLIP score and detector accuracy of every cell of a
+    /// `generate-set` folder, as a table and curves along the axis the set varies (guidance or
+    /// steps).
+    Curves(CurvesArgs),
+    /// Check a feature network on shapes-world renders: FID near 0 between two seeds, and
+    /// growing with known amounts of blur, colour shift and wrong shapes.
+    Sanity(SanityArgs),
+}
+
+#[derive(Args)]
+struct SanityArgs {
+    /// Images per set (11 sets).
+    #[arg(long, default_value_t = 500)]
+    n: usize,
+    /// The feature network (shapes, inception, clip; see `metrics features`).
+    #[arg(long, default_value = "shapes")]
+    network: String,
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long, default_value = metrics::clip::DEFAULT_MODEL)]
+    model: String,
+    /// Write the table as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// How images become features.
 #[derive(Args, Clone)]
 struct NetworkArgs {
-    /// The feature network: inception (the FID Inception-v3 of 2015-12-05) or clip (a CLIP
-    /// image tower's projected embeddings, clean-fid's CLIP features; see --model).
+    /// The feature network: inception (the FID Inception-v3 of 2015-12-05), clip (a CLIP image
+    /// tower's projected embeddings, clean-fid's CLIP features; see --model), or shapes (the
+    /// shapes world's own classifier, shipped; --weights FOLDER for another copy).
     #[arg(long, default_value = "inception")]
     network: String,
     /// The CLIP model for --network clip: a Hugging Face CLIP folder or hub id.
@@ -87,7 +114,8 @@ struct ClipScoreArgs {
     /// every image.
     #[arg(long)]
     prompts: PathBuf,
-    /// A Hugging Face CLIP folder or hub id (torchmetrics' default).
+    /// A Hugging Face CLIP folder or hub id (default: torchmetrics'), or `shapes` (the shapes
+    /// world's CLIP, shipped).
     #[arg(long, default_value = metrics::clip::DEFAULT_MODEL)]
     model: String,
     /// Images per model call.
@@ -111,7 +139,8 @@ struct MergeArgs {
 
 #[derive(Args)]
 struct CompareArgs {
-    /// The real set: a feature file (.safetensors) or a folder of images.
+    /// The real set: a feature file (.safetensors), a folder of images, or `shapes` (the shipped
+    /// shapes-network features of 2000 shapes-world renders).
     #[arg(long)]
     real: PathBuf,
     /// The generated set: a feature file or a folder of images.
@@ -150,6 +179,8 @@ pub fn run(args: MetricsArgs) -> anyhow::Result<std::process::ExitCode> {
         MetricsCommand::Merge(a) => merge(a),
         MetricsCommand::Compare(a) => compare(a),
         MetricsCommand::ClipScore(a) => clip_score(a),
+        MetricsCommand::Sanity(a) => sanity(a),
+        MetricsCommand::Curves(a) => curves(a),
     }
 }
 
@@ -190,9 +221,13 @@ impl NetworkArgs {
                 weights: self.weights.clone(),
             },
             "clip" => NetworkChoice::Clip { model: self.model.clone() },
-            other => bail!("--network: '{other}' is not a feature network (inception, clip)"),
+            "shapes" => NetworkChoice::Shapes { dir: self.weights.clone() },
+            other => bail!("--network: '{other}' is not a feature network (inception, clip, shapes)"),
         };
-        let flag = if self.network == "clip" { "--model" } else { "--weights" };
+        let flag = match self.network.as_str() {
+            "clip" => "--model",
+            _ => "--weights",
+        };
         choice.load(&Device::Cpu).context(flag)
     }
 }
@@ -280,6 +315,10 @@ fn merge(a: MergeArgs) -> anyhow::Result<std::process::ExitCode> {
 
 /// A set given as a feature file or a folder of images.
 fn load_set(p: &Path, what: &str, net: &mut Option<Network>, args: &NetworkArgs, quiet: bool) -> anyhow::Result<Option<FeatureFile>> {
+    if p == Path::new("shapes") && !p.exists() {
+        let f = diffusion_scope::shapes_renders_features_path();
+        return Ok(Some(FeatureFile::read(&f).with_context(|| format!("--{what} shapes"))?));
+    }
     if p.is_file() {
         return Ok(Some(FeatureFile::read(p).with_context(|| format!("--{what}"))?));
     }
@@ -462,4 +501,271 @@ fn clip_score(a: ClipScoreArgs) -> anyhow::Result<std::process::ExitCode> {
         std::fs::write(j, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", j.display()))?;
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn sanity(a: SanityArgs) -> anyhow::Result<std::process::ExitCode> {
+    use diffusion_scope::metrics::sanity;
+    if let Some(j) = &a.json {
+        check_out(j).context("--json")?;
+    }
+    anyhow::ensure!(a.n >= 10, "--n: at least 10 images a set");
+    let net = NetworkArgs {
+        network: a.network.clone(),
+        model: a.model.clone(),
+        weights: a.weights.clone(),
+        resize: "clean".into(),
+        batch: 32,
+    }
+    .load()?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _interrupt = Interrupt::install(cancel.clone(), "set", "exiting without a table");
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(sanity::DAMAGES.len() as u64)
+    };
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} sets  eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let t0 = std::time::Instant::now();
+    let Some(rows) = sanity::study(&net, a.n, true, &cancel, &mut |done, _| bar.set_position(done as u64))? else {
+        bar.finish_and_clear();
+        eprintln!("interrupted: no table");
+        return Ok(std::process::ExitCode::from(130));
+    };
+    bar.finish_and_clear();
+    println!(
+        "network {}, {} images a set (reference: dataset seed 1; sets: seed 2), {:.0} s",
+        net.name(),
+        a.n,
+        t0.elapsed().as_secs_f64()
+    );
+    println!("| set | FID | KID | precision | recall | IS |");
+    println!("|---|---|---|---|---|---|");
+    for r in &rows {
+        let f = |v: Option<f64>, d: usize| v.map_or("–".into(), |v| format!("{v:.d$}"));
+        println!(
+            "| {} | {:.3} | {} | {} | {} | {} |",
+            r.label,
+            r.fid,
+            f(r.kid_mean, 5),
+            f(r.precision, 3),
+            f(r.recall, 3),
+            f(r.is_mean, 2)
+        );
+    }
+    if let Some(j) = &a.json {
+        std::fs::write(j, serde_json::to_string_pretty(&rows)?).with_context(|| format!("writing {}", j.display()))?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+struct CurvesArgs {
+    /// A set folder written by `generate-set` (set.json, a folder per cell).
+    #[arg(long)]
+    set: PathBuf,
+    /// The real set's feature file, or `shapes` (the shipped shapes-world renders).
+    #[arg(long, default_value = "shapes")]
+    real: PathBuf,
+    /// The CLIP model of the CLIP score (`shapes`, a folder or a hub id; `none` for none).
+    #[arg(long, default_value = "shapes")]
+    clip: String,
+    /// Inception weights, when the real features are Inception's.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Folder for report.json, report.csv and the plots (default: the set folder).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// What the cells of a set vary along, for the x axis.
+fn curve_axis(
+    s: &diffusion_scope::experiments::generate_set::SetSettings,
+) -> (
+    &'static str,
+    Box<dyn Fn(&diffusion_scope::experiments::generate_set::SetCell) -> (String, f64)>,
+) {
+    if s.guidances.len() > 1 {
+        (
+            "guidance w",
+            Box::new(|c| {
+                (
+                    format!("{} {} steps", c.sampler.map_or("default".into(), |k| k.to_string()), c.steps),
+                    c.guidance as f64,
+                )
+            }),
+        )
+    } else if s.steps.len() > 1 {
+        (
+            "steps",
+            Box::new(|c| {
+                (
+                    format!("{} w {}", c.sampler.map_or("default".into(), |k| k.to_string()), c.guidance),
+                    c.steps as f64,
+                )
+            }),
+        )
+    } else {
+        ("cell", Box::new(|c| (c.folder(), 0.0)))
+    }
+}
+
+fn curves(a: CurvesArgs) -> anyhow::Result<std::process::ExitCode> {
+    use diffusion_scope::experiments::generate_set::load_set;
+    use diffusion_scope::experiments::quality::{self, QualitySet, QualitySettings};
+    use diffusion_scope::ui::export::{self, Series};
+    let out = a.out.clone().unwrap_or_else(|| a.set.clone());
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let set = load_set(&a.set).map_err(|e| anyhow::anyhow!("--set: {e}"))?;
+    if set.missing > 0 {
+        eprintln!(
+            "warning: {} images of the plan are missing (an unfinished shard?); the rows use those present",
+            set.missing
+        );
+    }
+    let sets: Vec<QualitySet> = set
+        .cells
+        .iter()
+        .map(|(c, imgs, caps)| QualitySet {
+            label: c.folder(),
+            images: imgs.clone(),
+            captions: caps.clone(),
+        })
+        .collect();
+    let settings = QualitySettings {
+        sets,
+        clip_model: (a.clip != "none").then(|| a.clip.clone()),
+        real_features: Some(a.real.clone()),
+        inception_weights: a.weights.clone(),
+        detector: true,
+    };
+    settings.validate().map_err(|e| anyhow::anyhow!(e))?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _interrupt = Interrupt::install(cancel.clone(), "row", "writing the rows done");
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(set.cells.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} cells  eta {eta}  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (report, stopped) = quality::run(&settings, &cancel, &mut |ev| {
+        if let diffusion_scope::experiments::ExperimentEvent::Progress(p) = ev {
+            bar.set_position(p.done as u64);
+            bar.set_message(p.message);
+        }
+    })?;
+    bar.finish_and_clear();
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    let f = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+    let mut csv = String::from("cell,n,fid,kid_mean,kid_std,precision,recall,is_mean,clip_score,detector_pct\n");
+    for r in &report.rows {
+        let m = &r.metrics;
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            r.label,
+            m.n_fake,
+            f(m.fid),
+            f(m.kid_mean),
+            f(m.kid_std),
+            f(m.precision),
+            f(m.recall),
+            f(m.is_mean),
+            f(m.clip_score),
+            f(r.detector.as_ref().map(|d| d.accuracy()))
+        ));
+    }
+    std::fs::write(out.join("report.csv"), &csv)?;
+    // The curves: one series per fixed part of the cell, along the axis the plan varies.
+    let (x_label, axis) = curve_axis(&set.settings);
+    let cells: Vec<_> = set.settings.cells();
+    let series = |metric: &dyn Fn(&diffusion_scope::experiments::quality::QualityRow) -> Option<f64>| -> Vec<Series> {
+        let mut out: Vec<Series> = Vec::new();
+        for r in &report.rows {
+            let (name, x) = axis(&cells[r.index]);
+            let Some(y) = metric(r) else { continue };
+            match out.iter_mut().find(|s| s.label == name) {
+                Some(s) => s.points.push((x, y)),
+                None => out.push(Series {
+                    label: name,
+                    points: vec![(x, y)],
+                }),
+            }
+        }
+        out
+    };
+    let mut fid = series(&|r| r.metrics.fid);
+    // Mark each curve's FID minimum (the guidance or step count past which FID stops improving).
+    let minima: Vec<(f64, f64)> = fid
+        .iter()
+        .filter_map(|s| s.points.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)))
+        .collect();
+    if !minima.is_empty() {
+        fid.push(Series {
+            label: "FID minimum".into(),
+            points: minima.clone(),
+        });
+    }
+    let n = report.rows.first().map_or(0, |r| r.metrics.n_fake);
+    let plots = [
+        (
+            "fid.png",
+            export::plot(
+                &format!("FID against the real set ({n} images a cell)"),
+                x_label,
+                "FID",
+                &fid,
+                false,
+            ),
+        ),
+        (
+            "clip_score.png",
+            export::plot("CLIP score", x_label, "CLIP score", &series(&|r| r.metrics.clip_score), false),
+        ),
+        (
+            "precision_recall.png",
+            export::plot(
+                "Precision and recall (k = 3)",
+                x_label,
+                "fraction",
+                &[series(&|r| r.metrics.precision), series(&|r| r.metrics.recall)]
+                    .into_iter()
+                    .zip(["precision", "recall"])
+                    .flat_map(|(v, what)| {
+                        v.into_iter().map(move |s| Series {
+                            label: format!("{what}: {}", s.label),
+                            points: s.points,
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+                false,
+            ),
+        ),
+        (
+            "detector.png",
+            export::plot(
+                "Detector accuracy (%)",
+                x_label,
+                "% of captions right",
+                &series(&|r| r.detector.as_ref().map(|d| d.accuracy())),
+                false,
+            ),
+        ),
+    ];
+    for (name, img) in plots {
+        let p = out.join(name);
+        img.save(&p).with_context(|| format!("writing {}", p.display()))?;
+    }
+    print!("{csv}");
+    for (x, y) in &minima {
+        println!("FID minimum: {y:.3} at {x_label} {x}");
+    }
+    println!("wrote {}", out.display());
+    Ok(if stopped.is_some() {
+        std::process::ExitCode::from(130)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
 }

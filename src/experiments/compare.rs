@@ -238,7 +238,7 @@ impl Quality {
         self.strict.pct()
     }
 
-    fn add(&mut self, j: &world::Judgement) {
+    pub(crate) fn add(&mut self, j: &world::Judgement) {
         self.captions += 1;
         self.strict.add(j.strict_correct());
         for o in &j.objects {

@@ -233,6 +233,56 @@ pub fn run(
     Ok((report, None))
 }
 
+/// The folder of cell `ci` of a set written to `out`: the set folder itself when the plan has
+/// one cell, else a subfolder named by [`SetCell::folder`].
+pub fn cell_dir(out: &std::path::Path, s: &SetSettings, ci: usize) -> std::path::PathBuf {
+    let cells = s.cells();
+    if cells.len() == 1 {
+        out.to_path_buf()
+    } else {
+        out.join(cells[ci].folder())
+    }
+}
+
+/// A set folder written by `generate-set`, read back: its plan, and per cell the images there
+/// (in plan order; missing ones are skipped and counted) with their prompts.
+pub struct LoadedSet {
+    pub settings: SetSettings,
+    pub cells: Vec<(SetCell, Vec<RgbImage>, Vec<String>)>,
+    pub missing: usize,
+}
+
+pub fn load_set(dir: &std::path::Path) -> Result<LoadedSet, String> {
+    let plan_path = dir.join("set.json");
+    let text = std::fs::read_to_string(&plan_path).map_err(|e| format!("{}: {e} (not a generate-set folder)", plan_path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", plan_path.display()))?;
+    let settings: SetSettings = serde_json::from_value(v["settings"].clone()).map_err(|e| format!("{}: {e}", plan_path.display()))?;
+    let mut cells = Vec::new();
+    let mut missing = 0;
+    let per_cell = settings.jobs_per_cell();
+    for (ci, cell) in settings.cells().into_iter().enumerate() {
+        let d = cell_dir(dir, &settings, ci);
+        let (mut imgs, mut caps) = (Vec::new(), Vec::new());
+        for k in 0..per_cell {
+            let job = settings.job(ci * per_cell + k);
+            match image::open(d.join(format!("{k:06}.png"))) {
+                Ok(im) => {
+                    let im = im.to_rgb8();
+                    imgs.push(RgbImage {
+                        width: im.width() as usize,
+                        height: im.height() as usize,
+                        pixels: im.into_raw(),
+                    });
+                    caps.push(job.prompt);
+                }
+                Err(_) => missing += 1,
+            }
+        }
+        cells.push((cell, imgs, caps));
+    }
+    Ok(LoadedSet { settings, cells, missing })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use super::compare::Quality;
 use super::{ExperimentEvent, Progress, Stop};
 use crate::metrics::clip::{self, Clip};
 use crate::metrics::extract::{self, ExtractSettings, Network, NetworkChoice};
@@ -32,11 +33,16 @@ pub struct QualitySettings {
     pub sets: Vec<QualitySet>,
     /// The CLIP score with this CLIP folder or hub id (None: no CLIP score).
     pub clip_model: Option<String>,
-    /// FID and friends against this feature file (None: none). Its `network` metadata says
-    /// which network makes the rows' features: "inception" (weights from `inception_weights`
-    /// or the torch hub cache) or "clip:NAME" (the CLIP of `clip_model`).
+    /// FID and friends against this feature file (None: none; `shapes`: the shipped features of
+    /// shapes-world renders). Its `network` metadata says which network makes the rows'
+    /// features: "shapes" (the shipped shapes network), "inception" (weights from
+    /// `inception_weights` or the torch hub cache) or "clip:NAME" (the CLIP of `clip_model`).
     pub real_features: Option<PathBuf>,
     pub inception_weights: Option<PathBuf>,
+    /// Also judge every image against its caption with the shapes world's detector (rows whose
+    /// captions are not shapes-world captions get none).
+    #[serde(default)]
+    pub detector: bool,
 }
 
 /// One scored row.
@@ -45,6 +51,9 @@ pub struct QualityRow {
     pub index: usize,
     pub label: String,
     pub metrics: MetricsReport,
+    /// The shapes world's detector against the captions (with `detector`).
+    #[serde(default)]
+    pub detector: Option<Quality>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -58,7 +67,7 @@ impl QualitySettings {
         if self.sets.is_empty() || self.sets.iter().all(|s| s.images.is_empty()) {
             return Err("no images to score".into());
         }
-        if self.clip_model.is_none() && self.real_features.is_none() {
+        if self.clip_model.is_none() && self.real_features.is_none() && !self.detector {
             return Err("nothing to compute: give a CLIP model (CLIP score) or a real-set feature file (FID)".into());
         }
         if let Some(s) = self.sets.iter().find(|s| s.images.len() != s.captions.len()) {
@@ -72,6 +81,7 @@ impl QualitySettings {
 fn network_of(real: &FeatureFile, s: &QualitySettings, clip: Option<&Arc<Clip>>) -> Result<Network, MetricsError> {
     let name = real.meta.network.clone();
     match name.as_deref() {
+        Some("shapes") => NetworkChoice::Shapes { dir: None }.load(&Device::Cpu),
         Some("inception") => NetworkChoice::Inception {
             weights: s.inception_weights.clone(),
         }
@@ -107,7 +117,13 @@ pub fn run(
     };
     let real = match &settings.real_features {
         Some(p) => {
-            let f = FeatureFile::read(p)?;
+            // `shapes`: the shipped features of shapes-world renders.
+            let p = if p.as_os_str() == "shapes" && !p.exists() {
+                crate::shapes_renders_features_path()
+            } else {
+                p.clone()
+            };
+            let f = FeatureFile::read(&p)?;
             let net = network_of(&f, settings, clip.as_ref())?;
             Some((f, net))
         }
@@ -191,10 +207,18 @@ pub fn run(
                 m.warnings = warnings;
             }
         }
+        let detector = (settings.detector && n > 0 && set.captions.iter().all(|c| crate::world::parse_caption(c).is_ok())).then(|| {
+            let mut q = Quality::default();
+            for (img, c) in set.images.iter().zip(&set.captions) {
+                q.add(&crate::world::judge(c, &crate::world::detect(&img.pixels, img.width, img.height)));
+            }
+            q
+        });
         let row = QualityRow {
             index,
             label: set.label.clone(),
             metrics: m,
+            detector,
         };
         sink(ExperimentEvent::QualityRow(Box::new(row.clone())));
         report.rows.push(row);

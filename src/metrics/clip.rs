@@ -32,6 +32,9 @@ use crate::model::tokenizer::ClipTokenizer;
 /// torchmetrics' default CLIP-score model.
 pub const DEFAULT_MODEL: &str = "openai/clip-vit-large-patch14";
 
+/// The name of the shapes world's CLIP (`assets/shapes-metrics/clip`).
+pub const SHAPES: &str = "shapes";
+
 const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
@@ -399,7 +402,11 @@ const OPTIONAL: &[&str] = &[
 
 impl Clip {
     /// Load a CLIP folder or hub id (fetched into the shared Hugging Face cache).
+    /// `shapes` is the shapes world's CLIP shipped in `assets/shapes-metrics/clip`.
     pub fn load(spec: &str, device: &Device) -> Result<Self, MetricsError> {
+        if spec == SHAPES {
+            return Self::from_dir(&crate::shapes_clip_path(), SHAPES, device);
+        }
         let source = ModelSource::parse(spec).map_err(|e| MetricsError::File(e.to_string()))?;
         let root = resolve_files(&source, REQUIRED, OPTIONAL).map_err(|e| MetricsError::File(e.to_string()))?;
         // The name feature files record: a hub id as given, a local folder by its own name (so

@@ -14,6 +14,7 @@ use super::features::{FeatureFile, FeatureMeta, shard_range};
 use super::inception::{self, Inception};
 use super::math::Rows;
 use super::resize::{self, Resize};
+use super::shapes_net::ShapesNet;
 
 /// The image files a folder holds (PNG, JPEG), sorted by name: the rows' order.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, MetricsError> {
@@ -129,6 +130,8 @@ pub enum NetworkChoice {
     Inception { weights: Option<PathBuf> },
     /// A CLIP folder or hub id.
     Clip { model: String },
+    /// The shapes world's feature network (this folder, or the shipped one).
+    Shapes { dir: Option<PathBuf> },
 }
 
 impl NetworkChoice {
@@ -152,6 +155,10 @@ impl NetworkChoice {
                 Ok(Network::Inception(Inception::load(&path, device)?))
             }
             NetworkChoice::Clip { model } => Ok(Network::Clip(std::sync::Arc::new(Clip::load(model, device)?))),
+            NetworkChoice::Shapes { dir } => {
+                let dir = dir.clone().unwrap_or_else(crate::shapes_featnet_path);
+                Ok(Network::Shapes(std::sync::Arc::new(ShapesNet::load(&dir, device)?)))
+            }
         }
     }
 }
@@ -162,6 +169,8 @@ pub enum Network {
     Inception(Inception),
     /// A CLIP image tower: projected image embeddings (clean-fid's CLIP features), no logits.
     Clip(std::sync::Arc<Clip>),
+    /// The shapes world's feature network: 256-d pooled features, 24 colour x shape logits.
+    Shapes(std::sync::Arc<ShapesNet>),
 }
 
 impl Network {
@@ -169,6 +178,7 @@ impl Network {
         match self {
             Network::Inception(_) => "inception".into(),
             Network::Clip(c) => format!("clip:{}", c.name),
+            Network::Shapes(_) => "shapes".into(),
         }
     }
 
@@ -176,6 +186,7 @@ impl Network {
         match self {
             Network::Inception(_) => inception::SIZE,
             Network::Clip(c) => c.image_size,
+            Network::Shapes(n) => n.input_size,
         }
     }
 
@@ -183,6 +194,7 @@ impl Network {
         match self {
             Network::Inception(_) => resize::network_input(rgb, w, h, r),
             Network::Clip(c) => c.feature_input(rgb, w, h),
+            Network::Shapes(n) => n.input(rgb, w, h),
         }
     }
 
@@ -190,6 +202,7 @@ impl Network {
         match self {
             Network::Inception(i) => i.device(),
             Network::Clip(c) => c.device(),
+            Network::Shapes(n) => n.device(),
         }
     }
 
@@ -198,6 +211,10 @@ impl Network {
         match self {
             Network::Inception(i) => i.forward(x).map(|o| (o.pool3, o.logits)),
             Network::Clip(c) => c.image_embeds(x).map(|e| (e, None)),
+            Network::Shapes(n) => n.forward(x).map(|o| {
+                let logits = n.logits(&o).clone();
+                (o.features, Some(logits))
+            }),
         }
     }
 
@@ -205,6 +222,7 @@ impl Network {
         match self {
             Network::Inception(i) => (inception::FEATURES, i.has_logits().then_some(inception::CLASSES)),
             Network::Clip(c) => (c.projection_dim, None),
+            Network::Shapes(n) => (n.features, Some(n.classes)),
         }
     }
 }

@@ -9,6 +9,8 @@ pub mod inception;
 pub mod math;
 pub mod nprand;
 pub mod resize;
+pub mod sanity;
+pub mod shapes_net;
 pub mod torchscript;
 
 use serde::{Deserialize, Serialize};

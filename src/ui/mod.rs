@@ -133,8 +133,9 @@ impl Default for CompareUi {
             guidances: "1,3,5,7.5,10,15".into(),
             seeds: "0..3".into(),
             snapshots: false,
-            clip_model: crate::metrics::clip::DEFAULT_MODEL.into(),
-            real_features: String::new(),
+            // The bundled model's own evaluation networks; SD users pick theirs.
+            clip_model: crate::metrics::clip::SHAPES.into(),
+            real_features: "shapes".into(),
             inception_weights: String::new(),
         }
     }

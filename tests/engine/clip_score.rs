@@ -276,6 +276,7 @@ fn the_quality_experiment_scores_rows_as_the_metrics_cli_does() {
         clip_model: Some(fixtures().join("tiny-clip").to_str().unwrap().into()),
         real_features: Some(real.clone()),
         inception_weights: None,
+        detector: false,
     };
     let mut streamed = Vec::new();
     let (report, stopped) = quality::run(&settings, &AtomicBool::new(false), &mut |ev| {

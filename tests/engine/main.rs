@@ -14,5 +14,6 @@ mod hub;
 mod inception;
 mod metrics;
 mod parity;
+mod shapes_metrics;
 mod trace_io;
 mod worker;

@@ -58,6 +58,7 @@ fn settings(app: &App, sets: Vec<QualitySet>) -> Result<QualitySettings, String>
     let real = opt(&c.real_features).map(PathBuf::from);
     if let Some(p) = &real
         && !p.is_file()
+        && p.as_os_str() != "shapes"
     {
         return Err(format!("{}: no such feature file", p.display()));
     }
@@ -66,6 +67,8 @@ fn settings(app: &App, sets: Vec<QualitySet>) -> Result<QualitySettings, String>
         clip_model: opt(&c.clip_model),
         real_features: real,
         inception_weights: opt(&c.inception_weights).map(PathBuf::from),
+        // Rows whose prompt is a shapes-world caption get the detector's accuracy.
+        detector: true,
     };
     s.validate()?;
     Ok(s)
@@ -75,13 +78,13 @@ fn cell(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |v| format!("{v:.digits$}"))
 }
 
-fn csv(labels: &[String], rows: &[Option<&MetricsReport>]) -> String {
-    let mut out = String::from("row,n,clip_score,fid,kid_mean,kid_std,precision,recall,is_mean,network\n");
+fn csv(labels: &[String], rows: &[Option<&MetricsReport>], detector: &[Option<f64>]) -> String {
+    let mut out = String::from("row,n,clip_score,fid,kid_mean,kid_std,precision,recall,is_mean,detector_pct,network\n");
     let f = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
-    for (label, r) in labels.iter().zip(rows) {
+    for ((label, r), d) in labels.iter().zip(rows).zip(detector) {
         if let Some(r) = r {
             out.push_str(&format!(
-                "\"{}\",{},{},{},{},{},{},{},{},{}\n",
+                "\"{}\",{},{},{},{},{},{},{},{},{},{}\n",
                 label.replace('"', "\"\""),
                 r.n_fake,
                 f(r.clip_score),
@@ -91,6 +94,7 @@ fn csv(labels: &[String], rows: &[Option<&MetricsReport>]) -> String {
                 f(r.precision),
                 f(r.recall),
                 f(r.is_mean),
+                f(*d),
                 r.network.as_deref().unwrap_or("")
             ));
         }
@@ -105,7 +109,7 @@ pub fn quality_ui(app: &mut App, ui: &mut egui::Ui) {
     egui::Grid::new("quality-settings").num_columns(2).show(ui, |ui| {
         let l = ui.label("CLIP model");
         ui.add(egui::TextEdit::singleline(&mut c.clip_model).desired_width(260.0).hint_text("none"))
-            .on_hover_text("A Hugging Face CLIP folder or hub id: the CLIP score of every row against the prompt (empty: none)")
+            .on_hover_text("shapes (the shapes world's CLIP, for the bundled model), or a Hugging Face CLIP folder or hub id: the CLIP score of every row against the prompt (empty: none)")
             .labelled_by(l.id);
         ui.end_row();
         let l = ui.label("Real features");
@@ -155,11 +159,17 @@ pub fn quality_ui(app: &mut App, ui: &mut egui::Ui) {
         return;
     };
     let rows: Vec<Option<&MetricsReport>> = q.rows.iter().map(|r| r.as_ref().map(|r| &r.metrics)).collect();
+    let detector: Vec<Option<f64>> = q
+        .rows
+        .iter()
+        .map(|r| r.as_ref().and_then(|r| r.detector.as_ref()).map(|d| d.accuracy()))
+        .collect();
+    let det = detector.iter().any(Option::is_some);
     if ui
         .add_enabled(rows.iter().any(Option::is_some), egui::Button::new("Copy CSV"))
         .clicked()
     {
-        ui.ctx().copy_text(csv(&q.labels, &rows));
+        ui.ctx().copy_text(csv(&q.labels, &rows, &detector));
     }
     let has = |f: &dyn Fn(&MetricsReport) -> bool| rows.iter().flatten().any(|r| f(r));
     let (clip, fid, kid, pr) = (
@@ -168,16 +178,23 @@ pub fn quality_ui(app: &mut App, ui: &mut egui::Ui) {
         has(&|r| r.kid_mean.is_some()),
         has(&|r| r.precision.is_some()),
     );
-    egui::Grid::new("quality-table").striped(true).num_columns(7).show(ui, |ui| {
+    egui::Grid::new("quality-table").striped(true).num_columns(8).show(ui, |ui| {
         ui.label(RichText::new("row").strong());
         ui.label(RichText::new("n").strong());
-        for (on, name) in [(clip, "CLIP score"), (fid, "FID"), (kid, "KID"), (pr, "precision"), (pr, "recall")] {
+        for (on, name) in [
+            (clip, "CLIP score"),
+            (fid, "FID"),
+            (kid, "KID"),
+            (pr, "precision"),
+            (pr, "recall"),
+            (det, "detector %"),
+        ] {
             if on {
                 ui.label(RichText::new(name).strong());
             }
         }
         ui.end_row();
-        for (label, r) in q.labels.iter().zip(&rows) {
+        for ((label, r), d) in q.labels.iter().zip(&rows).zip(&detector) {
             let l = ui.label(label);
             match r {
                 None => {
@@ -200,6 +217,9 @@ pub fn quality_ui(app: &mut App, ui: &mut egui::Ui) {
                     if pr {
                         ui.label(cell(r.precision, 3));
                         ui.label(cell(r.recall, 3));
+                    }
+                    if det {
+                        ui.label(cell(*d, 0));
                     }
                 }
             }
