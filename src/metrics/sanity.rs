@@ -21,10 +21,15 @@ pub enum Damage {
     None,
     /// Gaussian blur of this sigma (pixels at 64x64).
     Blur(f32),
-    /// Each pixel moved this fraction of the way to its channel rotation (r, g, b) -> (g, b, r).
-    Hue(f32),
-    /// This fraction of the objects drawn as the next shape (circle -> square -> triangle ->
-    /// diamond -> circle), same place and colour.
+    /// Colours washed out: each pixel moved this fraction of the way to its grey (Rec. 601
+    /// luma). (A channel rotation would be a worse test: at 100% it maps the world's colours
+    /// largely onto each other, which leaves the distribution, all FID sees, close to the
+    /// original.)
+    Desaturate(f32),
+    /// This fraction of the objects drawn as circles (circles as squares), same place, size
+    /// and colour: the shapes' distribution collapses towards one shape. (A permutation of the
+    /// shapes would be wrong per caption but leave the distribution, which is all FID sees,
+    /// unchanged.)
     WrongShape(f32),
 }
 
@@ -33,8 +38,8 @@ impl Damage {
         match self {
             Damage::None => "renders, another seed".into(),
             Damage::Blur(s) => format!("blur sigma {s}"),
-            Damage::Hue(a) => format!("colour shift {:.0}%", a * 100.0),
-            Damage::WrongShape(p) => format!("wrong shape {:.0}%", p * 100.0),
+            Damage::Desaturate(a) => format!("colour washed out {:.0}%", a * 100.0),
+            Damage::WrongShape(p) => format!("wrong shape (circle) {:.0}%", p * 100.0),
         }
     }
 }
@@ -45,9 +50,9 @@ pub const DAMAGES: [Damage; 10] = [
     Damage::Blur(0.75),
     Damage::Blur(1.5),
     Damage::Blur(3.0),
-    Damage::Hue(0.2),
-    Damage::Hue(0.5),
-    Damage::Hue(1.0),
+    Damage::Desaturate(0.2),
+    Damage::Desaturate(0.5),
+    Damage::Desaturate(1.0),
     Damage::WrongShape(0.25),
     Damage::WrongShape(0.5),
     Damage::WrongShape(1.0),
@@ -94,14 +99,12 @@ fn blur(img: &RgbImage, sigma: f32) -> RgbImage {
     }
 }
 
-fn hue(img: &RgbImage, a: f32) -> RgbImage {
+fn desaturate(img: &RgbImage, a: f32) -> RgbImage {
     let mut px = img.pixels.clone();
     for p in px.chunks_mut(3) {
-        let (r, g, b) = (p[0] as f32, p[1] as f32, p[2] as f32);
-        let rot = [g, b, r];
-        for (c, v) in p.iter_mut().enumerate() {
-            let x = [r, g, b][c];
-            *v = ((1.0 - a) * x + a * rot[c]).round().clamp(0.0, 255.0) as u8;
+        let luma = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
+        for v in p.iter_mut() {
+            *v = ((1.0 - a) * *v as f32 + a * luma).round().clamp(0.0, 255.0) as u8;
         }
     }
     RgbImage { pixels: px, ..img.clone() }
@@ -128,8 +131,7 @@ pub fn damaged(samples: &[crate::world::Sample], damage: Damage, salt: u64) -> V
                 let mut changed = false;
                 for o in &mut scene.objects {
                     if rng.f32() < p {
-                        let k = Shape::ALL.iter().position(|&x| x == o.shape).unwrap_or(0);
-                        o.shape = Shape::ALL[(k + 1) % Shape::ALL.len()];
+                        o.shape = if o.shape == Shape::Circle { Shape::Square } else { Shape::Circle };
                         changed = true;
                     }
                 }
@@ -144,7 +146,7 @@ pub fn damaged(samples: &[crate::world::Sample], damage: Damage, salt: u64) -> V
             };
             match damage {
                 Damage::Blur(sigma) => blur(&img, sigma),
-                Damage::Hue(a) => hue(&img, a),
+                Damage::Desaturate(a) => desaturate(&img, a),
                 _ => img,
             }
         })

@@ -64,6 +64,9 @@ impl ShapesNet {
     /// Loads `config.json` + `model.safetensors` from `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, MetricsError> {
         let cfg_path = dir.join("config.json");
+        if !cfg_path.is_file() {
+            return Err(bad(dir, "not a shapes feature-network folder (config.json and model.safetensors)"));
+        }
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e))?;
         let cfg: Config = serde_json::from_str(&text).map_err(|e| bad(&cfg_path, e))?;
         if cfg.architecture != "shapes-featnet" {

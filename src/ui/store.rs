@@ -133,6 +133,8 @@ pub enum QualityOf {
 pub struct QualityView {
     pub of: QualityOf,
     pub labels: Vec<String>,
+    /// Each row's place on the curves' x axis: w for a sweep, UNet evaluations for a comparison.
+    pub xs: Vec<f64>,
     pub rows: Vec<Option<QualityRow>>,
     pub stopped: Option<Stop>,
 }
@@ -334,8 +336,20 @@ impl RunStore {
 
     /// Starts showing the quality rows of `of` (labelled, scored as they arrive).
     pub fn begin_quality(&mut self, of: QualityOf, labels: Vec<String>) {
+        let xs = match of {
+            QualityOf::Sweep(_) => self
+                .sweep
+                .as_ref()
+                .map(|s| s.settings.guidances.iter().map(|&w| w as f64).collect()),
+            QualityOf::Comparison(_) => self
+                .comparison
+                .as_ref()
+                .map(|c| c.rows.iter().map(|r| r.report.nfe as f64).collect()),
+        }
+        .unwrap_or_default();
         self.quality = Some(QualityView {
             of,
+            xs,
             rows: vec![None; labels.len()],
             labels,
             stopped: None,

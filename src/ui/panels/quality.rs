@@ -226,11 +226,99 @@ pub fn quality_ui(app: &mut App, ui: &mut egui::Ui) {
             ui.end_row();
         }
     });
+    curves_ui(app, ui);
+    let Some(q) = app.store.quality.as_ref() else { return };
+    let rows: Vec<Option<&MetricsReport>> = q.rows.iter().map(|r| r.as_ref().map(|r| &r.metrics)).collect();
     let warnings: Vec<&String> = rows.iter().flatten().flat_map(|r| &r.warnings).collect();
     if let Some(w) = warnings.first() {
         ui.label(RichText::new(format!("{w} (hover a row for its notes)")).weak());
     }
     if let Some(crate::experiments::Stop::Cancelled) = q.stopped {
         ui.label(RichText::new("cancelled: the rows above were scored").weak());
+    }
+}
+
+/// The metrics of the rows along w (sweep) or UNet evaluations (comparison): FID, CLIP score and
+/// detector accuracy, each on its own plot (their scales differ), the FID minimum marked.
+fn curves_ui(app: &mut App, ui: &mut egui::Ui) {
+    let Some(q) = app.store.quality.as_ref() else { return };
+    let x_label = match q.of {
+        QualityOf::Sweep(_) => "guidance w",
+        QualityOf::Comparison(_) => "UNet evaluations",
+    };
+    let points = |f: &dyn Fn(&crate::experiments::quality::QualityRow) -> Option<f64>| -> Vec<[f64; 2]> {
+        let mut v: Vec<[f64; 2]> = q
+            .rows
+            .iter()
+            .zip(&q.xs)
+            .filter_map(|(r, &x)| r.as_ref().and_then(|r| f(r)).map(|y| [x, y]))
+            .filter(|p| p[1].is_finite())
+            .collect();
+        v.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        v
+    };
+    let curves: Vec<(&str, Vec<[f64; 2]>)> = [
+        ("FID", points(&|r| r.metrics.fid)),
+        ("CLIP score", points(&|r| r.metrics.clip_score)),
+        ("detector accuracy (%)", points(&|r| r.detector.as_ref().map(|d| d.accuracy()))),
+    ]
+    .into_iter()
+    .filter(|(_, p)| p.len() >= 2)
+    .collect();
+    if curves.is_empty() {
+        return;
+    }
+    let mut export = None;
+    for (i, (name, pts)) in curves.iter().enumerate() {
+        ui.horizontal(|ui| {
+            ui.label(RichText::new(format!("{name} vs {x_label}")).strong());
+            if ui.small_button("Export plot…").clicked() {
+                export = Some(i);
+            }
+        });
+        let best = (*name == "FID")
+            .then(|| pts.iter().copied().min_by(|a, b| a[1].total_cmp(&b[1])))
+            .flatten();
+        egui_plot::Plot::new(("quality-curve", i))
+            .height(150.0)
+            .x_axis_label(x_label)
+            .legend(egui_plot::Legend::default())
+            .show(ui, |plot| {
+                plot.line(egui_plot::Line::new(*name, egui_plot::PlotPoints::from(pts.clone())));
+                plot.points(egui_plot::Points::new(*name, egui_plot::PlotPoints::from(pts.clone())).radius(3.0));
+                if let Some(b) = best {
+                    plot.points(
+                        egui_plot::Points::new(format!("minimum at {}", b[0]), egui_plot::PlotPoints::from(vec![b]))
+                            .radius(6.0)
+                            .color(crate::ui::theme::ERROR),
+                    );
+                }
+            });
+    }
+    if let Some(i) = export {
+        let (name, pts) = &curves[i];
+        let mut series = vec![crate::ui::export::Series {
+            label: name.to_string(),
+            points: pts.iter().map(|p| (p[0], p[1])).collect(),
+        }];
+        if *name == "FID"
+            && let Some(b) = pts.iter().min_by(|a, b| a[1].total_cmp(&b[1]))
+        {
+            series.push(crate::ui::export::Series {
+                label: "FID minimum".into(),
+                points: vec![(b[0], b[1])],
+            });
+        }
+        let fig = crate::ui::export::plot(&format!("{name} vs {x_label}"), x_label, name, &series, false);
+        let file = format!(
+            "{}_vs_{}.png",
+            name.split(' ').next().unwrap_or("metric").to_lowercase(),
+            if x_label.starts_with('g') { "guidance" } else { "nfe" }
+        );
+        let start = super::exports::default_path(app, &file);
+        app.send(Action::AskPath(
+            crate::ui::files::PathPurpose::ExportPng(std::sync::Arc::new(fig)),
+            start,
+        ));
     }
 }
