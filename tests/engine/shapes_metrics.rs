@@ -60,3 +60,30 @@ fn fid_on_the_shapes_network_grows_with_each_kind_of_damage() {
         );
     }
 }
+
+#[test]
+fn the_shapes_clip_scores_a_renders_caption_above_another_caption() {
+    use diffusion_scope::metrics::clip::{self, Clip};
+    let clip = Clip::load("shapes", &Device::Cpu).unwrap();
+    assert_eq!(clip.name, "shapes");
+    let samples = sanity::samples(40, 7);
+    let images = sanity::damaged(&samples, Damage::None, 0);
+    let captions: Vec<String> = samples.iter().map(|s| s.scene.caption.clone()).collect();
+    // Each image against the caption of the image 17 places on (a different scene).
+    let shifted: Vec<String> = (0..captions.len()).map(|i| captions[(i + 17) % captions.len()].clone()).collect();
+    let score = |caps: &[String]| {
+        clip::clip_score(&clip, &images, caps, 8, &AtomicBool::new(false), &mut |_, _| {})
+            .unwrap()
+            .unwrap()
+    };
+    let (right, wrong) = (score(&captions), score(&shifted));
+    assert!(
+        right.clip_score > wrong.clip_score + 30.0,
+        "{} vs {}",
+        right.clip_score,
+        wrong.clip_score
+    );
+    // Per image, the right caption wins for most renders.
+    let wins = right.scores.iter().zip(&wrong.scores).filter(|(a, b)| a.1 > b.1).count();
+    assert!(wins >= 36, "{wins} of 40");
+}

@@ -177,7 +177,7 @@ fn samplers_ui(app: &mut App, ui: &mut egui::Ui) {
         });
         ui.separator();
         ui.vertical(|ui| {
-            egui::ScrollArea::vertical().id_salt("compare-side").show(ui, |ui| {
+            egui::ScrollArea::both().id_salt("compare-side").show(ui, |ui| {
                 if let Some(cmp) = app.store.comparison.as_ref() {
                     convergence_plot(cmp, ui);
                 }
@@ -487,7 +487,7 @@ fn sweep_ui(app: &mut App, ui: &mut egui::Ui) {
         });
         ui.separator();
         ui.vertical(|ui| {
-            egui::ScrollArea::vertical().id_salt("sweep-side").show(ui, |ui| {
+            egui::ScrollArea::both().id_salt("sweep-side").show(ui, |ui| {
                 if let Some(sw) = app.store.sweep.as_ref() {
                     sweep_plot(sw, ui);
                 }

@@ -279,8 +279,13 @@ fn curves_ui(app: &mut App, ui: &mut egui::Ui) {
         let best = (*name == "FID")
             .then(|| pts.iter().copied().min_by(|a, b| a[1].total_cmp(&b[1])))
             .flatten();
+        // The wheel scrolls the column: these small plots neither zoom nor pan.
         egui_plot::Plot::new(("quality-curve", i))
             .height(150.0)
+            .allow_scroll(false)
+            .allow_zoom(false)
+            .allow_drag(false)
+            .allow_boxed_zoom(false)
             .x_axis_label(x_label)
             .legend(egui_plot::Legend::default())
             .show(ui, |plot| {
