@@ -526,7 +526,10 @@ fn sanity(a: SanityArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} sets  eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     let t0 = std::time::Instant::now();
-    let Some(rows) = sanity::study(&net, a.n, true, &cancel, &mut |done, _| bar.set_position(done as u64))? else {
+    let Some(rows) = sanity::study(&net, a.n, &sanity::DAMAGES, true, &cancel, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?
+    else {
         bar.finish_and_clear();
         eprintln!("interrupted: no table");
         return Ok(std::process::ExitCode::from(130));

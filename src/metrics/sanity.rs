@@ -174,12 +174,13 @@ fn features(net: &Network, imgs: &[RgbImage], cancel: &AtomicBool) -> Result<Opt
     Ok(extract::extract(net, &imgs.to_vec(), &s, cancel, &mut |_, _| {})?.map(|x| x.file))
 }
 
-/// Every damage of [`DAMAGES`] at `n` images a set (reference: dataset seed 1; sets: seed 2):
+/// Every damage of `damages` (e.g. [`DAMAGES`]) at `n` images a set (reference: dataset seed 1; sets: seed 2):
 /// FID, and with `all` also KID, precision/recall and IS. `progress(done, total)` after each
 /// set; None when cancelled.
 pub fn study(
     net: &Network,
     n: usize,
+    damages: &[Damage],
     all: bool,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(usize, usize),
@@ -189,8 +190,8 @@ pub fn study(
     };
     let base = samples(n, 2);
     let mut rows = Vec::new();
-    for (k, &d) in DAMAGES.iter().enumerate() {
-        progress(k, DAMAGES.len());
+    for (k, &d) in damages.iter().enumerate() {
+        progress(k, damages.len());
         let Some(fake) = features(net, &damaged(&base, d, 2), cancel)? else {
             return Ok(None);
         };
@@ -213,6 +214,6 @@ pub fn study(
             is_mean: r.is_mean,
         });
     }
-    progress(DAMAGES.len(), DAMAGES.len());
+    progress(damages.len(), damages.len());
     Ok(Some(rows))
 }
