@@ -79,13 +79,7 @@ const WEIGHT_FILES: &[(&str, &str)] = &[
 /// and returns the cache's snapshot folder, which has the repo's layout.
 pub fn resolve(source: &ModelSource, prefer_fp16: bool) -> Result<PathBuf, ModelError> {
     match source {
-        ModelSource::Local(p) => {
-            if p.is_dir() {
-                Ok(p.clone())
-            } else {
-                Err(ModelError::NoSuchFolder(p.clone()))
-            }
-        }
+        ModelSource::Local(p) => local_folder(p),
         ModelSource::Hub { owner, name, revision } => {
             let hub = HubRepo::new(owner, name, revision)?;
             let fetch_opt = |file: &str, optional: bool| hub.fetch(file, optional);
@@ -120,6 +114,14 @@ pub fn resolve(source: &ModelSource, prefer_fp16: bool) -> Result<PathBuf, Model
                 .ok_or_else(|| ModelError::Hub("cache path has no parent".into()))?;
             Ok(root)
         }
+    }
+}
+
+fn local_folder(p: &Path) -> Result<PathBuf, ModelError> {
+    if p.is_dir() {
+        Ok(p.to_path_buf())
+    } else {
+        Err(ModelError::NoSuchFolder(p.to_path_buf()))
     }
 }
 
@@ -170,13 +172,7 @@ impl HubRepo {
 /// are fetched when the repo has them. Local folders are returned as they are.
 pub fn resolve_files(source: &ModelSource, required: &[&str], optional: &[&str]) -> Result<PathBuf, ModelError> {
     match source {
-        ModelSource::Local(p) => {
-            if p.is_dir() {
-                Ok(p.clone())
-            } else {
-                Err(ModelError::NoSuchFolder(p.clone()))
-            }
-        }
+        ModelSource::Local(p) => local_folder(p),
         ModelSource::Hub { owner, name, revision } => {
             let hub = HubRepo::new(owner, name, revision)?;
             let mut root = None;
