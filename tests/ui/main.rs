@@ -542,7 +542,12 @@ fn guidance_sweep_fills_grows_by_a_row_and_opens_a_run() {
             .flatten()
             .all(|r| r.metrics.n_fake == 2 && r.metrics.clip_score.is_some())
     );
-    h.get_by_label("CLIP score");
+    // The table's header and the curves (the prompt is a shapes caption: the detector's too;
+    // the real set defaults to the shipped renders: FID of 2 images a row).
+    assert!(h.get_all_by_label("CLIP score").count() >= 1);
+    h.get_by_label("CLIP score vs guidance w");
+    h.get_by_label("FID vs guidance w");
+    h.get_by_label("detector accuracy (%) vs guidance w");
     h.get_by_label("Copy CSV");
     // Columns: the timestep snapshots of seed 1 (one rect per row: its final x0).
     h.get_by_label("Columns").click();
