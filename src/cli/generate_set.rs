@@ -19,7 +19,6 @@ use clap::Args;
 use diffusion_scope::experiments::generate_set::{SetRun, SetSettings, cell_dir};
 use diffusion_scope::experiments::sweep::{parse_guidances, parse_seeds_up_to};
 use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, ExperimentSettings, Stop};
-use diffusion_scope::metrics::features::parse_shard;
 use diffusion_scope::sampling::SamplerKind;
 
 use crate::cli::interrupt::Interrupt;
@@ -120,12 +119,7 @@ fn write_whole(path: &Path, text: &str) -> anyhow::Result<()> {
 pub fn run(a: GenerateSetArgs) -> anyhow::Result<ExitCode> {
     let request = a.target.request()?;
     let s = settings(&a)?;
-    let shard = a
-        .shard
-        .as_deref()
-        .map(parse_shard)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--shard: {e}"))?;
+    let shard = crate::cli::shard_flag(a.shard.as_deref())?;
     // One folder holds one set: a set.json of another plan (or model) is refused.
     let plan = serde_json::json!({ "model": request.spec, "settings": s });
     let plan_path = a.out.join("set.json");

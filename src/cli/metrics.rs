@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use diffusion_scope::metrics::clip::{self, Clip};
 use diffusion_scope::metrics::extract::{self, ExtractSettings, Network, NetworkChoice};
-use diffusion_scope::metrics::features::{FeatureFile, parse_shard};
+use diffusion_scope::metrics::features::FeatureFile;
 use diffusion_scope::metrics::resize::Resize;
 use diffusion_scope::metrics::{self, KidSettings, MetricSettings, MetricsReport};
 
@@ -269,12 +269,7 @@ fn run_extract(
 
 fn features(a: FeaturesArgs) -> anyhow::Result<std::process::ExitCode> {
     check_out(&a.out)?;
-    let shard = a
-        .shard
-        .as_deref()
-        .map(parse_shard)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--shard: {e}"))?;
+    let shard = crate::cli::shard_flag(a.shard.as_deref())?;
     let s = a.net.settings(shard)?;
     let files = match (&a.images, &a.run) {
         (Some(d), _) => extract::list_images(d)?,

@@ -92,6 +92,13 @@ impl ModelTarget {
     }
 }
 
+/// `--shard I/N` as (i, n), or None; the error names the flag.
+pub fn shard_flag(text: Option<&str>) -> anyhow::Result<Option<(usize, usize)>> {
+    text.map(diffusion_scope::metrics::features::parse_shard)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--shard: {e}"))
+}
+
 /// The model to use: `--model` when given, else the bundled model (an error naming its
 /// folder when it is missing).
 pub fn model_spec(model: Option<String>) -> anyhow::Result<String> {

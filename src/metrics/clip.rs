@@ -280,26 +280,21 @@ impl ImageProcessor {
             (img, w, h) = (out, cw, ch);
         }
         // Rescale and normalise fused as transformers does: mean and std (f32) times
-        // 1 / rescale_factor, then (x - mean) / std in f32.
-        let (mean, std) = match (self.rescale, self.normalize) {
-            (Some(r), Some((m, s))) => {
-                let k = (1.0 / r) as f32;
-                (m.map(|v| v * k), s.map(|v| v * k))
+        // 1 / rescale_factor, then (x - mean) / std in f32; rescale alone is x * factor.
+        let value = |x: f32, c: usize| -> f32 {
+            match (self.rescale, self.normalize) {
+                (Some(r), Some((m, s))) => {
+                    let k = (1.0 / r) as f32;
+                    (x - m[c] * k) / (s[c] * k)
+                }
+                (None, Some((m, s))) => (x - m[c]) / s[c],
+                (Some(r), None) => x * r as f32,
+                (None, None) => x,
             }
-            (None, Some((m, s))) => (m, s),
-            (Some(r), None) => ([0.0; 3], [1.0 / r as f32; 3]),
-            (None, None) => ([0.0; 3], [1.0; 3]),
         };
         let mut planes = Vec::with_capacity(3 * w * h);
         for c in 0..3 {
-            planes.extend((0..w * h).map(|i| {
-                let x = img[i * 3 + c] as f32;
-                if self.normalize.is_none() && self.rescale.is_some() {
-                    x * self.rescale.unwrap() as f32
-                } else {
-                    (x - mean[c]) / std[c]
-                }
-            }));
+            planes.extend((0..w * h).map(|i| value(img[i * 3 + c] as f32, c)));
         }
         (planes, h, w)
     }

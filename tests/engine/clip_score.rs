@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use diffusion_scope::metrics::clip::{self, Clip};
 use diffusion_scope::metrics::extract::{self, ExtractSettings, Network};
 
-use crate::common::{fixtures, rel_err};
+use crate::common::{cli, fixtures, rel_err};
 use crate::parity::tempdir;
 
 fn reference() -> (HashMap<String, Tensor>, serde_json::Value) {
@@ -133,13 +133,6 @@ fn clip_features_follow_clean_fids_recipe() {
         let err = rel_err(&got, want);
         assert!(err < 1e-5, "image {i}: {err}");
     }
-}
-
-fn cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]

@@ -8,6 +8,14 @@ use diffusion_scope::pipeline::{self, RunConfig, RunEvent};
 use diffusion_scope::sampling::SamplerKind;
 use diffusion_scope::trace::{RgbImage, RunMeta, StepRecord};
 
+/// Runs the binary with `args`.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

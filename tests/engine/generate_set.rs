@@ -3,14 +3,8 @@
 
 use std::path::Path;
 
+use crate::common::cli;
 use crate::parity::tempdir;
-
-fn cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn ok(o: std::process::Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -9,7 +9,7 @@ use diffusion_scope::metrics::inception::{Inception, SIZE};
 use diffusion_scope::metrics::nprand::RandomState;
 use diffusion_scope::metrics::resize::{self, Resize};
 
-use crate::common::fixtures;
+use crate::common::{cli, fixtures};
 use crate::parity::tempdir;
 
 fn reference() -> HashMap<String, Tensor> {
@@ -108,13 +108,6 @@ fn weights_file(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("inception-random.safetensors");
     candle_core::safetensors::save(&random_weights(), &p).unwrap();
     p
-}
-
-fn cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]
