@@ -38,7 +38,9 @@ pub struct GenerateArgs {
     #[arg(long)]
     karras: bool,
     /// Override the config's timestep spacing: leading, linspace, trailing, or the exponential
-    /// sampling of arXiv 2402.10404: exponential-early[:gamma], exponential-latter[:gamma] (gamma 60).
+    /// sampling of arXiv 2402.10404 exactly as the authors' code makes it:
+    /// exponential-early[:lambda], exponential-latter[:lambda] (lambda 60; 0 = the config's own);
+    /// exponential-stretched-early/latter[:lambda] stretches it to span t = 999..0.
     #[arg(long)]
     spacing: Option<TimestepSpacing>,
     /// DDIM eta.

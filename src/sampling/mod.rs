@@ -132,10 +132,15 @@ pub enum TimestepSpacing {
     Leading,
     Linspace,
     Trailing,
-    /// Exponential time-step sampling (see [`schedule::exponential_timesteps`]).
+    /// Exponential time-step sampling of arXiv 2402.10404 with shaping constant `gamma` (the
+    /// authors' lambda): exactly the authors' timesteps ([`schedule::exponential_timesteps`]),
+    /// or with `stretched` our earlier affine reading that spans the whole range
+    /// ([`schedule::stretched_exponential_timesteps`]).
     Exponential {
         variant: ExpVariant,
         gamma: f64,
+        #[serde(default)]
+        stretched: bool,
     },
 }
 
@@ -148,14 +153,14 @@ impl TimestepSpacing {
             TimestepSpacing::Leading => "leading".into(),
             TimestepSpacing::Linspace => "linspace".into(),
             TimestepSpacing::Trailing => "trailing".into(),
-            TimestepSpacing::Exponential {
-                variant: ExpVariant::Early,
-                gamma,
-            } => format!("exponential-early:{gamma}"),
-            TimestepSpacing::Exponential {
-                variant: ExpVariant::Latter,
-                gamma,
-            } => format!("exponential-latter:{gamma}"),
+            TimestepSpacing::Exponential { variant, gamma, stretched } => {
+                let form = if *stretched { "exponential-stretched" } else { "exponential" };
+                let end = match variant {
+                    ExpVariant::Early => "early",
+                    ExpVariant::Latter => "latter",
+                };
+                format!("{form}-{end}:{gamma}")
+            }
         }
     }
 }
@@ -163,32 +168,35 @@ impl TimestepSpacing {
 impl FromStr for TimestepSpacing {
     type Err = SamplerError;
     /// "leading" | "linspace" | "trailing" | "exponential-early[:gamma]" | "exponential-latter[:gamma]"
-    /// ("exp-early" / "exp-latter" also accepted).
+    /// ("exp-early" / "exp-latter" also accepted) | "exponential-stretched-early[:gamma]" |
+    /// "exponential-stretched-latter[:gamma]".
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let lower = s.trim().to_ascii_lowercase();
         let err = || {
             SamplerError::InvalidOption(format!(
-                "unknown timestep spacing {s:?}; valid: leading, linspace, trailing, exponential-early[:gamma], exponential-latter[:gamma]"
+                "unknown timestep spacing {s:?}; valid: leading, linspace, trailing, exponential-early[:gamma], exponential-latter[:gamma], exponential-stretched-early[:gamma], exponential-stretched-latter[:gamma]"
             ))
         };
         let (head, gamma) = match lower.split_once(':') {
             Some((h, g)) => (h.to_string(), Some(g.parse::<f64>().map_err(|_| err())?)),
             None => (lower.clone(), None),
         };
-        let variant = match head.as_str() {
+        let (variant, stretched) = match head.as_str() {
             "leading" | "linspace" | "trailing" if gamma.is_some() => return Err(err()),
             "leading" => return Ok(TimestepSpacing::Leading),
             "linspace" => return Ok(TimestepSpacing::Linspace),
             "trailing" => return Ok(TimestepSpacing::Trailing),
-            "exponential-early" | "exp-early" => ExpVariant::Early,
-            "exponential-latter" | "exp-latter" => ExpVariant::Latter,
+            "exponential-early" | "exp-early" => (ExpVariant::Early, false),
+            "exponential-latter" | "exp-latter" => (ExpVariant::Latter, false),
+            "exponential-stretched-early" => (ExpVariant::Early, true),
+            "exponential-stretched-latter" => (ExpVariant::Latter, true),
             _ => return Err(err()),
         };
         let gamma = gamma.unwrap_or(Self::DEFAULT_EXP_GAMMA);
         if !(gamma.is_finite() && gamma >= 0.0) {
             return Err(err());
         }
-        Ok(TimestepSpacing::Exponential { variant, gamma })
+        Ok(TimestepSpacing::Exponential { variant, gamma, stretched })
     }
 }
 

@@ -192,16 +192,79 @@ pub fn spaced_timesteps(
             let ratio = t / n as f64;
             np_arange(t, 0.0, -ratio).into_iter().map(|x| np_round(x) - 1.0).collect()
         }
-        TimestepSpacing::Exponential { variant, gamma } => exponential_timesteps(num_train_timesteps, n, variant, gamma)
+        TimestepSpacing::Exponential { .. } => exponential_spacing(spacing, num_train_timesteps, n)
             .into_iter()
             .map(|x| x as f64)
             .collect(),
     }
 }
 
-/// Exponential time-step sampling after Park, Ju & Lee, "Explaining generative diffusion models
+/// Exponential time-step sampling of Park, Ju & Lee, "Explaining generative diffusion models
 /// via visual analysis for interpretable decision-making process", Expert Systems with
-/// Applications 2024 (arXiv:2402.10404).
+/// Applications 2024 (arXiv:2402.10404), exactly as the authors' code computes it
+/// (`time_step_sampling(stage, num_step, lamda)` in github.com/ian-jihoonpark/X-Diffusion),
+/// with their T = 1000 generalised to `num_train_timesteps`:
+///
+/// ```text
+///     alpha = e ** (ln(T) / (n + lambda))
+///     early:  t_i = T - int(alpha ** (i + 1 + lambda)), i = 0..n-1; T - 1 put first, the last dropped
+///     latter: t_i = int(alpha ** (i + 1 + lambda)), sorted descending; a leading T becomes T - 1
+/// ```
+///
+/// The powers are f64 `pow`, as Python's `**` on floats. Early is dense near t = T (the
+/// "semantic" stage: layout), latter near small t (the "delicate" stage: details); neither
+/// reaches t = 0. `lambda = 0` is the authors' "uniform" (no override): callers use the
+/// scheduler's own spacing then. Values can repeat when `lambda` is small next to `n`; the
+/// samplers refuse such schedules ([`repeated_timestep`]).
+pub fn exponential_timesteps(num_train_timesteps: usize, n: usize, variant: ExpVariant, lambda: f64) -> Vec<i64> {
+    let t = num_train_timesteps as i64;
+    let alpha = std::f64::consts::E.powf((num_train_timesteps as f64).ln() / (n as f64 + lambda));
+    let power = |i: usize| alpha.powf(i as f64 + 1.0 + lambda).trunc() as i64;
+    match variant {
+        ExpVariant::Early => {
+            let mut ts: Vec<i64> = (0..n).map(|i| t - power(i)).collect();
+            ts.insert(0, t - 1);
+            ts.pop();
+            ts
+        }
+        ExpVariant::Latter => {
+            let mut ts: Vec<i64> = (0..n).map(power).collect();
+            ts.sort_unstable_by(|a, b| b.cmp(a));
+            if ts.first() == Some(&t) {
+                ts[0] = t - 1;
+            }
+            ts
+        }
+    }
+}
+
+/// The first index `i` where `ts[i + 1]` does not go below `ts[i]` (a repeated or rising
+/// timestep), if any.
+/// The timesteps of an exponential spacing, in the form it names (empty for other spacings and
+/// for the authors' lambda = 0, which means the scheduler's own spacing).
+pub fn exponential_spacing(spacing: TimestepSpacing, num_train_timesteps: usize, n: usize) -> Vec<i64> {
+    match spacing {
+        TimestepSpacing::Exponential {
+            variant,
+            gamma,
+            stretched: false,
+        } if gamma > 0.0 => exponential_timesteps(num_train_timesteps, n, variant, gamma),
+        TimestepSpacing::Exponential {
+            variant,
+            gamma,
+            stretched: true,
+        } => stretched_exponential_timesteps(num_train_timesteps, n, variant, gamma),
+        _ => Vec::new(),
+    }
+}
+
+pub fn repeated_timestep(ts: &[i64]) -> Option<usize> {
+    ts.windows(2).position(|w| w[1] >= w[0])
+}
+
+/// Our earlier reading of the paper's exponential sampling, kept because, unlike the authors'
+/// schedule, it spans the whole range: it starts at `T - 1` and ends at 0, so an image sampled
+/// with it is fully denoised.
 ///
 /// With `T` training timesteps, `l` sampling steps and a shaping constant `gamma` (default 60),
 /// the base of the exponential is
@@ -221,9 +284,8 @@ pub fn spaced_timesteps(
 /// A larger `gamma` makes `delta` closer to 1 and the spacing closer to uniform; `gamma = 0` is
 /// the most concentrated. Rounded values are made strictly decreasing (at least 1 apart) so no
 /// timestep repeats. Returned in sampling order (descending). The affine normalisation is our
-/// reading of the paper's definition (its text only fixes `delta`); it is what makes the
-/// schedule usable with any sampler.
-pub fn exponential_timesteps(num_train_timesteps: usize, l: usize, variant: ExpVariant, gamma: f64) -> Vec<i64> {
+/// reading of the paper's definition (its text only fixes `delta`).
+pub fn stretched_exponential_timesteps(num_train_timesteps: usize, l: usize, variant: ExpVariant, gamma: f64) -> Vec<i64> {
     let t = num_train_timesteps as f64;
     if l == 0 {
         return Vec::new();

@@ -55,7 +55,7 @@ impl DpmPP2M {
                     .map(|x| schedule::np_round(x) - 1.0)
                     .collect()
             }
-            TimestepSpacing::Exponential { variant, gamma } => schedule::exponential_timesteps(nt, n, variant, gamma)
+            TimestepSpacing::Exponential { .. } => schedule::exponential_spacing(rc.timestep_spacing, nt, n)
                 .into_iter()
                 .map(|t| t as f64)
                 .collect(),

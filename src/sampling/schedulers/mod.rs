@@ -78,6 +78,12 @@ pub fn resolve(kind: SamplerKind, config: &SchedulerConfig, options: &SamplerOpt
         map.insert("use_karras_sigmas".into(), json!(true));
     }
     let exp = match options.spacing {
+        // The authors' lambda = 0 is "uniform": no override, the scheduler's own spacing.
+        Some(TimestepSpacing::Exponential {
+            gamma: 0.0,
+            stretched: false,
+            ..
+        }) => None,
         Some(s @ TimestepSpacing::Exponential { .. }) => Some(s),
         Some(s) => {
             map.insert("timestep_spacing".into(), json!(s.name()));
@@ -109,6 +115,19 @@ pub fn build(
     num_inference_steps: usize,
     options: &SamplerOptions,
 ) -> Result<Box<dyn Sampler>, SamplerError> {
+    if let Some(s @ TimestepSpacing::Exponential { .. }) = options.spacing {
+        let nt = config.num_train_timesteps;
+        let ts = schedule::exponential_spacing(s, nt, num_inference_steps);
+        if let Some(i) = schedule::repeated_timestep(&ts) {
+            return Err(SamplerError::InvalidOption(format!(
+                "{} gives {num_inference_steps} timesteps that repeat (t = {} at steps {} and {}); use a larger lambda or fewer steps",
+                s.name(),
+                ts[i + 1],
+                i + 1,
+                i + 2
+            )));
+        }
+    }
     let sampler = build_unchecked_levels(kind, config, num_inference_steps, options)?;
     // DPM-Solver++ 2M and LMS divide by the difference of consecutive noise levels; a schedule
     // that repeats one (leading spacing with more steps than num_train_timesteps / steps_offset

@@ -262,6 +262,7 @@ fn config_cases() {
             spacing: Some(TimestepSpacing::Exponential {
                 variant: ExpVariant::Early,
                 gamma: 60.0,
+                stretched: false,
             }),
             ..Default::default()
         },
@@ -275,6 +276,7 @@ fn config_cases() {
             spacing: Some(TimestepSpacing::Exponential {
                 variant: ExpVariant::Early,
                 gamma: 60.0,
+                stretched: false,
             }),
             ..Default::default()
         },
@@ -323,24 +325,102 @@ fn sampler_names() {
         "exponential-latter:30".parse::<TimestepSpacing>().unwrap(),
         TimestepSpacing::Exponential {
             variant: ExpVariant::Latter,
-            gamma: 30.0
+            gamma: 30.0,
+            stretched: false
         }
     );
+    let s = "exponential-stretched-early:7".parse::<TimestepSpacing>().unwrap();
+    assert_eq!(
+        s,
+        TimestepSpacing::Exponential {
+            variant: ExpVariant::Early,
+            gamma: 7.0,
+            stretched: true
+        }
+    );
+    assert_eq!(s.name().parse::<TimestepSpacing>().unwrap(), s);
     assert_eq!(
         "exp-early".parse::<TimestepSpacing>().unwrap(),
         TimestepSpacing::Exponential {
             variant: ExpVariant::Early,
-            gamma: 60.0
+            gamma: 60.0,
+            stretched: false
         }
     );
     assert!("linspace:3".parse::<TimestepSpacing>().is_err());
 }
 
+/// The authors' `time_step_sampling` in Python (X-Diffusion, DF-CAM_auc.py), run as written.
+fn authors_time_step_sampling(early: bool, n: usize, lamda: usize) -> Vec<i64> {
+    let alpha = std::f64::consts::E.powf(1000f64.ln() / (n + lamda) as f64);
+    if early {
+        let mut ts: Vec<i64> = (0..n).map(|i| 1000 - alpha.powf((i + 1 + lamda) as f64) as i64).collect();
+        ts.insert(0, 999);
+        ts.pop();
+        ts
+    } else {
+        let mut ts: Vec<i64> = (0..n).map(|i| alpha.powf((i + 1 + lamda) as f64) as i64).collect();
+        ts.sort();
+        ts.reverse();
+        if ts[0] == 1000 {
+            ts[0] = 999;
+        }
+        ts
+    }
+}
+
 #[test]
-fn exponential_spacing() {
+fn exponential_spacing_is_the_authors() {
+    // Values printed by the authors' function in Python for (30, 30) and (30, 60).
+    let early_30_30 = [
+        999, 965, 961, 956, 950, 944, 937, 930, 921, 911, 901, 888, 875, 859, 842, 823, 801, 777, 749, 719, 684, 646, 602, 554, 499, 438,
+        370, 293, 206, 109,
+    ];
+    let latter_30_30 = [
+        999, 891, 794, 707, 630, 562, 501, 446, 398, 354, 316, 281, 251, 223, 199, 177, 158, 141, 125, 112, 99, 89, 79, 70, 63, 56, 50, 44,
+        39, 35,
+    ];
+    let latter_30_60 = [
+        999, 926, 857, 794, 735, 681, 630, 584, 541, 501, 464, 429, 398, 368, 341, 316, 292, 271, 251, 232, 215, 199, 184, 171, 158, 146,
+        135, 125, 116, 107,
+    ];
+    assert_eq!(schedule::exponential_timesteps(1000, 30, ExpVariant::Early, 30.0), early_30_30);
+    assert_eq!(schedule::exponential_timesteps(1000, 30, ExpVariant::Latter, 30.0), latter_30_30);
+    assert_eq!(schedule::exponential_timesteps(1000, 30, ExpVariant::Latter, 60.0), latter_30_60);
+    for (n, lamda) in [(10, 60), (20, 5), (50, 30), (1, 10), (100, 200), (7, 1)] {
+        for (early, variant) in [(true, ExpVariant::Early), (false, ExpVariant::Latter)] {
+            assert_eq!(
+                schedule::exponential_timesteps(1000, n, variant, lamda as f64),
+                authors_time_step_sampling(early, n, lamda),
+                "{variant:?} n={n} lambda={lamda}"
+            );
+        }
+    }
+    // The sampler runs exactly those timesteps (DDIM steps to the next listed one).
+    let opts = |spacing: &str| SamplerOptions {
+        spacing: Some(spacing.parse().unwrap()),
+        ..Default::default()
+    };
+    let s = build_sampler(SamplerKind::Ddim, &sd15(), 30, &opts("exponential-latter:30")).unwrap();
+    let want: Vec<f64> = latter_30_30.iter().map(|&t| t as f64).collect();
+    assert_eq!(s.timesteps(), &want[..]);
+    // lambda = 0 is the authors' "uniform": the scheduler's own spacing.
+    let own = build_sampler(SamplerKind::Ddim, &sd15(), 30, &SamplerOptions::default()).unwrap();
+    let zero = build_sampler(SamplerKind::Ddim, &sd15(), 30, &opts("exponential-early:0")).unwrap();
+    assert_eq!(own.timesteps(), zero.timesteps());
+    // A lambda too small for the step count repeats timesteps: refused with the reason.
+    let e = build_sampler(SamplerKind::Euler, &sd15(), 50, &opts("exponential-latter:2"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("repeat") && e.contains("exponential-latter:2"), "{e}");
+}
+
+#[test]
+fn stretched_exponential_spacing() {
     for variant in [ExpVariant::Early, ExpVariant::Latter] {
         for (n, gamma) in [(10usize, 60.0), (50, 60.0), (10, 0.0), (999, 60.0), (1000, 5.0), (1, 60.0)] {
-            let ts = schedule::exponential_timesteps(1000, n, variant, gamma);
+            let ts = schedule::stretched_exponential_timesteps(1000, n, variant, gamma);
             assert_eq!(ts.len(), n);
             assert_eq!(ts[0], 999, "{variant:?} {n} {gamma}: {ts:?}");
             if n > 1 {
@@ -348,7 +428,7 @@ fn exponential_spacing() {
             }
             assert!(ts.windows(2).all(|w| w[0] > w[1]), "{variant:?} {n} {gamma}: {ts:?}");
         }
-        let ts = schedule::exponential_timesteps(1000, 10, variant, 60.0);
+        let ts = schedule::stretched_exponential_timesteps(1000, 10, variant, 60.0);
         let first_gap = ts[0] - ts[1];
         let last_gap = ts[8] - ts[9];
         match variant {
@@ -362,6 +442,7 @@ fn exponential_spacing() {
             spacing: Some(TimestepSpacing::Exponential {
                 variant: ExpVariant::Latter,
                 gamma: 60.0,
+                stretched: true,
             }),
             ..Default::default()
         };

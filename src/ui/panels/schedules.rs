@@ -44,8 +44,10 @@ pub fn schedules_ui(app: &mut App, ui: &mut egui::Ui) {
         }
         ui.separator();
         ui.label("Exponential time-step sampling (arXiv 2402.10404):");
-        let lg = ui.label("γ");
-        ui.add(egui::DragValue::new(&mut sv.gamma).range(0.0..=500.0)).labelled_by(lg.id);
+        let lg = ui.label("λ");
+        ui.add(egui::DragValue::new(&mut sv.gamma).range(1.0..=500.0))
+            .labelled_by(lg.id)
+            .on_hover_text("the authors' lambda: larger is closer to uniform");
         let ls = ui.label("steps");
         ui.add(egui::DragValue::new(&mut sv.steps).range(2..=200)).labelled_by(ls.id);
         ui.checkbox(&mut sv.latter, "latter");
