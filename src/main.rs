@@ -38,6 +38,9 @@ enum Command {
     /// Quality metrics: feature files (features, merge) and FID / KID / IS / precision-recall
     /// (compare), exact to torch-fidelity on the same features.
     Metrics(cli::metrics::MetricsArgs),
+    /// A generation with DF-RISE / DF-CAM saliency maps (arXiv 2402.10404) at chosen steps, in
+    /// its trace beside the attention.
+    Saliency(cli::saliency::SaliencyArgs),
     /// Check a run folder as the app's Open does and print what it holds (exit 1 naming the
     /// first problem).
     Inspect(cli::inspect::InspectArgs),
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Some(Command::Sweep(args)) => cli::sweep::run(args),
         Some(Command::Metrics(args)) => cli::metrics::run(args),
         Some(Command::GenerateSet(args)) => cli::generate_set::run(args),
+        Some(Command::Saliency(args)) => cli::saliency::run(args),
         Some(Command::Open { dir }) => open_app(Some(dir)),
         None => open_app(None),
     };

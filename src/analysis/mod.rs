@@ -4,6 +4,7 @@
 
 pub mod colormap;
 pub mod pointing;
+pub mod saliency;
 pub mod schedules;
 
 use crate::trace::{AttnMap, RgbImage, Run, StepRecord};
@@ -327,6 +328,7 @@ mod tests {
             x0_from_scheduler: true,
             model_output: vec![],
             attention: vec![map("attn_res.4x4", 4, 4, 1.0), map("attn_res.2x2", 2, 2, 0.0)],
+            saliency: Vec::new(),
             elapsed_secs: 0.0,
         };
         let m = token_map_at(&step, &MapSource::Key("attn_res.4x4".into()), 0).unwrap();

@@ -88,27 +88,7 @@ impl GenerateConfig {
             bail!("--steps must be at least 1");
         }
         // Checked before anything is computed.
-        if a.out.exists() {
-            if !a.out.is_dir() {
-                bail!("--out {} exists and is not a folder", a.out.display());
-            }
-            let non_empty = std::fs::read_dir(&a.out)
-                .with_context(|| format!("reading --out {}", a.out.display()))?
-                .next()
-                .is_some();
-            if let Some(other) = diffusion_scope::trace::foreign_entry(&a.out) {
-                bail!(
-                    "--out {} holds {other}, which is not part of a run folder; choose another folder",
-                    a.out.display()
-                );
-            }
-            if non_empty && !a.overwrite {
-                bail!(
-                    "--out {} holds an earlier run; pass --overwrite to replace it (the whole folder is replaced)",
-                    a.out.display()
-                );
-            }
-        }
+        check_run_out(&a.out, a.overwrite)?;
         if a.init_latents.as_ref().is_some_and(|p| !p.is_file()) {
             bail!("--init-latents {}: no such file", a.init_latents.unwrap_or_default().display());
         }
@@ -253,4 +233,31 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `--out` for a run folder: absent, empty, or an earlier run with `overwrite`; never a folder
+/// holding other files.
+pub fn check_run_out(out: &std::path::Path, overwrite: bool) -> anyhow::Result<()> {
+    if out.exists() {
+        if !out.is_dir() {
+            bail!("--out {} exists and is not a folder", out.display());
+        }
+        let non_empty = std::fs::read_dir(&out)
+            .with_context(|| format!("reading --out {}", out.display()))?
+            .next()
+            .is_some();
+        if let Some(other) = diffusion_scope::trace::foreign_entry(&out) {
+            bail!(
+                "--out {} holds {other}, which is not part of a run folder; choose another folder",
+                out.display()
+            );
+        }
+        if non_empty && !overwrite {
+            bail!(
+                "--out {} holds an earlier run; pass --overwrite to replace it (the whole folder is replaced)",
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ pub mod generate_set;
 pub mod inspect;
 pub mod interrupt;
 pub mod metrics;
+pub mod saliency;
 pub mod sweep;
 pub mod unet_bench;
 

@@ -15,6 +15,7 @@
 pub mod compare;
 pub mod generate_set;
 pub mod quality;
+pub mod saliency;
 pub mod shapes_eval;
 pub mod sweep;
 
@@ -40,6 +41,7 @@ pub enum ExperimentSettings {
     Sweep(sweep::SweepSettings),
     GenerateSet(generate_set::SetRun),
     Quality(quality::QualitySettings),
+    Saliency(saliency::SaliencySettings),
 }
 
 impl ExperimentSettings {
@@ -50,6 +52,7 @@ impl ExperimentSettings {
             ExperimentSettings::Sweep(_) => "guidance sweep",
             ExperimentSettings::GenerateSet(_) => "image set",
             ExperimentSettings::Quality(_) => "quality metrics",
+            ExperimentSettings::Saliency(_) => "saliency",
         }
     }
 }
@@ -62,6 +65,7 @@ pub enum ExperimentReport {
     Sweep(Box<sweep::SweepReport>),
     GenerateSet(Box<generate_set::SetReport>),
     Quality(Box<quality::QualityReport>),
+    Saliency(Box<saliency::SaliencyReport>),
 }
 
 /// What an experiment streams while it runs.
@@ -79,6 +83,8 @@ pub enum ExperimentEvent {
     SetImage(Box<generate_set::SetImage>),
     /// One scored row of the quality metrics.
     QualityRow(Box<quality::QualityRow>),
+    /// The run with its saliency maps, at the end of a saliency experiment (also a partial one).
+    SaliencyRun(Box<crate::trace::Run>),
 }
 
 /// Why an experiment stopped before its last item.
@@ -142,6 +148,13 @@ pub fn run(
             let (report, stopped) = quality::run(s, cancel, sink)?;
             Ok(Outcome {
                 report: ExperimentReport::Quality(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::Saliency(s) => {
+            let (report, stopped) = saliency::run(sd, model_spec, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::Saliency(Box::new(report)),
                 stopped,
             })
         }

@@ -7,7 +7,7 @@
 //! computes anyway; with capture on or off the same ops run on the same values, so the output
 //! is bit-identical (tested).
 
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{D, DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
 
 use super::config::UNetConfig;
@@ -32,21 +32,79 @@ pub struct CapturedMap {
     pub probs: Tensor,
 }
 
-/// Collects cross-attention maps during one UNet forward pass.
+/// One tapped block output: the activation and the variable added to it, whose gradient is
+/// the gradient of the block's output.
+pub struct Tapped {
+    /// diffusers module path of the block, e.g. `mid_block.resnets.0`.
+    pub path: String,
+    /// The block's output [B, K, h, w], without the delta.
+    pub activation: Tensor,
+    /// The delta added to the output (zeros unless one was given).
+    pub delta: Var,
+}
+
+/// Which block outputs a forward pass keeps for gradients (DF-CAM). A tapped block's output
+/// becomes `output + delta` with `delta` a variable (zeros, or a given offset), so one backward
+/// pass gives d(target)/d(output) of every tapped block while gradients still flow through
+/// each of them to the earlier ones. With taps on, the forward pass uses differentiable
+/// versions of the fused softmax and layer norm (same maths, candle's fused kernels have no
+/// backward); with taps off nothing changes.
+pub struct Taps {
+    /// Module paths to keep; None: every block ([`UNet::block_paths`]).
+    want: Option<Vec<String>>,
+    /// Offsets to add instead of zeros, by path (finite-difference checks).
+    offsets: Vec<(String, Tensor)>,
+    pub taken: Vec<Tapped>,
+}
+
+impl Taps {
+    pub fn new(want: Option<Vec<String>>) -> Self {
+        Self {
+            want,
+            offsets: Vec::new(),
+            taken: Vec::new(),
+        }
+    }
+
+    /// Adds `offset` (the block output's shape) instead of zeros at `path`.
+    pub fn with_offset(mut self, path: &str, offset: Tensor) -> Self {
+        self.offsets.push((path.to_owned(), offset));
+        self
+    }
+
+    fn tap(&mut self, path: &str, xs: Tensor) -> Result<Tensor> {
+        if let Some(want) = &self.want
+            && !want.iter().any(|p| p == path)
+        {
+            return Ok(xs);
+        }
+        let delta = match self.offsets.iter().find(|(p, _)| p == path) {
+            Some((_, o)) => Var::from_tensor(o)?,
+            None => Var::zeros(xs.shape(), xs.dtype(), xs.device())?,
+        };
+        let out = (&xs + delta.as_tensor())?;
+        self.taken.push(Tapped {
+            path: path.to_owned(),
+            activation: xs,
+            delta,
+        });
+        Ok(out)
+    }
+}
+
+/// Collects cross-attention maps during one UNet forward pass, and block outputs for gradients
+/// when `taps` is set.
 pub struct AttnProbe {
     mode: CaptureMode,
     /// Index in the batch of the conditional (positive prompt) item: 1 with CFG ([uncond, cond]), 0 without.
     cond_index: usize,
     pub maps: Vec<CapturedMap>,
+    pub taps: Option<Taps>,
 }
 
 impl AttnProbe {
     pub fn off() -> Self {
-        Self {
-            mode: CaptureMode::None,
-            cond_index: 0,
-            maps: Vec::new(),
-        }
+        Self::new(CaptureMode::None, 0)
     }
 
     pub fn new(mode: CaptureMode, cond_index: usize) -> Self {
@@ -54,6 +112,28 @@ impl AttnProbe {
             mode,
             cond_index,
             maps: Vec::new(),
+            taps: None,
+        }
+    }
+
+    /// A probe that captures no attention and keeps `taps`.
+    pub fn tapping(taps: Taps) -> Self {
+        Self {
+            taps: Some(taps),
+            ..Self::off()
+        }
+    }
+
+    /// True when the forward pass must be differentiable (taps on).
+    fn differentiable(&self) -> bool {
+        self.taps.is_some()
+    }
+
+    /// The block output at `path`, through the taps when they are on.
+    fn tap(&mut self, path: impl FnOnce() -> String, xs: Tensor) -> Result<Tensor> {
+        match &mut self.taps {
+            Some(t) => t.tap(&path(), xs),
+            None => Ok(xs),
         }
     }
 
@@ -109,6 +189,25 @@ fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
         },
         vb,
     )
+}
+
+/// Layer norm: candle's fused kernel, or with `differentiable` the same maths in basic ops
+/// (the fused kernel has no backward).
+fn norm(ln: &LayerNorm, xs: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if !differentiable {
+        return ln.forward(xs);
+    }
+    let dtype = xs.dtype();
+    let x = xs.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let x = x.broadcast_sub(&mean)?;
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let x = x.broadcast_div(&(var + ln.eps())?.sqrt()?)?.to_dtype(dtype)?;
+    let x = x.broadcast_mul(ln.weight())?;
+    match ln.bias() {
+        Some(b) => x.broadcast_add(b),
+        None => Ok(x),
+    }
 }
 
 struct ResnetBlock {
@@ -187,7 +286,13 @@ impl Attention {
     }
 
     /// `probe` is given for cross-attention only: (probe, layer index, height, width).
-    fn forward(&self, xs: &Tensor, context: Option<&Tensor>, probe: Option<(&mut AttnProbe, usize, usize, usize)>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        context: Option<&Tensor>,
+        probe: Option<(&mut AttnProbe, usize, usize, usize)>,
+        differentiable: bool,
+    ) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
         let context = context.unwrap_or(xs);
         let in_dtype = xs.dtype();
@@ -195,7 +300,11 @@ impl Attention {
         let k = self.split_heads(&self.to_k.forward(context)?)?.to_dtype(DType::F32)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?.to_dtype(DType::F32)?;
         let scores = q.matmul(&(k.t()? * self.scale)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = if differentiable {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         if let Some((probe, layer, h, w)) = probe {
             probe.record(layer, self.heads, h, w, &probs)?;
         }
@@ -316,15 +425,16 @@ impl Transformer2D {
             Proj::Conv(conv) => conv.forward(&x)?.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?,
             Proj::Linear(lin) => lin.forward(&x.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)?,
         };
+        let diff = probe.differentiable();
         for blk in &self.blocks {
-            x = (blk.attn1.forward(&blk.norm1.forward(&x)?, None, None)? + &x)?;
+            x = (blk.attn1.forward(&norm(&blk.norm1, &x, diff)?, None, None, diff)? + &x)?;
             let p = if probe.is_on() {
                 Some((&mut *probe, blk.layer, h, w))
             } else {
                 None
             };
-            x = (blk.attn2.forward(&blk.norm2.forward(&x)?, Some(context), p)? + &x)?;
-            x = (blk.ff.forward(&blk.norm3.forward(&x)?)? + &x)?;
+            x = (blk.attn2.forward(&norm(&blk.norm2, &x, diff)?, Some(context), p, diff)? + &x)?;
+            x = (blk.ff.forward(&norm(&blk.norm3, &x, diff)?)? + &x)?;
         }
         let x = match &self.proj_out {
             Proj::Conv(conv) => conv.forward(&x.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()?)?,
@@ -514,6 +624,37 @@ impl UNet {
         })
     }
 
+    /// Every block whose output can be tapped, in diffusers' module order: each down block's
+    /// resnets, attentions and downsampler, the mid block's resnet, attention, resnet, each up
+    /// block's resnets, attentions and upsampler.
+    pub fn block_paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, blk) in self.down.iter().enumerate() {
+            for j in 0..blk.resnets.len() {
+                out.push(format!("down_blocks.{i}.resnets.{j}"));
+                if j < blk.attentions.len() {
+                    out.push(format!("down_blocks.{i}.attentions.{j}"));
+                }
+            }
+            if blk.downsampler.is_some() {
+                out.push(format!("down_blocks.{i}.downsamplers.0"));
+            }
+        }
+        out.extend(["mid_block.resnets.0", "mid_block.attentions.0", "mid_block.resnets.1"].map(String::from));
+        for (i, blk) in self.up.iter().enumerate() {
+            for j in 0..blk.resnets.len() {
+                out.push(format!("up_blocks.{i}.resnets.{j}"));
+                if j < blk.attentions.len() {
+                    out.push(format!("up_blocks.{i}.attentions.{j}"));
+                }
+            }
+            if blk.upsampler.is_some() {
+                out.push(format!("up_blocks.{i}.upsamplers.0"));
+            }
+        }
+        out
+    }
+
     /// The cross-attention layers in diffusers' module order (down, mid, up).
     pub fn attn_layers(&self) -> &[AttnLayerInfo] {
         &self.attn_layers
@@ -554,40 +695,46 @@ impl UNet {
 
         let mut xs = self.conv_in.forward(sample)?;
         let mut skips = vec![xs.clone()];
-        for blk in &self.down {
+        for (i, blk) in self.down.iter().enumerate() {
             for (j, resnet) in blk.resnets.iter().enumerate() {
-                xs = resnet.forward(&xs, &emb_act)?;
+                xs = probe.tap(|| format!("down_blocks.{i}.resnets.{j}"), resnet.forward(&xs, &emb_act)?)?;
                 if let Some(attn) = blk.attentions.get(j) {
-                    xs = attn.forward(&xs, context, probe)?;
+                    let out = attn.forward(&xs, context, probe)?;
+                    xs = probe.tap(|| format!("down_blocks.{i}.attentions.{j}"), out)?;
                 }
                 skips.push(xs.clone());
             }
             if let Some(ds) = &blk.downsampler {
-                xs = ds.forward(&xs)?;
+                xs = probe.tap(|| format!("down_blocks.{i}.downsamplers.0"), ds.forward(&xs)?)?;
                 skips.push(xs.clone());
             }
         }
 
-        xs = self.mid.resnet0.forward(&xs, &emb_act)?;
-        xs = self.mid.attention.forward(&xs, context, probe)?;
-        xs = self.mid.resnet1.forward(&xs, &emb_act)?;
+        xs = probe.tap(|| "mid_block.resnets.0".into(), self.mid.resnet0.forward(&xs, &emb_act)?)?;
+        let out = self.mid.attention.forward(&xs, context, probe)?;
+        xs = probe.tap(|| "mid_block.attentions.0".into(), out)?;
+        xs = probe.tap(|| "mid_block.resnets.1".into(), self.mid.resnet1.forward(&xs, &emb_act)?)?;
 
-        for blk in &self.up {
+        for (i, blk) in self.up.iter().enumerate() {
             for (j, resnet) in blk.resnets.iter().enumerate() {
                 let skip = skips
                     .pop()
                     .ok_or_else(|| candle_core::Error::Msg("UNet skip connections exhausted".into()))?;
                 xs = Tensor::cat(&[&xs, &skip], 1)?;
-                xs = resnet.forward(&xs, &emb_act)?;
+                xs = probe.tap(|| format!("up_blocks.{i}.resnets.{j}"), resnet.forward(&xs, &emb_act)?)?;
                 if let Some(attn) = blk.attentions.get(j) {
-                    xs = attn.forward(&xs, context, probe)?;
+                    let out = attn.forward(&xs, context, probe)?;
+                    xs = probe.tap(|| format!("up_blocks.{i}.attentions.{j}"), out)?;
                 }
             }
             if let Some(us) = &blk.upsampler {
                 // Upsample to the spatial size of the next skip connection: 2x when the latent
                 // size divides evenly, and what diffusers' `upsample_size` does otherwise.
                 let (_, _, th, tw) = skips.last().map(|s| s.dims4()).transpose()?.unwrap_or((0, 0, 0, 0));
-                xs = us.forward(&xs.upsample_nearest2d(th, tw)?)?;
+                xs = probe.tap(
+                    || format!("up_blocks.{i}.upsamplers.0"),
+                    us.forward(&xs.upsample_nearest2d(th, tw)?)?,
+                )?;
             }
         }
         let xs = self.conv_norm_out.forward(&xs)?.silu()?;

@@ -29,34 +29,8 @@ pub fn run_estimate(sd: &StableDiffusion, latent: [usize; 3], guided: bool, step
     let f = sd.vae_scale_factor() as f64;
     let [c, h, w] = latent.map(|v| v as f64);
     let batch = if guided { 2.0 } else { 1.0 };
-    let ucfg = &sd.unet.config;
-    let level_dims = |level: usize| {
-        let (lh, lw) = (0..level).fold((h, w), |(a, b), _| ((a / 2.0).ceil(), (b / 2.0).ceil()));
-        (lh, lw)
-    };
-    // UNet: the largest self-attention, plus the activations.
-    let mut attn = (0.0f64, 0usize);
-    for l in sd.unet.attn_layers() {
-        let (lh, lw) = level_dims(l.level);
-        let cells = lh * lw;
-        let bytes = 2.0 * batch * l.heads as f64 * cells * cells * 4.0;
-        if bytes > attn.0 {
-            attn = (bytes, l.level);
-        }
-    }
-    let mut skips = 0.0;
-    let mut widest = 0.0f64;
-    for (i, &ch) in ucfg.block_out_channels.iter().enumerate() {
-        let (lh, lw) = level_dims(i);
-        let size = batch * ch as f64 * lh * lw * 4.0;
-        skips += (ucfg.layers_per_block + 1) as f64 * size;
-        // Transformer feed-forward (GEGLU: 8x the channels, then 4x twice) dominates the
-        // working set where there is attention; resnets need a handful of buffers.
-        let has_attn = sd.unet.attn_layers().iter().any(|l| l.level == i);
-        widest = widest.max(if has_attn { 16.0 } else { 6.0 } * size);
-    }
-    let unet = attn.0 + skips + widest;
-
+    let unet = unet_bytes(sd, latent, batch);
+    let attn = largest_self_attention(sd, latent, batch);
     // VAE decode: mid-block attention at latent resolution, then the up blocks.
     let cells = h * w;
     let vae_attn = 3.0 * cells * cells * 4.0;
@@ -78,21 +52,21 @@ pub fn run_estimate(sd: &StableDiffusion, latent: [usize; 3], guided: bool, step
             let mut levels: Vec<usize> = sd.unet.attn_layers().iter().map(|l| l.level).collect();
             levels.sort_unstable();
             levels.dedup();
-            levels.iter().map(|&l| level_dims(l)).map(|(lh, lw)| lh * lw * tokens).sum()
+            levels.iter().map(|&l| level_dims(h, w, l)).map(|(lh, lw)| lh * lw * tokens).sum()
         }
         CaptureMode::Full => sd
             .unet
             .attn_layers()
             .iter()
-            .map(|l| level_dims(l.level))
+            .map(|l| level_dims(h, w, l.level))
             .map(|(lh, lw)| lh * lw * tokens)
             .sum(),
     };
     let trace = steps as f64 * (3.0 * c * h * w + per_step_maps) * 4.0;
 
     let (peak, dominant) = if unet >= vae {
-        let (lh, lw) = level_dims(attn.1);
-        if attn.0 >= skips + widest {
+        let (lh, lw) = level_dims(h, w, attn.1);
+        if attn.0 >= unet - attn.0 {
             (unet, format!("the UNet's self-attention over {lh}x{lw} latent cells"))
         } else {
             (unet, "the UNet's activations".to_string())
@@ -111,6 +85,46 @@ pub fn run_estimate(sd: &StableDiffusion, latent: [usize; 3], guided: bool, step
         bytes: peak + trace,
         dominant,
     }
+}
+
+/// The spatial size after `level` halvings (rounding up, as the UNet's strided convolutions).
+fn level_dims(h: f64, w: f64, level: usize) -> (f64, f64) {
+    (0..level).fold((h, w), |(a, b), _| ((a / 2.0).ceil(), (b / 2.0).ceil()))
+}
+
+/// The largest self-attention score matrix of a UNet call of `batch` items, and its level.
+fn largest_self_attention(sd: &StableDiffusion, latent: [usize; 3], batch: f64) -> (f64, usize) {
+    let (h, w) = (latent[1] as f64, latent[2] as f64);
+    let mut attn = (0.0f64, 0usize);
+    for l in sd.unet.attn_layers() {
+        let (lh, lw) = level_dims(h, w, l.level);
+        let cells = lh * lw;
+        let bytes = 2.0 * batch * l.heads as f64 * cells * cells * 4.0;
+        if bytes > attn.0 {
+            attn = (bytes, l.level);
+        }
+    }
+    attn
+}
+
+/// What one UNet call of `batch` items at latents `[c, h, w]` needs: the largest
+/// self-attention, the skip connections and the widest working set.
+pub fn unet_bytes(sd: &StableDiffusion, latent: [usize; 3], batch: f64) -> f64 {
+    let (h, w) = (latent[1] as f64, latent[2] as f64);
+    let ucfg = &sd.unet.config;
+    let attn = largest_self_attention(sd, latent, batch);
+    let mut skips = 0.0;
+    let mut widest = 0.0f64;
+    for (i, &ch) in ucfg.block_out_channels.iter().enumerate() {
+        let (lh, lw) = level_dims(h, w, i);
+        let size = batch * ch as f64 * lh * lw * 4.0;
+        skips += (ucfg.layers_per_block + 1) as f64 * size;
+        // Transformer feed-forward (GEGLU: 8x the channels, then 4x twice) dominates the
+        // working set where there is attention; resnets need a handful of buffers.
+        let has_attn = sd.unet.attn_layers().iter().any(|l| l.level == i);
+        widest = widest.max(if has_attn { 16.0 } else { 6.0 } * size);
+    }
+    attn.0 + skips + widest
 }
 
 /// Memory this process can still use, in bytes: `MemAvailable`, lowered by a cgroup (v2)

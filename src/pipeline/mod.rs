@@ -25,8 +25,16 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-pub use pieces::{Conditioning, UnetOutput, attention_to_maps, decode, encode_image, encode_prompt, guided_eval};
-pub use run::run;
+pub use pieces::{
+    BlockGradient, Conditioning, UnetOutput, attention_to_maps, cam_eval, decode, encode_image, encode_prompt, guided_eval,
+    guided_eval_batch,
+};
+/// The UNet blocks whose outputs DF-CAM can use, by diffusers module path, in module order.
+pub fn block_paths(sd: &StableDiffusion) -> Vec<String> {
+    sd.unet.block_paths()
+}
+
+pub use run::{StepContext, StepHook, run, run_hooked};
 
 use crate::model::StableDiffusion;
 use crate::sampling::config::SchedulerConfig;

@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 use super::{PromptEmbeddings, RunError};
 use crate::model::StableDiffusion;
 use crate::model::tokenizer::TokenizedPrompt;
-use crate::model::unet::AttnProbe;
+use crate::model::unet::{AttnProbe, Taps};
 use crate::model::vae::{Vae, VaeEncoder};
 use crate::trace::{AttnLayer, AttnMap, RgbImage};
 use crate::types::CaptureMode;
@@ -201,4 +201,128 @@ pub fn attention_to_maps(
                 .collect()
         }
     }
+}
+
+/// The context for a batch of `n` items: each branch's embedding repeated `n` times, unconditional
+/// block first ([u; n] ++ [c; n]) with guidance, [c; n] without.
+fn batch_context(cond: &Conditioning, n: usize) -> Result<Tensor, RunError> {
+    if !cond.guided {
+        return Ok(cond.context.repeat((n, 1, 1))?);
+    }
+    let u = cond.context.narrow(0, 0, 1)?.repeat((n, 1, 1))?;
+    let c = cond.context.narrow(0, 1, 1)?.repeat((n, 1, 1))?;
+    Ok(Tensor::cat(&[&u, &c], 0)?)
+}
+
+/// [`guided_eval`] of several inputs at one timestep in one UNet call (attention not
+/// captured): each `xs[i]` [C, h, w] (already scaled by `scale_model_input`) gives its guided
+/// output. With guidance the batch is [x_1..x_n, x_1..x_n] against [negative x n, positive x n].
+/// DF-RISE's masked latents go through here.
+pub fn guided_eval_batch(
+    sd: &StableDiffusion,
+    cond: &Conditioning,
+    xs: &[Vec<f32>],
+    latent: [usize; 3],
+    t: f64,
+    guidance: f32,
+) -> Result<Vec<Vec<f32>>, RunError> {
+    let [c, h, w] = latent;
+    let n = xs.len();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if xs.iter().any(|x| x.len() != c * h * w) {
+        return Err(RunError::BadInput(format!("every input of a batch must be [{c}, {h}, {w}]")));
+    }
+    let flat: Vec<f32> = xs.iter().flatten().copied().collect();
+    let x = Tensor::from_vec(flat, (n, c, h, w), &sd.device)?.to_dtype(sd.dtype)?;
+    let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
+    let context = batch_context(cond, n)?;
+    let out = sd.unet.forward(&x, t, &context, &mut AttnProbe::off())?.to_dtype(DType::F32)?;
+    let mut outputs = Vec::with_capacity(n);
+    for i in 0..n {
+        let v = if cond.guided {
+            let u = out.get(i)?.flatten_all()?.to_vec1::<f32>()?;
+            let cnd = out.get(n + i)?.flatten_all()?.to_vec1::<f32>()?;
+            u.iter().zip(&cnd).map(|(u, c)| u + guidance * (c - u)).collect()
+        } else {
+            out.get(i)?.flatten_all()?.to_vec1::<f32>()?
+        };
+        outputs.push(v);
+    }
+    Ok(outputs)
+}
+
+/// One UNet block's output and the gradient of the guided output's sum with respect to it,
+/// both [channels, height, width], classifier-free guidance applied as the authors of DF-CAM
+/// do: `A = a_u + w (a_c - a_u)` and `g = g_u + w (g_c - g_u)` with `g_b` the gradient of the
+/// sum of branch b's output (which is the gradient of the guided output's sum, summed over
+/// the two branches).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockGradient {
+    pub path: String,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub activation: Vec<f32>,
+    pub gradient: Vec<f32>,
+}
+
+/// DF-CAM's model evaluation: one guided UNet call at `x` [C, h, w] (scaled) and `t` with the
+/// outputs of `blocks` (diffusers module paths; None: every block) tapped, then one backward
+/// pass from the sum of the guided output. Returns the guided output and each block's
+/// activation and gradient, in the order the forward pass met them.
+pub fn cam_eval(
+    sd: &StableDiffusion,
+    cond: &Conditioning,
+    x: Vec<f32>,
+    latent: [usize; 3],
+    t: f64,
+    guidance: f32,
+    blocks: Option<&[String]>,
+) -> Result<(Vec<f32>, Vec<BlockGradient>), RunError> {
+    let [c, h, w] = latent;
+    let x = Tensor::from_vec(x, (1, c, h, w), &sd.device)?.to_dtype(sd.dtype)?;
+    let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
+    let mut probe = AttnProbe::tapping(Taps::new(blocks.map(<[String]>::to_vec)));
+    let out = sd.unet.forward(&x, t, &cond.context, &mut probe)?.to_dtype(DType::F32)?;
+    let guided = if cond.guided {
+        let (u, cnd) = (out.get(0)?, out.get(1)?);
+        (&u + ((&cnd - &u)? * guidance as f64)?)?
+    } else {
+        out.get(0)?
+    };
+    let grads = guided.sum_all()?.backward()?;
+    let model_output = guided.flatten_all()?.to_vec1::<f32>()?;
+    let taken = probe.taps.map(|t| t.taken).unwrap_or_default();
+    let mut result = Vec::with_capacity(taken.len());
+    for tap in taken {
+        let (b, k, bh, bw) = tap.activation.dims4()?;
+        let a = tap.activation.to_dtype(DType::F32)?;
+        let g = match grads.get(tap.delta.as_tensor()) {
+            Some(g) => g.to_dtype(DType::F32)?,
+            None => a.zeros_like()?,
+        };
+        let (activation, gradient) = if b == 2 {
+            let combine = |t: &Tensor| -> Result<Vec<f32>, RunError> {
+                let (u, cnd) = (t.get(0)?, t.get(1)?);
+                Ok((&u + ((&cnd - &u)? * guidance as f64)?)?.flatten_all()?.to_vec1::<f32>()?)
+            };
+            // The summed per-branch gradients are (1 - w) g_u and w g_c; the authors' combined
+            // gradient g_u + w (g_c - g_u) is their sum.
+            let gsum = (g.get(0)? + g.get(1)?)?.flatten_all()?.to_vec1::<f32>()?;
+            (combine(&a)?, gsum)
+        } else {
+            (a.flatten_all()?.to_vec1::<f32>()?, g.flatten_all()?.to_vec1::<f32>()?)
+        };
+        result.push(BlockGradient {
+            path: tap.path,
+            channels: k,
+            height: bh,
+            width: bw,
+            activation,
+            gradient,
+        });
+    }
+    Ok((model_output, result))
 }

@@ -4,14 +4,49 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::{
-    InitLatents, RunConfig, RunError, RunEvent, attn_layer_sizes, check_finite, decode, encode_prompt, geometry, guided_eval,
+    Conditioning, InitLatents, RunConfig, RunError, RunEvent, attn_layer_sizes, check_finite, decode, encode_prompt, geometry, guided_eval,
     initial_noise, sampler_kind, scheduler_config,
 };
 use crate::model::StableDiffusion;
 use crate::sampling::rng::TorchRng;
-use crate::sampling::{SamplerOptions, build_sampler};
-use crate::trace::{RgbImage, RunMeta, RunStatus, StepRecord};
+use crate::sampling::{Sampler, SamplerOptions, build_sampler};
+use crate::trace::{RgbImage, RunMeta, RunStatus, SaliencyMap, StepRecord};
 use crate::types::CaptureMode;
+
+/// What one step of the loop computed, for work that hooks into it ([`StepHook`]).
+pub struct StepContext<'a> {
+    pub sd: &'a StableDiffusion,
+    pub cond: &'a Conditioning,
+    pub index: usize,
+    pub total: usize,
+    pub t: f64,
+    pub guidance: f32,
+    pub latent: [usize; 3],
+    /// x_t: the latents the step started from (before `scale_model_input`).
+    pub input: &'a [f32],
+    /// The guided model output the sampler was given.
+    pub model_output: &'a [f32],
+    /// x_{t-1}: the sampler's `prev_sample` from that output.
+    pub next: &'a [f32],
+    /// The sampler, for `scale_model_input` of other inputs at this step.
+    pub sampler: &'a dyn Sampler,
+    pub cancel: &'a AtomicBool,
+}
+
+/// Work done inside the sampler loop after a step (the saliency methods): it returns maps to
+/// attach to the step's record. It may call the pipeline's pieces; it must not change the run.
+pub trait StepHook {
+    fn at_step(&mut self, ctx: &StepContext) -> Result<Vec<SaliencyMap>, RunError>;
+}
+
+/// No hook.
+struct NoHook;
+
+impl StepHook for NoHook {
+    fn at_step(&mut self, _ctx: &StepContext) -> Result<Vec<SaliencyMap>, RunError> {
+        Ok(Vec::new())
+    }
+}
 
 /// Runs the whole pipeline. `sink` gets every event as it happens; `cancel` is polled between
 /// UNet evaluations. Returns the decoded image.
@@ -21,6 +56,18 @@ pub fn run(
     cfg: &RunConfig,
     cancel: &AtomicBool,
     sink: &mut dyn FnMut(RunEvent),
+) -> Result<RgbImage, RunError> {
+    run_hooked(sd, model_spec, cfg, cancel, sink, &mut NoHook)
+}
+
+/// [`run`] with `hook` called after every step, before the step's record is streamed.
+pub fn run_hooked(
+    sd: &StableDiffusion,
+    model_spec: &str,
+    cfg: &RunConfig,
+    cancel: &AtomicBool,
+    sink: &mut dyn FnMut(RunEvent),
+    hook: &mut dyn StepHook,
 ) -> Result<RgbImage, RunError> {
     if cfg.steps == 0 {
         return Err(RunError::BadInput("steps must be at least 1".into()));
@@ -99,6 +146,7 @@ pub fn run(
         total_secs: 0.0,
         status: RunStatus::Running,
         error: None,
+        saliency: None,
     };
     sink(RunEvent::Started(Box::new(meta)));
 
@@ -112,6 +160,22 @@ pub fn run(
         check_finite(&out.model_output, "model output", i, total, t)?;
         let step = sampler.step(&out.model_output, i, &latents, &mut rng)?;
         check_finite(&step.prev_sample, "latents", i, total, t)?;
+        // The step's own time; a hook's work is not part of the run's step times.
+        let elapsed_secs = t_step.elapsed().as_secs_f64();
+        let saliency = hook.at_step(&StepContext {
+            sd,
+            cond: &cond,
+            index: i,
+            total,
+            t,
+            guidance: cfg.guidance,
+            latent: geo.latent,
+            input: &latents,
+            model_output: &out.model_output,
+            next: &step.prev_sample,
+            sampler: sampler.as_ref(),
+            cancel,
+        })?;
         latents = step.prev_sample;
         let record = StepRecord {
             index: i,
@@ -122,7 +186,8 @@ pub fn run(
             x0_from_scheduler: step.x0_from_scheduler,
             model_output: out.model_output,
             attention: out.attention,
-            elapsed_secs: t_step.elapsed().as_secs_f64(),
+            saliency,
+            elapsed_secs,
         };
         sink(RunEvent::Step(Box::new(record)));
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::{AttnMap, RgbImage, Run, RunMeta, RunStatus, StepRecord};
+use super::{AttnMap, RgbImage, Run, RunMeta, RunStatus, SaliencyMap, StepRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -128,6 +128,31 @@ fn write_run_files(run: &Run, dir: &Path) -> Result<(), TraceError> {
             }
             buffers.insert(first.key.clone(), (vec![n, first.height * first.width, first.tokens], bytes));
         }
+        // Saliency: one [N, h, w] tensor per key; a step without that map is a row of NaN.
+        let mut keys: Vec<(&str, usize, usize)> = Vec::new();
+        for m in run.steps.iter().flat_map(|s| &s.saliency) {
+            if !keys.iter().any(|(k, _, _)| *k == m.key) {
+                keys.push((&m.key, m.height, m.width));
+            }
+        }
+        for (key, mh, mw) in keys {
+            let mut bytes = Vec::with_capacity(n * mh * mw * 4);
+            for s in &run.steps {
+                match s.saliency.iter().find(|m| m.key == key) {
+                    Some(m) if m.height == mh && m.width == mw && m.data.len() == mh * mw => {
+                        bytes.extend(f32_bytes(m.data.iter().copied()))
+                    }
+                    Some(m) => {
+                        return Err(fmt_err(
+                            dir,
+                            format!("step {} has a {}x{} {key} map, other steps {mh}x{mw}", s.index, m.height, m.width),
+                        ));
+                    }
+                    None => bytes.extend(f32_bytes(std::iter::repeat_n(f32::NAN, mh * mw))),
+                }
+            }
+            buffers.insert(key.to_owned(), (vec![n, mh, mw], bytes));
+        }
     }
     let views: Vec<(String, TensorView)> = buffers
         .iter()
@@ -221,6 +246,7 @@ pub fn load_run_with_progress(dir: &Path, progress: &dyn Fn(f32)) -> Result<Run,
             x0_from_scheduler: false,
             model_output: Vec::new(),
             attention: Vec::new(),
+            saliency: Vec::new(),
             elapsed_secs: meta.step_secs.get(i).copied().unwrap_or(0.0),
         })
         .collect();
@@ -272,6 +298,35 @@ pub fn load_run_with_progress(dir: &Path, progress: &dyn Fn(f32)) -> Result<Run,
                     height,
                     width,
                     tokens,
+                    data: chunk.to_vec(),
+                });
+            }
+        }
+        let mut names: Vec<String> = st
+            .names()
+            .into_iter()
+            .filter(|k| SaliencyMap::is_key(k))
+            .map(String::from)
+            .collect();
+        names.sort();
+        for name in names {
+            let (shape, v) = read(&name)?;
+            if shape.len() != 3 || shape[0] != n || shape[1] == 0 || shape[2] == 0 {
+                return Err(fmt_err(
+                    &st_path,
+                    format!("{name}: shape {shape:?}, expected [{n}, h, w] (one map per step)"),
+                ));
+            }
+            let (height, width) = (shape[1], shape[2]);
+            for (i, chunk) in v.chunks_exact(height * width).enumerate() {
+                // A row of NaN is a step the map was not computed at.
+                if chunk.iter().all(|x| x.is_nan()) {
+                    continue;
+                }
+                steps[i].saliency.push(SaliencyMap {
+                    key: name.clone(),
+                    height,
+                    width,
                     data: chunk.to_vec(),
                 });
             }

@@ -47,6 +47,24 @@ impl AttnMap {
     }
 }
 
+/// A saliency map of one step at latent resolution: `data` is [height * width] row-major,
+/// scaled to [0, 1]. Keys: `rise` (DF-RISE), `cam.<diffusers block path>` (DF-CAM of one
+/// block), `cam.all` (DF-CAM summed over the blocks, then scaled).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SaliencyMap {
+    pub key: String,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+impl SaliencyMap {
+    /// True for the trace keys saliency maps are stored under.
+    pub fn is_key(key: &str) -> bool {
+        key == "rise" || key.starts_with("cam.")
+    }
+}
+
 /// Everything recorded at one loop iteration (one UNet evaluation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -63,6 +81,9 @@ pub struct StepRecord {
     /// The (guided) model output given to the scheduler. [C, h, w]
     pub model_output: Vec<f32>,
     pub attention: Vec<AttnMap>,
+    /// Saliency maps computed at this step (DF-RISE / DF-CAM), if any.
+    #[serde(default)]
+    pub saliency: Vec<SaliencyMap>,
     pub elapsed_secs: f64,
 }
 
@@ -120,6 +141,9 @@ pub struct RunMeta {
     pub total_secs: f64,
     pub status: RunStatus,
     pub error: Option<String>,
+    /// The settings the saliency maps of the steps were computed with (absent: none were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saliency: Option<serde_json::Value>,
 }
 
 /// A run as the app, the CLI and the experiments hold it.

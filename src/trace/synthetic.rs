@@ -126,6 +126,7 @@ pub fn run(spec: &SyntheticSpec) -> Run {
                 x0,
                 x0_from_scheduler: true,
                 attention,
+                saliency: Vec::new(),
                 elapsed_secs: 0.05,
             }
         })
@@ -179,6 +180,7 @@ pub fn run(spec: &SyntheticSpec) -> Run {
         total_secs: 0.05 * n as f64,
         status: RunStatus::Complete,
         error: None,
+        saliency: None,
     };
     let (ih, iw) = (h * 8, w * 8);
     let image = RgbImage {

@@ -105,6 +105,8 @@ pub fn compose(base: &RgbImage, overlay: Option<&Overlay>, out_w: u32, out_h: u3
 pub struct FigureLabels {
     pub title: String,
     pub subtitle: String,
+    /// What the colour bar measures ("attention", "saliency").
+    pub quantity: String,
 }
 
 /// A publication figure: title, subtitle (token, step, t, resolution), the image with the
@@ -181,7 +183,7 @@ pub fn heatmap_figure(base: &RgbImage, overlay: &Overlay, labels: &FigureLabels,
     );
     draw_text(
         &mut fig,
-        "attention",
+        &labels.quantity,
         (bx + bar_w + 6) as f32,
         top as f32 + ih as f32 / 2.0 - 7.0,
         12.0,
@@ -481,6 +483,7 @@ mod tests {
             &FigureLabels {
                 title: "a red circle".into(),
                 subtitle: "token red".into(),
+                quantity: "attention".into(),
             },
             128,
         );

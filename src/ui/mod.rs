@@ -555,7 +555,7 @@ impl App {
                             None => return,
                         }
                     }
-                    ExperimentSettings::ShapesEval(_) | ExperimentSettings::GenerateSet(_) => {}
+                    ExperimentSettings::ShapesEval(_) | ExperimentSettings::GenerateSet(_) | ExperimentSettings::Saliency(_) => {}
                 }
                 let model = Self::model_request(&self.settings.model);
                 if let Err(e) = self.worker.experiment(model, settings) {

@@ -50,7 +50,11 @@ pub fn evaluate_ui(app: &mut App, ui: &mut egui::Ui) {
     match &app.store.experiment {
         None
         | Some((
-            ExperimentReport::Compare(_) | ExperimentReport::Sweep(_) | ExperimentReport::GenerateSet(_) | ExperimentReport::Quality(_),
+            ExperimentReport::Compare(_)
+            | ExperimentReport::Sweep(_)
+            | ExperimentReport::GenerateSet(_)
+            | ExperimentReport::Quality(_)
+            | ExperimentReport::Saliency(_),
             _,
         )) => {
             ui.label(RichText::new("No evaluation yet.").weak());

@@ -167,6 +167,7 @@ fn heatmap_figure_for(app: &mut App) -> Option<(image::RgbaImage, String)> {
             },
             run.meta.sampler
         ),
+        quantity: "attention".into(),
     };
     let fig = crate::ui::export::heatmap_figure(&base, &overlay, &labels, 512);
     Some((fig, format!("heatmap-{word}-step{}.png", step + 1)))
