@@ -141,11 +141,13 @@ pub fn relu_minmax(map: &[f32]) -> Vec<f32> {
     minmax(&r)
 }
 
-/// Min-max scaling to [0, 1]; a constant map becomes all zeros.
+/// Min-max scaling to [0, 1]; a constant map becomes all zeros. A spread below 1e-5 of the
+/// map's magnitude is rounding, not signal (an all-ones DF-RISE sums N equal scores in f32),
+/// and counts as constant: scaling it would blow rounding up to the full colour range.
 pub fn minmax(map: &[f32]) -> Vec<f32> {
     let lo = map.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !(hi > lo) {
+    if !(hi - lo > 1e-5 * hi.abs().max(lo.abs())) {
         return vec![0.0; map.len()];
     }
     map.iter().map(|v| (v - lo) / (hi - lo)).collect()
@@ -265,6 +267,8 @@ mod tests {
         check(&relu_minmax(&[-1.0, 1.0, 3.0]), &[0.0, 1.0 / 3.0, 1.0], 1e-7);
         assert_eq!(relu_minmax(&[-1.0, -2.0]), vec![0.0, 0.0]);
         assert_eq!(minmax(&[5.0, 5.0]), vec![0.0, 0.0]);
+        assert_eq!(minmax(&[500.0, 500.00003]), vec![0.0, 0.0]);
+        assert_eq!(minmax(&[0.0, 1e-9]), vec![0.0, 1.0]);
         check(&cfg_combine(&[1.0, 2.0], &[3.0, 0.0], 7.5), &[16.0, -13.0], 0.0);
         let m = cam_map(&acts, &grads, 2, 2, 2, 4, 4);
         assert_eq!(m.len(), 16);

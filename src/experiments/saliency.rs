@@ -219,11 +219,8 @@ fn validate(sd: &StableDiffusion, s: &SaliencySettings) -> Result<(), RunError> 
         if r.masks == 0 {
             return Err(RunError::BadInput("DF-RISE needs at least one mask".into()));
         }
-        if !(r.keep > 0.0 && r.keep < 1.0) {
-            return Err(RunError::BadInput(format!(
-                "the keep probability {} must be between 0 and 1",
-                r.keep
-            )));
+        if !(r.keep > 0.0 && r.keep <= 1.0) {
+            return Err(RunError::BadInput(format!("the keep probability {} must be in (0, 1]", r.keep)));
         }
     }
     if let Some(c) = &s.cam {

@@ -191,6 +191,11 @@ fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
     )
 }
 
+/// The precision attention and norms compute in: f32, or f64 for an f64 model.
+fn internal_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 { DType::F64 } else { DType::F32 }
+}
+
 /// Layer norm: candle's fused kernel, or with `differentiable` the same maths in basic ops
 /// (the fused kernel has no backward).
 fn norm(ln: &LayerNorm, xs: &Tensor, differentiable: bool) -> Result<Tensor> {
@@ -198,7 +203,7 @@ fn norm(ln: &LayerNorm, xs: &Tensor, differentiable: bool) -> Result<Tensor> {
         return ln.forward(xs);
     }
     let dtype = xs.dtype();
-    let x = xs.to_dtype(DType::F32)?;
+    let x = xs.to_dtype(internal_dtype(dtype))?;
     let mean = x.mean_keepdim(D::Minus1)?;
     let x = x.broadcast_sub(&mean)?;
     let var = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -296,9 +301,10 @@ impl Attention {
         let (b, l, _) = xs.dims3()?;
         let context = context.unwrap_or(xs);
         let in_dtype = xs.dtype();
-        let q = self.split_heads(&self.to_q.forward(xs)?)?.to_dtype(DType::F32)?;
-        let k = self.split_heads(&self.to_k.forward(context)?)?.to_dtype(DType::F32)?;
-        let v = self.split_heads(&self.to_v.forward(context)?)?.to_dtype(DType::F32)?;
+        let internal = internal_dtype(in_dtype);
+        let q = self.split_heads(&self.to_q.forward(xs)?)?.to_dtype(internal)?;
+        let k = self.split_heads(&self.to_k.forward(context)?)?.to_dtype(internal)?;
+        let v = self.split_heads(&self.to_v.forward(context)?)?.to_dtype(internal)?;
         let scores = q.matmul(&(k.t()? * self.scale)?)?;
         let probs = if differentiable {
             candle_nn::ops::softmax(&scores, D::Minus1)?

@@ -14,6 +14,7 @@ mod hub;
 mod inception;
 mod metrics;
 mod parity;
+mod saliency;
 mod shapes_metrics;
 mod trace_io;
 mod worker;

@@ -213,7 +213,8 @@ fn the_worker_runs_an_experiment() {
                 | ExperimentEvent::SweepRun(_)
                 | ExperimentEvent::SweepRow(_)
                 | ExperimentEvent::SetImage(_)
-                | ExperimentEvent::QualityRow(_) => {
+                | ExperimentEvent::QualityRow(_)
+                | ExperimentEvent::SaliencyRun(_) => {
                     panic!("another experiment's event")
                 }
             },
