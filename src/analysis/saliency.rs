@@ -184,6 +184,102 @@ pub fn cfg_combine(uncond: &[f32], cond: &[f32], guidance: f32) -> Vec<f32> {
     uncond.iter().zip(cond).map(|(u, c)| u + guidance * (c - u)).collect()
 }
 
+/// The blur of the authors' insertion game: `gkern(11, 5)`, SciPy's `gaussian_filter` (sigma 5,
+/// truncate 4, mode "reflect") of an 11 x 11 delta. With the reflections it is almost a box
+/// filter (values 0.0077 .. 0.0088, summing to 1). Row-major 11 x 11.
+pub fn authors_blur_kernel() -> Vec<f32> {
+    let (n, sigma) = (11usize, 5.0f64);
+    let radius = (4.0 * sigma + 0.5) as isize;
+    let weights: Vec<f64> = (-radius..=radius)
+        .map(|j| (-0.5 * (j * j) as f64 / (sigma * sigma)).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    // SciPy's "reflect": (d c b a | a b c d | d c b a), period 2n.
+    let reflect = |m: isize| -> usize {
+        let p = 2 * n as isize;
+        let r = m.rem_euclid(p) as usize;
+        if r >= n { 2 * n - 1 - r } else { r }
+    };
+    // The filtered 1-D delta at the centre; the 2-D filter of a 2-D delta is its outer product.
+    let k1: Vec<f64> = (0..n as isize)
+        .map(|i| {
+            (-radius..=radius)
+                .filter(|&j| reflect(i + j) == n / 2)
+                .map(|j| weights[(j + radius) as usize] / total)
+                .sum()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n * n);
+    for a in &k1 {
+        for b in &k1 {
+            out.push((a * b) as f32);
+        }
+    }
+    out
+}
+
+/// Each channel of `x` [c, h, w] convolved with a k x k `kernel`, zero padding k / 2 (the
+/// authors' `F.conv2d(latent, kernel, padding=klen//2)` with the kernel on the channel diagonal).
+pub fn blur_channels(x: &[f32], c: usize, h: usize, w: usize, kernel: &[f32], k: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for ch in 0..c {
+        out.extend(filter(&x[ch * h * w..(ch + 1) * h * w], h, w, kernel, k));
+    }
+    out
+}
+
+/// Latent pixels in descending order of `map` (ties by index), the order the insertion and
+/// deletion games add or remove them in.
+pub fn saliency_order(map: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..map.len()).collect();
+    idx.sort_by(|&a, &b| map[b].total_cmp(&map[a]).then(a.cmp(&b)));
+    idx
+}
+
+/// The inputs of a causal game over `points` + 1 stages: stage k takes `from` and puts the
+/// first `ceil(k * hw / points)` pixels of `order` (all channels) of `to` in. Insertion: from
+/// the blurred latent to x_t; deletion: from x_t to zeros.
+pub fn game_inputs(from: &[f32], to: &[f32], order: &[usize], points: usize) -> Vec<Vec<f32>> {
+    let hw = order.len();
+    let c = from.len() / hw.max(1);
+    (0..=points)
+        .map(|k| {
+            let n = (k * hw).div_ceil(points.max(1)).min(hw);
+            let mut x = from.to_vec();
+            for &p in &order[..n] {
+                for ch in 0..c {
+                    x[ch * hw + p] = to[ch * hw + p];
+                }
+            }
+            x
+        })
+        .collect()
+}
+
+/// A game's curve: how much of the way from the start's output to the reference output each
+/// stage's output has come, `1 - ||y_k - y|| / ||y_0 - y||` for insertion (0 at the start, ~1 at
+/// the end), or its mirror for deletion against the last stage. None when the start (or end)
+/// does not move the output.
+pub fn game_curve(outputs: &[Vec<f32>], reference: &[f32], insertion: bool) -> Option<Vec<f64>> {
+    let dist = |y: &[f32]| -> f64 { y.iter().zip(reference).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt() };
+    let anchor = if insertion { outputs.first()? } else { outputs.last()? };
+    let d0 = dist(anchor);
+    if !(d0 > 1e-12) {
+        return None;
+    }
+    Some(outputs.iter().map(|y| 1.0 - dist(y) / d0).collect())
+}
+
+/// The area under a curve sampled at equal steps on [0, 1] (trapezoids), the authors'
+/// `normal_auc` without their min-max of the mean curve.
+pub fn auc(curve: &[f64]) -> f64 {
+    let n = curve.len();
+    if n < 2 {
+        return curve.first().copied().unwrap_or(0.0);
+    }
+    (curve.iter().sum::<f64>() - curve[0] / 2.0 - curve[n - 1] / 2.0) / (n - 1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +369,43 @@ mod tests {
         let m = cam_map(&acts, &grads, 2, 2, 2, 4, 4);
         assert_eq!(m.len(), 16);
         assert!(m.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn blur_kernel_is_scipys() {
+        // scipy.ndimage.gaussian_filter(delta_11x11, 5): centre row and a corner.
+        let k = authors_blur_kernel();
+        check(&[k.iter().sum::<f32>()], &[1.0], 1e-6);
+        check(
+            &k[5 * 11..5 * 11 + 6],
+            &[0.00826649, 0.00835464, 0.00850295, 0.00866431, 0.00878633, 0.00883263],
+            1e-6,
+        );
+        check(&[k[0]], &[0.007736635408576913], 1e-6);
+        // A constant plane stays constant in the interior.
+        let x = vec![2.0f32; 3 * 13 * 13];
+        let b = blur_channels(&x, 3, 13, 13, &k, 11);
+        check(&[b[6 * 13 + 6], b[169 + 6 * 13 + 6]], &[2.0 * (k.iter().sum::<f32>()), 2.0], 1e-5);
+    }
+
+    #[test]
+    fn games_and_auc() {
+        assert_eq!(saliency_order(&[0.1, 0.9, 0.5, 0.9]), vec![1, 3, 2, 0]);
+        // 2 channels of 2x2; 2 points: stages insert 0, 2, 4 pixels.
+        let from = vec![0.0; 8];
+        let to: Vec<f32> = (1..=8).map(|v| v as f32).collect();
+        let stages = game_inputs(&from, &to, &[3, 0, 1, 2], 2);
+        assert_eq!(stages[0], vec![0.0; 8]);
+        assert_eq!(stages[1], vec![1.0, 0.0, 0.0, 4.0, 5.0, 0.0, 0.0, 8.0]);
+        assert_eq!(stages[2], to);
+        let reference = vec![1.0f32, 1.0];
+        let outs = vec![vec![0.0, 1.0], vec![0.5, 1.0], vec![1.0, 1.0]];
+        assert_eq!(game_curve(&outs, &reference, true).unwrap(), vec![0.0, 0.5, 1.0]);
+        let del = vec![vec![1.0, 1.0], vec![0.5, 1.0], vec![0.0, 1.0]];
+        assert_eq!(game_curve(&del, &reference, false).unwrap(), vec![1.0, 0.5, 0.0]);
+        assert!(game_curve(&[vec![1.0, 1.0]], &reference, true).is_none());
+        assert!((auc(&[0.0, 0.5, 1.0]) - 0.5).abs() < 1e-12);
+        assert!((auc(&[0.0, 1.0, 1.0]) - 0.75).abs() < 1e-12);
     }
 
     #[test]

@@ -10,9 +10,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
+use diffusion_scope::analysis::saliency::StructureTerm;
+use diffusion_scope::experiments::saliency::{RiseCompare, RiseSettings};
+use diffusion_scope::experiments::saliency_eval::{SaliencyEvalSettings, render_table};
 use diffusion_scope::experiments::shapes_eval::{CaseResult, EvalSettings, render_summary};
 use diffusion_scope::experiments::{ExperimentEvent, ExperimentReport, ExperimentSettings, Stop};
-use diffusion_scope::sampling::SamplerKind;
+use diffusion_scope::sampling::{SamplerKind, TimestepSpacing};
 use diffusion_scope::trace::{RgbImage, save_png, save_run};
 
 use crate::cli::interrupt::Interrupt;
@@ -37,6 +40,29 @@ pub struct EvalArgs {
     /// Sampler; default: the model's own scheduler.
     #[arg(long)]
     scheduler: Option<SamplerKind>,
+    /// Timestep spacing override, e.g. exponential-early:30 / exponential-latter:30 (arXiv
+    /// 2402.10404's stages).
+    #[arg(long)]
+    spacing: Option<TimestepSpacing>,
+    /// Instead: score DF-RISE, DF-CAM and token attention against the exact object masks at
+    /// every step of a DDIM schedule on rendered scenes (pointing, IoU, insertion / deletion AUC).
+    #[arg(long)]
+    saliency: bool,
+    /// With --saliency: DF-RISE masks per step.
+    #[arg(long, default_value_t = 500)]
+    masks: usize,
+    /// With --saliency: inputs per UNet call (0: from the free memory, at most 64).
+    #[arg(long, default_value_t = 0)]
+    batch: usize,
+    /// With --saliency: stages of the insertion and deletion games.
+    #[arg(long, default_value_t = 16)]
+    auc_points: usize,
+    /// With --saliency: DF-RISE's comparison (next-latents, the authors'; or output).
+    #[arg(long, default_value = "next-latents")]
+    compare: RiseCompare,
+    /// With --saliency: the SSIM structure term (authors or standard).
+    #[arg(long, default_value = "authors")]
+    structure: StructureTerm,
     /// Threshold (fraction of the min-max range) of the attention map for the IoU (DAAM: 0.4).
     #[arg(long, default_value_t = diffusion_scope::analysis::pointing::DEFAULT_THRESHOLD)]
     threshold: f32,
@@ -59,6 +85,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         "--threshold must be between 0 and 1 (exclusive)"
     );
     let request = a.target.request()?;
+    if a.saliency {
+        return run_saliency(a, request);
+    }
     let settings = EvalSettings {
         count: a.count,
         caption_seed: a.caption_seed,
@@ -66,6 +95,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         steps: a.steps,
         guidance: a.guidance,
         sampler: a.scheduler,
+        spacing: a.spacing,
         threshold: a.threshold,
     };
     if let Some(out) = &a.out {
@@ -131,6 +161,67 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `eval --saliency`: the faithfulness table of `experiments::saliency_eval`.
+fn run_saliency(a: EvalArgs, request: diffusion_scope::engine::ModelRequest) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        a.scheduler.is_none_or(|s| s == SamplerKind::Ddim) && a.spacing.is_none(),
+        "--saliency scores every step of a DDIM schedule on noised scenes; --scheduler and --spacing do not apply"
+    );
+    anyhow::ensure!(a.masks > 0 && a.auc_points > 0, "--masks and --auc-points must be at least 1");
+    let settings = SaliencyEvalSettings {
+        count: a.count,
+        caption_seed: a.caption_seed,
+        seed: a.seed,
+        steps: a.steps,
+        guidance: a.guidance,
+        rise: RiseSettings {
+            masks: a.masks,
+            batch: a.batch,
+            compare: a.compare,
+            structure: a.structure,
+            ..RiseSettings::default()
+        },
+        auc_points: a.auc_points,
+        threshold: a.threshold,
+    };
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    }
+    let (report, stopped, interrupt) = super::run_experiment(
+        request,
+        ExperimentSettings::SaliencyEval(settings),
+        a.quiet,
+        "captions",
+        &mut |_, _| Ok(()),
+    )?;
+    let ExperimentReport::SaliencyEval(report) = report else {
+        anyhow::bail!("the worker answered with another experiment's report");
+    };
+    let text = render_table(&report);
+    print!("{text}");
+    println!(
+        "{:.1} s per caption ({} steps, {} inputs per UNet call)",
+        report.secs_per_caption, report.settings.steps, report.batch
+    );
+    if let Some(out) = &a.out {
+        interrupt.writing(|| -> anyhow::Result<()> {
+            let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
+            std::fs::write(out.join("report.json"), json).with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(out.join("summary.txt"), &text).with_context(|| format!("writing {}", out.display()))?;
+            Ok(())
+        })?;
+        println!("wrote {}", out.display());
+    }
+    match stopped {
+        None => Ok(ExitCode::SUCCESS),
+        Some(Stop::Failed(e)) => anyhow::bail!("{e}"),
+        Some(Stop::Cancelled) => {
+            eprintln!("cancelled after {} captions (the table covers those)", report.cases.len());
+            Ok(ExitCode::from(130))
+        }
+    }
 }
 
 /// All images in rows of 10, each framed green (every stated attribute right, no extra object)

@@ -16,6 +16,7 @@ pub mod compare;
 pub mod generate_set;
 pub mod quality;
 pub mod saliency;
+pub mod saliency_eval;
 pub mod shapes_eval;
 pub mod sweep;
 
@@ -42,6 +43,7 @@ pub enum ExperimentSettings {
     GenerateSet(generate_set::SetRun),
     Quality(quality::QualitySettings),
     Saliency(saliency::SaliencySettings),
+    SaliencyEval(saliency_eval::SaliencyEvalSettings),
 }
 
 impl ExperimentSettings {
@@ -53,6 +55,7 @@ impl ExperimentSettings {
             ExperimentSettings::GenerateSet(_) => "image set",
             ExperimentSettings::Quality(_) => "quality metrics",
             ExperimentSettings::Saliency(_) => "saliency",
+            ExperimentSettings::SaliencyEval(_) => "saliency faithfulness",
         }
     }
 }
@@ -66,6 +69,7 @@ pub enum ExperimentReport {
     GenerateSet(Box<generate_set::SetReport>),
     Quality(Box<quality::QualityReport>),
     Saliency(Box<saliency::SaliencyReport>),
+    SaliencyEval(Box<saliency_eval::SaliencyEvalReport>),
 }
 
 /// What an experiment streams while it runs.
@@ -155,6 +159,13 @@ pub fn run(
             let (report, stopped) = saliency::run(sd, model_spec, s, cancel, sink)?;
             Ok(Outcome {
                 report: ExperimentReport::Saliency(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::SaliencyEval(s) => {
+            let (report, stopped) = saliency_eval::run(sd, model_spec, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::SaliencyEval(Box::new(report)),
                 stopped,
             })
         }

@@ -248,7 +248,7 @@ fn validate(sd: &StableDiffusion, s: &SaliencySettings) -> Result<(), RunError> 
 
 /// Masks per UNet call when the settings leave it to us: as many as a quarter of the free
 /// memory holds, at most 64.
-fn auto_batch(sd: &StableDiffusion, latent: [usize; 3], guided: bool) -> usize {
+pub fn auto_batch(sd: &StableDiffusion, latent: [usize; 3], guided: bool) -> usize {
     let per = pipeline::memory::unet_bytes(sd, latent, if guided { 2.0 } else { 1.0 });
     let budget = pipeline::memory::available_bytes().unwrap_or(4e9) / 4.0;
     ((budget / per.max(1.0)) as usize).clamp(1, 64)
@@ -277,96 +277,114 @@ impl Saliency<'_> {
     }
 
     fn rise(&mut self, ctx: &StepContext, r: &RiseSettings) -> Result<SaliencyMap, RunError> {
-        let [c, h, w] = ctx.latent;
         let batch = self.report.rise_batch.max(1);
-        let reference = match r.compare {
-            RiseCompare::NextLatents => ctx.next,
-            RiseCompare::Output => ctx.model_output,
-        };
-        let mut rng = RandomState::new(r.mask_seed);
-        let mut acc = vec![0f32; h * w];
-        let mut left = r.masks;
-        while left > 0 {
-            if ctx.cancel.load(Ordering::Relaxed) {
-                return Err(RunError::Cancelled {
-                    completed: ctx.index,
-                    total: ctx.total,
-                });
-            }
-            let n = left.min(batch);
-            let masks: Vec<Vec<f32>> = (0..n).map(|_| sal::rise_mask(&mut || rng.random_sample(), h, w, r.keep)).collect();
-            let inputs: Vec<Vec<f32>> = masks
-                .iter()
-                .map(|m| {
-                    let masked: Vec<f32> = ctx.input.iter().enumerate().map(|(i, v)| v * m[i % (h * w)]).collect();
-                    ctx.sampler.scale_model_input(&masked, ctx.index)
-                })
-                .collect();
-            let outputs = pipeline::guided_eval_batch(ctx.sd, ctx.cond, &inputs, ctx.latent, ctx.t, ctx.guidance)?;
-            for (m, out) in masks.iter().zip(&outputs) {
-                let score = sal::ssim_structure(reference, out, c, h, w, r.structure);
-                sal::rise_accumulate(&mut acc, m, &score);
-            }
-            left -= n;
-            self.tick(format!(
-                "step {}/{}: DF-RISE {} of {} masks",
-                ctx.index + 1,
-                ctx.total,
-                r.masks - left,
-                r.masks
-            ));
-        }
+        let data = rise_at(ctx, r, batch, &mut |done| {
+            self.tick(format!("step {}/{}: DF-RISE {done} of {} masks", ctx.index + 1, ctx.total, r.masks))
+        })?;
+        let [_, h, w] = ctx.latent;
         Ok(SaliencyMap {
             key: "rise".into(),
             height: h,
             width: w,
-            data: sal::relu_minmax(&acc),
+            data,
         })
     }
 
     fn cam(&mut self, ctx: &StepContext, c: &CamSettings) -> Result<Vec<SaliencyMap>, RunError> {
         let [_, h, w] = ctx.latent;
-        let wants_all = c.blocks.iter().any(|b| b == CAM_ALL);
-        let all = authors_block_set(ctx.sd);
-        let tapped: Vec<String> = if wants_all {
-            let mut v = all.clone();
-            v.extend(c.blocks.iter().filter(|b| *b != CAM_ALL && !all.contains(b)).cloned());
-            v
-        } else {
-            c.blocks.clone()
-        };
-        let scaled = ctx.sampler.scale_model_input(ctx.input, ctx.index);
-        let (_, grads) = pipeline::cam_eval(ctx.sd, ctx.cond, scaled, ctx.latent, ctx.t, ctx.guidance, Some(&tapped))?;
-        let map_of = |path: &str| -> Option<Vec<f32>> {
-            grads
-                .iter()
-                .find(|g| g.path == path)
-                .map(|g| sal::cam_map(&g.activation, &g.gradient, g.channels, g.height, g.width, h, w))
-        };
-        let mut maps = Vec::new();
-        for b in &c.blocks {
-            let data = if b == CAM_ALL {
-                let mut sum = vec![0f32; h * w];
-                for p in &all {
-                    if let Some(m) = map_of(p) {
-                        sum.iter_mut().zip(&m).for_each(|(s, v)| *s += v);
-                    }
-                }
-                sal::minmax(&sum)
-            } else {
-                map_of(b).ok_or_else(|| RunError::BadInput(format!("block {b} was not reached by the forward pass")))?
-            };
-            maps.push(SaliencyMap {
+        let (maps, tapped) = cam_at(ctx, &c.blocks)?;
+        self.report.cam_blocks = tapped;
+        self.tick(format!("step {}/{}: DF-CAM", ctx.index + 1, ctx.total));
+        Ok(maps
+            .into_iter()
+            .map(|(b, data)| SaliencyMap {
                 key: format!("cam.{b}"),
                 height: h,
                 width: w,
                 data,
+            })
+            .collect())
+    }
+}
+
+/// DF-RISE's map at one step, ReLU'd and min-max scaled ([h * w]). `on_batch` hears the
+/// number of masks done after each UNet call.
+pub fn rise_at(ctx: &StepContext, r: &RiseSettings, batch: usize, on_batch: &mut dyn FnMut(usize)) -> Result<Vec<f32>, RunError> {
+    let [c, h, w] = ctx.latent;
+    let reference = match r.compare {
+        RiseCompare::NextLatents => ctx.next,
+        RiseCompare::Output => ctx.model_output,
+    };
+    let mut rng = RandomState::new(r.mask_seed);
+    let mut acc = vec![0f32; h * w];
+    let mut done = 0;
+    while done < r.masks {
+        if ctx.cancel.load(Ordering::Relaxed) {
+            return Err(RunError::Cancelled {
+                completed: ctx.index,
+                total: ctx.total,
             });
         }
-        self.report.cam_blocks = tapped;
-        self.tick(format!("step {}/{}: DF-CAM", ctx.index + 1, ctx.total));
-        Ok(maps)
+        let n = (r.masks - done).min(batch.max(1));
+        let masks: Vec<Vec<f32>> = (0..n).map(|_| sal::rise_mask(&mut || rng.random_sample(), h, w, r.keep)).collect();
+        let inputs: Vec<Vec<f32>> = masks
+            .iter()
+            .map(|m| ctx.sampler.scale_model_input(&apply_mask(ctx.input, m), ctx.index))
+            .collect();
+        let outputs = pipeline::guided_eval_batch(ctx.sd, ctx.cond, &inputs, ctx.latent, ctx.t, ctx.guidance)?;
+        for (m, out) in masks.iter().zip(&outputs) {
+            let score = sal::ssim_structure(reference, out, c, h, w, r.structure);
+            sal::rise_accumulate(&mut acc, m, &score);
+        }
+        done += n;
+        on_batch(done);
     }
+    Ok(sal::relu_minmax(&acc))
+}
+
+/// `x` [C, h, w] times a [h, w] mask, the same for every channel.
+pub fn apply_mask(x: &[f32], mask: &[f32]) -> Vec<f32> {
+    let hw = mask.len();
+    x.iter().enumerate().map(|(i, v)| v * mask[i % hw]).collect()
+}
+
+/// DF-CAM's maps at one step for `blocks` (paths and/or `all`), each [h * w] in [0, 1], and
+/// the blocks that were tapped (`all` expanded).
+pub fn cam_at(ctx: &StepContext, blocks: &[String]) -> Result<(Vec<(String, Vec<f32>)>, Vec<String>), RunError> {
+    let [_, h, w] = ctx.latent;
+    let wants_all = blocks.iter().any(|b| b == CAM_ALL);
+    let all = authors_block_set(ctx.sd);
+    let tapped: Vec<String> = if wants_all {
+        let mut v = all.clone();
+        v.extend(blocks.iter().filter(|b| *b != CAM_ALL && !all.contains(b)).cloned());
+        v
+    } else {
+        blocks.to_vec()
+    };
+    let scaled = ctx.sampler.scale_model_input(ctx.input, ctx.index);
+    let (_, grads) = pipeline::cam_eval(ctx.sd, ctx.cond, scaled, ctx.latent, ctx.t, ctx.guidance, Some(&tapped))?;
+    let map_of = |path: &str| -> Option<Vec<f32>> {
+        grads
+            .iter()
+            .find(|g| g.path == path)
+            .map(|g| sal::cam_map(&g.activation, &g.gradient, g.channels, g.height, g.width, h, w))
+    };
+    let mut maps = Vec::new();
+    for b in blocks {
+        let data = if b == CAM_ALL {
+            let mut sum = vec![0f32; h * w];
+            for p in &all {
+                if let Some(m) = map_of(p) {
+                    sum.iter_mut().zip(&m).for_each(|(s, v)| *s += v);
+                }
+            }
+            sal::minmax(&sum)
+        } else {
+            map_of(b).ok_or_else(|| RunError::BadInput(format!("block {b} was not reached by the forward pass")))?
+        };
+        maps.push((b.clone(), data));
+    }
+    Ok((maps, tapped))
 }
 
 impl StepHook for Saliency<'_> {

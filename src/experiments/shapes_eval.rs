@@ -27,7 +27,7 @@ use crate::analysis::{MapSource, TokenMap, mean_map, word_map_in, word_map_mean}
 use crate::model::StableDiffusion;
 use crate::model::vae::VaeEncoder;
 use crate::pipeline::{self, RunConfig, RunError, RunEvent};
-use crate::sampling::{SamplerKind, SamplerOptions, build_sampler};
+use crate::sampling::{SamplerKind, SamplerOptions, TimestepSpacing, build_sampler};
 use crate::trace::{AttnMap, RgbImage, Run, RunEnd};
 use crate::types::CaptureMode;
 use crate::world::rng::{Rng, seed_of};
@@ -46,6 +46,10 @@ pub struct EvalSettings {
     pub guidance: f32,
     /// None: the model's own scheduler.
     pub sampler: Option<SamplerKind>,
+    /// Overrides the scheduler's timestep spacing (e.g. the exponential sampling of arXiv
+    /// 2402.10404, to see which stage fixes which attribute).
+    #[serde(default)]
+    pub spacing: Option<TimestepSpacing>,
     /// Threshold on the min-max normalised map for the IoU.
     pub threshold: f32,
 }
@@ -59,6 +63,7 @@ impl Default for EvalSettings {
             steps: 30,
             guidance: 5.0,
             sampler: None,
+            spacing: None,
             threshold: pointing::DEFAULT_THRESHOLD,
         }
     }
@@ -188,6 +193,7 @@ pub fn evaluate_case(
         steps: settings.steps,
         guidance: settings.guidance,
         sampler: settings.sampler,
+        spacing: settings.spacing,
         seed,
         attention: CaptureMode::Full,
         ..RunConfig::default()
@@ -367,7 +373,7 @@ pub fn attention_on_truth(
     let kind = pipeline::sampler_kind(sd, settings.sampler)?;
     let options = SamplerOptions {
         karras: false,
-        spacing: None,
+        spacing: settings.spacing,
         eta: 0.0,
     };
     let sampler = build_sampler(

@@ -555,7 +555,10 @@ impl App {
                             None => return,
                         }
                     }
-                    ExperimentSettings::ShapesEval(_) | ExperimentSettings::GenerateSet(_) | ExperimentSettings::Saliency(_) => {}
+                    ExperimentSettings::ShapesEval(_)
+                    | ExperimentSettings::GenerateSet(_)
+                    | ExperimentSettings::Saliency(_)
+                    | ExperimentSettings::SaliencyEval(_) => {}
                 }
                 let model = Self::model_request(&self.settings.model);
                 if let Err(e) = self.worker.experiment(model, settings) {

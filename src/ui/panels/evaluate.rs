@@ -54,7 +54,8 @@ pub fn evaluate_ui(app: &mut App, ui: &mut egui::Ui) {
             | ExperimentReport::Sweep(_)
             | ExperimentReport::GenerateSet(_)
             | ExperimentReport::Quality(_)
-            | ExperimentReport::Saliency(_),
+            | ExperimentReport::Saliency(_)
+            | ExperimentReport::SaliencyEval(_),
             _,
         )) => {
             ui.label(RichText::new("No evaluation yet.").weak());
