@@ -105,4 +105,3 @@ fn a_caption_outside_the_world_is_refused() {
     let err = evaluate_case(&sd, "tiny", 0, "a photo of a cat", &EvalSettings::default(), &never).unwrap_err();
     assert!(err.to_string().contains("a photo of a cat"), "{err}");
 }
-spacing: None,

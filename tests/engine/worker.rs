@@ -234,4 +234,3 @@ fn the_worker_runs_an_experiment() {
     assert_eq!(report.cases.len(), 2);
     assert_eq!(report.truth.len(), 2);
 }
-spacing: None,
