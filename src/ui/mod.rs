@@ -86,6 +86,27 @@ pub struct Settings {
     pub eval: crate::experiments::shapes_eval::EvalSettings,
     /// The Compare tab's settings (prompt, seed, guidance and size come from the run controls).
     pub compare: CompareUi,
+    /// DF-RISE / DF-CAM as the Run tab's saliency row computes them.
+    pub saliency: SaliencyUi,
+}
+
+/// The saliency row's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SaliencyUi {
+    /// DF-RISE masks per step.
+    pub masks: usize,
+    /// The DF-CAM block (a diffusers path) or `all`.
+    pub block: String,
+}
+
+impl Default for SaliencyUi {
+    fn default() -> Self {
+        Self {
+            masks: 500,
+            block: crate::experiments::saliency::DEFAULT_CAM_BLOCK.into(),
+        }
+    }
 }
 
 /// What the Compare tab asks for, as typed.
@@ -171,6 +192,7 @@ impl Default for Settings {
                 ..Default::default()
             },
             compare: CompareUi::default(),
+            saliency: SaliencyUi::default(),
         }
     }
 }
@@ -218,6 +240,9 @@ pub struct MapKey {
     pub steps: (usize, usize),
     pub source: MapSource,
     pub tokens: Vec<usize>,
+    /// Bumped when the run's saliency maps are recomputed, so the GPU texture cache (keyed by
+    /// this) never shows a replaced map; 0 for attention, which never changes.
+    pub revision: u64,
 }
 
 /// Key of a word's per-step statistics.
@@ -298,6 +323,10 @@ pub struct ViewState {
     pub compare_textures: HashMap<(u8, u64, usize, usize), egui::TextureHandle>,
     /// The sweep grid's columns: None the seeds, Some(i) the timestep snapshots of seed i.
     pub sweep_snapshots_of: Option<usize>,
+    /// The saliency overlay shown over x0 (`rise`, `cam.<block>`, `cam.all`); None: none.
+    pub overlay: Option<String>,
+    /// Counts saliency updates (part of the saliency maps' cache keys).
+    pub saliency_revision: u64,
     /// The current run last frame (a switch resets the step and the selected words).
     seen_current: Option<RunId>,
 }
@@ -326,6 +355,8 @@ impl Default for ViewState {
             compare_rects: Vec::new(),
             compare_textures: HashMap::new(),
             sweep_snapshots_of: None,
+            overlay: None,
+            saliency_revision: 0,
             seen_current: None,
         }
     }
@@ -365,6 +396,9 @@ pub enum Action {
     AddSweepRow(f32),
     /// Adds the sweep's run at (row, column) to the runs and shows it in the run view.
     OpenSweepCell(usize, usize),
+    /// Computes the shown saliency overlay for the current run at these steps (None: all), by
+    /// rerunning it with the maps computed inside the loop.
+    ComputeSaliency(Option<Vec<usize>>),
 }
 
 pub struct App {
@@ -534,6 +568,19 @@ impl App {
                     "no guidance sweep to add w = {w} to (run one in the Compare tab), or it already has that row"
                 )),
             },
+            Action::ComputeSaliency(steps) => match self.saliency_settings(steps) {
+                Ok((model, settings)) => {
+                    self.store.clear_error();
+                    self.store.saliency_for = self.store.current;
+                    if let Err(e) = self
+                        .worker
+                        .experiment(Self::model_request(&model), ExperimentSettings::Saliency(settings))
+                    {
+                        self.store.report_error(e.to_string());
+                    }
+                }
+                Err(e) => self.store.report_error(e),
+            },
             Action::RunExperiment(settings) => {
                 self.store.clear_error();
                 match &settings {
@@ -671,6 +718,12 @@ impl App {
         for id in self.store.take_removed() {
             self.view.forget_run(id);
         }
+        for id in self.store.take_saliency_updated() {
+            self.view.saliency_revision += 1;
+            self.view
+                .maps
+                .retain(|k, _| !(k.run == id && matches!(&k.source, MapSource::Key(s) if crate::trace::SaliencyMap::is_key(s))));
+        }
         if self.store.current != self.view.seen_current {
             // Another run is shown: keep the step fraction, drop the selected words.
             let old_n = self
@@ -789,6 +842,7 @@ impl App {
             steps,
             source: self.settings.source.clone(),
             tokens: word_tokens.to_vec(),
+            revision: 0,
         };
         if let Some(m) = self.view.maps.get(&key) {
             return Some((key, m.clone()));
@@ -801,6 +855,74 @@ impl App {
         });
         self.view.maps.insert(key.clone(), data.clone());
         Some((key, data))
+    }
+
+    /// The saliency experiment that reruns the current run with the shown overlay's method at
+    /// `steps`, and the model to run it on (the run's own).
+    fn saliency_settings(&self, steps: Option<Vec<usize>>) -> Result<(String, crate::experiments::saliency::SaliencySettings), String> {
+        use crate::experiments::saliency::{CamSettings, RiseSettings, SaliencySettings};
+        let (_, run) = self.current().ok_or("no run to explain")?;
+        let m = &run.meta;
+        let key = self.view.overlay.clone().ok_or("choose DF-RISE or DF-CAM first")?;
+        let init_latents = match m.init_latents.as_str() {
+            "seed" => None,
+            "given in memory" => return Err("this run started from latents given in memory; it cannot be rerun to explain it".into()),
+            path => Some(PathBuf::from(path)),
+        };
+        let options = m.scheduler.get("options");
+        let spacing = options
+            .and_then(|o| o.get("timestep_spacing"))
+            .and_then(|v| v.as_str())
+            .map(|v| v.parse().map_err(|e| format!("the run's timestep spacing: {e}")))
+            .transpose()?;
+        let sampler = m.sampler.parse().map_err(|e| format!("the run's sampler: {e}"))?;
+        let settings = SaliencySettings {
+            prompt: m.prompt.clone(),
+            negative_prompt: m.negative_prompt.clone(),
+            seed: m.seed,
+            steps: m.steps,
+            guidance: m.guidance,
+            sampler: Some(sampler),
+            spacing,
+            karras: options.and_then(|o| o.get("karras")).and_then(|v| v.as_bool()).unwrap_or(false),
+            eta: options.and_then(|o| o.get("eta")).and_then(|v| v.as_f64()).unwrap_or(0.0) as f32,
+            height: Some(m.height),
+            width: Some(m.width),
+            init_latents,
+            attention: CaptureMode::None,
+            steps_at: steps,
+            rise: (key == "rise").then(|| RiseSettings {
+                masks: self.settings.saliency.masks.max(1),
+                ..RiseSettings::default()
+            }),
+            cam: key.strip_prefix("cam.").map(|b| CamSettings {
+                blocks: vec![b.to_owned()],
+            }),
+        };
+        Ok((m.model.clone(), settings))
+    }
+
+    /// The saliency map `key` of run `id` at `step`, cached like the word maps.
+    pub fn saliency_map(&mut self, id: RunId, step: usize, key: &str) -> Option<(MapKey, Arc<MapData>)> {
+        let cache = MapKey {
+            run: id,
+            steps: (step, step),
+            source: MapSource::Key(key.to_owned()),
+            tokens: Vec::new(),
+            revision: self.view.saliency_revision,
+        };
+        if let Some(m) = self.view.maps.get(&cache) {
+            return Some((cache, m.clone()));
+        }
+        let run = &self.store.get(id)?.run;
+        let m = run.steps.get(step)?.saliency.iter().find(|m| m.key == key)?;
+        let data = Arc::new(MapData {
+            width: m.width,
+            height: m.height,
+            values: m.data.clone(),
+        });
+        self.view.maps.insert(cache.clone(), data.clone());
+        Some((cache, data))
     }
 
     fn current_len(&self) -> usize {

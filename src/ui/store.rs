@@ -170,6 +170,10 @@ pub struct RunStore {
     pub sweep: Option<SweepView>,
     /// The quality metrics last computed in the Compare tab.
     pub quality: Option<QualityView>,
+    /// The run the saliency being computed belongs to.
+    pub saliency_for: Option<RunId>,
+    /// Runs whose saliency maps changed since the app last looked (their map caches go).
+    saliency_updated: Vec<RunId>,
 }
 
 impl Default for RunStore {
@@ -190,6 +194,8 @@ impl Default for RunStore {
             comparison: None,
             sweep: None,
             quality: None,
+            saliency_for: None,
+            saliency_updated: Vec::new(),
         }
     }
 }
@@ -275,6 +281,11 @@ impl RunStore {
                         sw.add_row(*row);
                     }
                 }
+                ExperimentEvent::SaliencyRun(r) => {
+                    if let Some(id) = self.saliency_for {
+                        self.merge_saliency(id, &r);
+                    }
+                }
                 ExperimentEvent::QualityRow(row) => {
                     if let Some(slot) = self.quality.as_mut().and_then(|q| q.rows.get_mut(row.index)) {
                         *slot = Some(*row);
@@ -307,6 +318,9 @@ impl RunStore {
                         }
                     }
                     q.stopped = outcome.stopped.clone();
+                }
+                if matches!(outcome.report, ExperimentReport::Saliency(_)) {
+                    self.saliency_for = None;
                 }
                 // The Evaluate tab shows the last evaluation; comparisons and sweeps keep
                 // theirs in `comparison` / `sweep`.
@@ -448,6 +462,35 @@ impl RunStore {
     }
 
     /// Runs dropped since the last call (the view clears their caches).
+    /// Copies the saliency maps of `computed` (a rerun of run `id` with the maps at some of its
+    /// steps) into the stored run, step by step; maps of the same key are replaced. A rerun that
+    /// does not match the run (another schedule) is reported and ignored.
+    pub fn merge_saliency(&mut self, id: RunId, computed: &Run) {
+        let Some(stored) = self.runs.iter_mut().find(|r| r.id == id) else {
+            return;
+        };
+        if stored.run.meta.timesteps != computed.meta.timesteps || stored.run.meta.prompt != computed.meta.prompt {
+            self.error = Some("the saliency rerun does not match the run (another schedule or prompt); maps not added".into());
+            return;
+        }
+        let run = Arc::make_mut(&mut stored.run);
+        for (step, new) in run.steps.iter_mut().zip(&computed.steps) {
+            for m in &new.saliency {
+                step.saliency.retain(|old| old.key != m.key);
+                step.saliency.push(m.clone());
+            }
+        }
+        if computed.meta.saliency.is_some() {
+            run.meta.saliency = computed.meta.saliency.clone();
+        }
+        self.saliency_updated.push(id);
+    }
+
+    /// Runs whose saliency maps changed since the last call.
+    pub fn take_saliency_updated(&mut self) -> Vec<RunId> {
+        std::mem::take(&mut self.saliency_updated)
+    }
+
     pub fn take_removed(&mut self) -> Vec<RunId> {
         std::mem::take(&mut self.removed)
     }

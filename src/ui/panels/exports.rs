@@ -122,10 +122,16 @@ pub(super) fn copy_heatmap(app: &mut App, ctx: &egui::Context) {
     }
 }
 
-/// The figure of the first selected word's heatmap in the current run and a file name for it.
+/// The figure of the saliency overlay shown, or else of the first selected word's heatmap, in
+/// the current run, and a file name for it.
 fn heatmap_figure_for(app: &mut App) -> Option<(image::RgbaImage, String)> {
+    if let Some(key) = app.view.overlay.clone()
+        && let Some(fig) = saliency_figure_for(app, &key)
+    {
+        return Some(fig);
+    }
     let Some(pos) = app.view.tokens.first().cloned() else {
-        app.view.message = Some("select a token first".into());
+        app.view.message = Some("select a token (or show a computed saliency map) first".into());
         return None;
     };
     let id = app.store.current?;
@@ -171,6 +177,46 @@ fn heatmap_figure_for(app: &mut App) -> Option<(image::RgbaImage, String)> {
     };
     let fig = crate::ui::export::heatmap_figure(&base, &overlay, &labels, 512);
     Some((fig, format!("heatmap-{word}-step{}.png", step + 1)))
+}
+
+/// The saliency map `key` at the selected step of the current run as a figure (None when it is
+/// not computed there).
+fn saliency_figure_for(app: &mut App, key: &str) -> Option<(image::RgbaImage, String)> {
+    let id = app.store.current?;
+    let step = app.step_of(id)?;
+    let (_, map) = app.saliency_map(id, step, key)?;
+    let run = app.store.current()?;
+    let s = &run.steps[step];
+    let [c, h, w] = run.meta.latent_shape;
+    let base = if app.settings.view == ImageView::Final {
+        run.image.clone()
+    } else {
+        None
+    }
+    .unwrap_or_else(|| analysis::latent_preview(&s.x0, c, h, w));
+    let overlay = crate::ui::export::Overlay {
+        values: &map.values,
+        height: map.height,
+        width: map.width,
+        vmin: 0.0,
+        vmax: 1.0,
+        opacity: app.settings.opacity,
+        colormap: app.settings.colormap,
+    };
+    let labels = crate::ui::export::FigureLabels {
+        title: run.meta.prompt.clone(),
+        subtitle: format!(
+            "{} · step {}/{} (t = {:.0}) · {}",
+            super::saliency::overlay_label(key),
+            step + 1,
+            run.steps.len(),
+            s.timestep,
+            run.meta.sampler
+        ),
+        quantity: "saliency".into(),
+    };
+    let fig = crate::ui::export::heatmap_figure(&base, &overlay, &labels, 512);
+    Some((fig, format!("saliency-{key}-step{}.png", step + 1)))
 }
 
 /// Steps shown in the strip: `count` evenly spaced over the aggregation range when one is set,

@@ -10,7 +10,7 @@ use crate::analysis::{self, colormap::Colormap};
 use crate::trace::RgbImage;
 use crate::ui::heatmap::{HeatmapCallback, MAX_SLOTS, MapData};
 use crate::ui::store::RunId;
-use crate::ui::{App, ImageView, Normalize, Pic, TexKey};
+use crate::ui::{App, ImageView, MapKey, Normalize, Pic, TexKey};
 
 pub fn image_ui(app: &mut App, ui: &mut egui::Ui) {
     let Some((a, run)) = app.current() else {
@@ -65,20 +65,29 @@ fn run_pictures_ui(app: &mut App, ui: &mut egui::Ui, id: RunId, height: f32) {
     };
     let done = run.image.is_some();
     let selected = app.view.tokens.clone();
-    if !selected.is_empty() {
+    let overlay = app.view.overlay.clone();
+    if !selected.is_empty() || overlay.is_some() {
         let base = if app.settings.view == ImageView::Final && done {
             Pic::Final
         } else {
             Pic::X0
         };
+        let count = selected.len() + usize::from(overlay.is_some());
         let avail = ui.available_width();
-        let side = ((avail - 16.0 * selected.len() as f32) / selected.len() as f32)
-            .min(height - 70.0)
-            .max(64.0);
+        let side = ((avail - 16.0 * count as f32) / count as f32).min(height - 70.0).max(64.0);
         // Selected words are positions in the current run; another run has them by name.
         let current = app.store.current.and_then(|c| app.store.get(c)).map(|r| r.run.clone());
         let chips = word_chips(&run, true);
         ui.horizontal(|ui| {
+            if let Some(key) = &overlay {
+                ui.vertical(|ui| {
+                    ui.label(RichText::new(super::saliency::overlay_label(key)).strong());
+                    if let Some((tex, _)) = pic_texture(app, &ctx, id, step, base) {
+                        let map = app.saliency_map(id, step, key);
+                        heatmap_image_ui(app, ui, &tex, map, None, side, "not computed at this step");
+                    }
+                });
+            }
             for pos in &selected {
                 let label = current.as_ref().map(|c| word_label(c, pos)).unwrap_or_default();
                 let here = if Some(id) == app.store.current {
@@ -91,7 +100,8 @@ fn run_pictures_ui(app: &mut App, ui: &mut egui::Ui, id: RunId, height: f32) {
                     match here {
                         Some(p) => {
                             if let Some((tex, _)) = pic_texture(app, &ctx, id, step, base) {
-                                heatmap_image_ui(app, ui, id, step, &tex, &p, side);
+                                let map = app.token_map(id, step, &p);
+                                heatmap_image_ui(app, ui, &tex, map, Some((id, &p)), side, "no attention maps for this step");
                             }
                         }
                         None => {
@@ -200,7 +210,18 @@ pub(super) fn vmax_for(app: &mut App, id: RunId, pos: &[usize], own: f32) -> f32
     app.word_stats(id, pos).iter().flatten().map(|st| st.max).fold(own, f32::max)
 }
 
-fn heatmap_image_ui(app: &mut App, ui: &mut egui::Ui, id: RunId, step: usize, tex: &egui::TextureHandle, pos: &[usize], side: f32) {
+/// `tex` with a map over it: a word's attention (`word`: its run and token positions, for the
+/// across-steps scale) or a saliency map (already in [0, 1]). `missing` is said when there is
+/// no map.
+fn heatmap_image_ui(
+    app: &mut App,
+    ui: &mut egui::Ui,
+    tex: &egui::TextureHandle,
+    map: Option<(MapKey, std::sync::Arc<MapData>)>,
+    word: Option<(RunId, &[usize])>,
+    side: f32,
+    missing: &str,
+) {
     let size = fit(tex.size_vec2(), side);
     let (rect, response) = ui.allocate_exact_size(size, Sense::hover());
     let slot = app.view.heatmap_rects.len();
@@ -211,12 +232,15 @@ fn heatmap_image_ui(app: &mut App, ui: &mut egui::Ui, id: RunId, step: usize, te
         egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
         Color32::WHITE,
     );
-    let Some((key, map)) = app.token_map(id, step, pos) else {
-        ui.label(RichText::new("no attention maps for this step").weak());
+    let Some((key, map)) = map else {
+        ui.label(RichText::new(missing).weak());
         return;
     };
     let own_max = map.values.iter().copied().fold(0.0, f32::max);
-    let vmax = vmax_for(app, id, pos, own_max);
+    let vmax = match word {
+        Some((id, pos)) => vmax_for(app, id, pos, own_max),
+        None => 1.0,
+    };
     let (colormap, opacity) = (app.settings.colormap, app.settings.opacity);
     if app.gpu && slot < MAX_SLOTS {
         let cb = HeatmapCallback {

@@ -12,6 +12,7 @@ mod exports;
 mod images;
 mod quality;
 mod runs;
+mod saliency;
 mod schedules;
 mod timeline;
 mod tokens;
@@ -49,6 +50,7 @@ pub fn app_ui(app: &mut App, ui: &mut egui::Ui) {
     egui::CentralPanel::default().show(ui, |ui| match app.view.tab {
         Tab::Run => {
             tokens::tokens_ui(app, ui);
+            saliency::saliency_row_ui(app, ui);
             ui.separator();
             images::image_ui(app, ui);
         }
