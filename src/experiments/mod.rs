@@ -87,6 +87,8 @@ pub enum ExperimentEvent {
     SetImage(Box<generate_set::SetImage>),
     /// One scored row of the quality metrics.
     QualityRow(Box<quality::QualityRow>),
+    /// One step's saliency maps, as soon as they are computed.
+    SaliencyStep(Box<saliency::SaliencyStep>),
     /// The run with its saliency maps, at the end of a saliency experiment (also a partial one).
     SaliencyRun(Box<crate::trace::Run>),
 }

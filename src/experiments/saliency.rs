@@ -189,6 +189,14 @@ impl SaliencySettings {
     }
 }
 
+/// The maps of one step, streamed as soon as the step is done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SaliencyStep {
+    pub index: usize,
+    pub timestep: f64,
+    pub maps: Vec<SaliencyMap>,
+}
+
 /// Time spent per method, over the steps done.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SaliencyReport {
@@ -432,8 +440,10 @@ pub fn run(
     let per_step = settings.rise.as_ref().map_or(0, |r| r.masks.div_ceil(rise_batch)) + usize::from(settings.cam.is_some());
     let t0 = Instant::now();
     let mut run: Option<Run> = None;
+    // The hook's progress and the loop's steps both go to `sink`.
+    let sink = std::cell::RefCell::new(sink);
     let (result, report) = {
-        let mut progress = |p: Progress| sink(ExperimentEvent::Progress(p));
+        let mut progress = |p: Progress| (sink.borrow_mut())(ExperimentEvent::Progress(p));
         let mut hook = Saliency {
             settings,
             report: SaliencyReport {
@@ -458,6 +468,13 @@ pub fn run(
                     run = Some(r);
                 }
                 RunEvent::Step(s) => {
+                    if !s.saliency.is_empty() {
+                        (sink.borrow_mut())(ExperimentEvent::SaliencyStep(Box::new(SaliencyStep {
+                            index: s.index,
+                            timestep: s.timestep,
+                            maps: s.saliency.clone(),
+                        })));
+                    }
                     if let Some(r) = run.as_mut() {
                         r.push_step(*s);
                     }
@@ -501,7 +518,7 @@ pub fn run(
         }
     };
     if let Some(r) = run {
-        sink(ExperimentEvent::SaliencyRun(Box::new(r)));
+        (sink.into_inner())(ExperimentEvent::SaliencyRun(Box::new(r)));
     }
     Ok((report, stopped))
 }

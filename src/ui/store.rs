@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::engine::{Event, ModelInfo};
 use crate::experiments::compare::{CellReport, CellRole, CompareReport, CompareSettings};
 use crate::experiments::quality::QualityRow;
+use crate::experiments::saliency::SaliencyStep;
 use crate::experiments::sweep::{GuidanceReport, Snapshot, SweepSettings};
 use crate::experiments::{ExperimentEvent, ExperimentReport, Progress, Stop};
 use crate::trace::{RgbImage, Run};
@@ -281,9 +282,15 @@ impl RunStore {
                         sw.add_row(*row);
                     }
                 }
-                ExperimentEvent::SaliencyRun(r) => {
+                ExperimentEvent::SaliencyStep(st) => {
                     if let Some(id) = self.saliency_for {
-                        self.merge_saliency(id, &r);
+                        self.merge_saliency_step(id, &st);
+                    }
+                }
+                // Every step came as a SaliencyStep already: keep the settings they were made with.
+                ExperimentEvent::SaliencyRun(r) => {
+                    if let Some(stored) = self.saliency_for.and_then(|id| self.runs.iter_mut().find(|s| s.id == id)) {
+                        Arc::make_mut(&mut stored.run).meta.saliency = r.meta.saliency.clone();
                     }
                 }
                 ExperimentEvent::QualityRow(row) => {
@@ -461,27 +468,25 @@ impl RunStore {
         self.removed.push(id);
     }
 
-    /// Runs dropped since the last call (the view clears their caches).
-    /// Copies the saliency maps of `computed` (a rerun of run `id` with the maps at some of its
-    /// steps) into the stored run, step by step; maps of the same key are replaced. A rerun that
-    /// does not match the run (another schedule) is reported and ignored.
-    pub fn merge_saliency(&mut self, id: RunId, computed: &Run) {
+    /// Puts one step's saliency maps (from a rerun of run `id`) on that step of the stored run;
+    /// maps of the same key are replaced. A step that does not match the run's (another
+    /// timestep: another schedule) is reported and ignored.
+    pub fn merge_saliency_step(&mut self, id: RunId, computed: &SaliencyStep) {
         let Some(stored) = self.runs.iter_mut().find(|r| r.id == id) else {
             return;
         };
-        if stored.run.meta.timesteps != computed.meta.timesteps || stored.run.meta.prompt != computed.meta.prompt {
-            self.error = Some("the saliency rerun does not match the run (another schedule or prompt); maps not added".into());
+        if stored.run.steps.get(computed.index).is_none_or(|s| s.timestep != computed.timestep) {
+            self.error = Some(format!(
+                "the saliency rerun's step {} does not match the run (another schedule); its maps were not added",
+                computed.index + 1
+            ));
             return;
         }
         let run = Arc::make_mut(&mut stored.run);
-        for (step, new) in run.steps.iter_mut().zip(&computed.steps) {
-            for m in &new.saliency {
-                step.saliency.retain(|old| old.key != m.key);
-                step.saliency.push(m.clone());
-            }
-        }
-        if computed.meta.saliency.is_some() {
-            run.meta.saliency = computed.meta.saliency.clone();
+        let step = &mut run.steps[computed.index];
+        for m in &computed.maps {
+            step.saliency.retain(|old| old.key != m.key);
+            step.saliency.push(m.clone());
         }
         self.saliency_updated.push(id);
     }
@@ -491,6 +496,7 @@ impl RunStore {
         std::mem::take(&mut self.saliency_updated)
     }
 
+    /// Runs dropped since the last call (the view clears their caches).
     pub fn take_removed(&mut self) -> Vec<RunId> {
         std::mem::take(&mut self.removed)
     }

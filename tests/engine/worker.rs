@@ -214,6 +214,7 @@ fn the_worker_runs_an_experiment() {
                 | ExperimentEvent::SweepRow(_)
                 | ExperimentEvent::SetImage(_)
                 | ExperimentEvent::QualityRow(_)
+                | ExperimentEvent::SaliencyStep(_)
                 | ExperimentEvent::SaliencyRun(_) => {
                     panic!("another experiment's event")
                 }

@@ -563,3 +563,51 @@ fn guidance_sweep_fills_grows_by_a_row_and_opens_a_run() {
     let current = h.state().store.current().unwrap();
     assert_eq!((current.meta.guidance, current.meta.seed), (7.0, 1));
 }
+
+/// The saliency row end to end: DF-CAM and DF-RISE computed at the selected step by the real
+/// worker (a rerun of the run), drawn as an overlay by the heatmap shader, and the stored run
+/// holds the maps at that step only; an exported figure is made from them.
+#[test]
+fn saliency_overlay_is_computed_on_demand() {
+    let settings = Settings {
+        model: tiny_model(),
+        steps: 4,
+        prompt: "a red circle".into(),
+        sampler: Some(diffusion_scope::sampling::SamplerKind::Ddim),
+        saliency: diffusion_scope::ui::SaliencyUi {
+            masks: 6,
+            ..Default::default()
+        },
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.run_steps(2);
+    generate_and_wait(&mut h);
+    h.state_mut().view.follow = false;
+    h.state_mut().view.step = 1;
+    h.run_steps(2);
+    for (button, key) in [("DF-CAM", "cam.mid_block.resnets.0"), ("DF-RISE", "rise")] {
+        h.get_by_label(button).click();
+        h.run_steps(2);
+        assert_eq!(h.state().view.overlay.as_deref(), Some(key));
+        assert!(h.query_by_label("not computed at this step").is_some());
+        h.get_by_label("Compute at step 2").click();
+        h.step();
+        step_until(&mut h, 120, "the saliency map", |app| {
+            assert!(app.store.error.is_none(), "{:?}", app.store.error);
+            !app.store.busy()
+                && app
+                    .store
+                    .current()
+                    .is_some_and(|r| r.steps[1].saliency.iter().any(|m| m.key == key))
+        });
+        h.run_steps(3);
+        let run = h.state().store.current().unwrap().clone();
+        let with: Vec<usize> = (0..run.steps.len())
+            .filter(|&i| run.steps[i].saliency.iter().any(|m| m.key == key))
+            .collect();
+        assert_eq!(with, vec![1], "{key}");
+        assert_eq!(h.state().view.heatmap_rects.len(), 1, "{key}: one overlay drawn");
+        assert!(h.query_by_label("not computed at this step").is_none());
+    }
+}
