@@ -471,3 +471,57 @@ pub fn run(
     };
     Ok((report, stopped))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(hit: bool, iou: f32, ins: Option<f64>) -> StepScore {
+        StepScore {
+            hit,
+            iou,
+            insertion: ins,
+            deletion: ins.map(|v| 1.0 - v),
+        }
+    }
+
+    #[test]
+    fn bands_are_thirds_of_the_schedule() {
+        let b: Vec<&str> = (0..10).map(|i| band(i, 10)).collect();
+        assert_eq!(
+            b,
+            [
+                "early", "early", "early", "early", "middle", "middle", "middle", "late", "late", "late"
+            ]
+        );
+        assert_eq!(band(0, 1), "early");
+    }
+
+    #[test]
+    fn the_table_counts_what_it_says() {
+        let case = |hits: [bool; 3]| SaliencyCase {
+            index: 0,
+            caption: "a red circle".into(),
+            seed: 0,
+            methods: vec![
+                MethodSteps {
+                    method: "rise".into(),
+                    steps: hits.iter().map(|&h| score(h, if h { 0.5 } else { 0.1 }, Some(0.6))).collect(),
+                },
+                MethodSteps {
+                    method: "cam.mid_block.resnets.1".into(),
+                    steps: hits.iter().map(|_| score(false, 0.0, None)).collect(),
+                },
+            ],
+        };
+        let rows = summarize(&[case([true, false, true]), case([true, true, false])], 3);
+        let row = |m: &str, b: &str| rows.iter().find(|r| r.method == m && r.band == b).unwrap();
+        assert_eq!(row("rise", "early").pointing, Rate { k: 2, n: 2 });
+        assert_eq!(row("rise", "middle").pointing, Rate { k: 1, n: 2 });
+        assert_eq!(row("rise", "all").pointing, Rate { k: 4, n: 6 });
+        assert!((row("rise", "late").mean_iou - 0.3).abs() < 1e-6);
+        assert_eq!(row("rise", "all").insertion, Some(0.6));
+        assert_eq!(row("cam.mid_block.resnets.1", "all").insertion, None);
+        assert_eq!(rows.len(), 8);
+    }
+}

@@ -292,3 +292,55 @@ fn saliency_cli_writes_the_run_and_refuses_bad_input() {
     bad(&["--masks", "0", "--out", fresh], "at least one mask");
     bad(&["--out", out.to_str().unwrap()], "--overwrite");
 }
+
+/// `eval --saliency`'s experiment on the tiny model: every method scored at every step, the
+/// games played for the game methods, the table made.
+#[test]
+fn faithfulness_eval_runs_on_the_tiny_model() {
+    use diffusion_scope::experiments::saliency_eval::{self, GAME_METHODS, SaliencyEvalSettings, render_table};
+    let sd = load_model("tiny-sd1");
+    let settings = SaliencyEvalSettings {
+        count: 2,
+        steps: 3,
+        rise: RiseSettings {
+            masks: 4,
+            batch: 3,
+            ..Default::default()
+        },
+        auc_points: 4,
+        ..Default::default()
+    };
+    let mut progress = 0;
+    let (report, stopped) = saliency_eval::run(&sd, "tiny", &settings, &AtomicBool::new(false), &mut |ev| {
+        if let ExperimentEvent::Progress(_) = ev {
+            progress += 1;
+        }
+    })
+    .unwrap();
+    assert!(stopped.is_none(), "{stopped:?}");
+    assert!(progress >= 6);
+    assert_eq!(report.cases.len(), 2);
+    assert_eq!(report.batch, 3);
+    let blocks = saliency::authors_block_set(&sd);
+    for case in &report.cases {
+        assert_eq!(
+            case.methods.len(),
+            blocks.len() + 4,
+            "rise, every block, cam.all, attention, random"
+        );
+        for m in &case.methods {
+            assert_eq!(m.steps.len(), 3, "{}", m.method);
+            let game = GAME_METHODS.contains(&m.method.as_str());
+            for s in &m.steps {
+                assert!((0.0..=1.0).contains(&s.iou), "{}: {}", m.method, s.iou);
+                assert_eq!(s.insertion.is_some(), game, "{}", m.method);
+            }
+        }
+    }
+    let table = render_table(&report);
+    assert!(
+        table.contains("attention") && table.contains("random") && table.contains("cam.all"),
+        "{table}"
+    );
+    assert_eq!(report.rows.len(), report.cases[0].methods.len() * 4);
+}

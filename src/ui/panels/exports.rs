@@ -141,13 +141,7 @@ fn heatmap_figure_for(app: &mut App) -> Option<(image::RgbaImage, String)> {
     let vmax = vmax_for(app, id, &pos, own);
     let run = app.store.current()?;
     let s = &run.steps[step];
-    let [c, h, w] = run.meta.latent_shape;
-    let base = if app.settings.view == ImageView::Final {
-        run.image.clone()
-    } else {
-        None
-    }
-    .unwrap_or_else(|| analysis::latent_preview(&s.x0, c, h, w));
+    let base = figure_base(run, step, app.settings.view);
     let word = word_label(run, &pos);
     let overlay = crate::ui::export::Overlay {
         values: &map.values,
@@ -179,6 +173,16 @@ fn heatmap_figure_for(app: &mut App) -> Option<(image::RgbaImage, String)> {
     Some((fig, format!("heatmap-{word}-step{}.png", step + 1)))
 }
 
+/// What a figure draws its map over: the final image when the view shows it, else the step's
+/// x0 preview.
+fn figure_base(run: &crate::trace::Run, step: usize, view: ImageView) -> RgbImage {
+    let [c, h, w] = run.meta.latent_shape;
+    match (&run.image, view) {
+        (Some(img), ImageView::Final) => img.clone(),
+        _ => analysis::latent_preview(&run.steps[step].x0, c, h, w),
+    }
+}
+
 /// The saliency map `key` at the selected step of the current run as a figure (None when it is
 /// not computed there).
 fn saliency_figure_for(app: &mut App, key: &str) -> Option<(image::RgbaImage, String)> {
@@ -187,13 +191,7 @@ fn saliency_figure_for(app: &mut App, key: &str) -> Option<(image::RgbaImage, St
     let (_, map) = app.saliency_map(id, step, key)?;
     let run = app.store.current()?;
     let s = &run.steps[step];
-    let [c, h, w] = run.meta.latent_shape;
-    let base = if app.settings.view == ImageView::Final {
-        run.image.clone()
-    } else {
-        None
-    }
-    .unwrap_or_else(|| analysis::latent_preview(&s.x0, c, h, w));
+    let base = figure_base(run, step, app.settings.view);
     let overlay = crate::ui::export::Overlay {
         values: &map.values,
         height: map.height,

@@ -63,6 +63,7 @@ pub fn saliency_row_ui(app: &mut App, ui: &mut egui::Ui) {
         let cam = format!("cam.{}", app.settings.saliency.block);
         ui.selectable_value(&mut choice, Some(cam.clone()), "DF-CAM")
             .on_hover_text("Grad-CAM of a UNet block at the step");
+        let bl = ui.label("block");
         egui::ComboBox::from_id_salt("cam-block")
             .selected_text(&app.settings.saliency.block)
             .width(200.0)
@@ -70,7 +71,9 @@ pub fn saliency_row_ui(app: &mut App, ui: &mut egui::Ui) {
                 for b in &blocks {
                     ui.selectable_value(&mut app.settings.saliency.block, b.clone(), b);
                 }
-            });
+            })
+            .response
+            .labelled_by(bl.id);
         // Picking another block while DF-CAM is shown shows that block.
         if choice.as_deref().is_some_and(|c| c.starts_with("cam.")) {
             choice = Some(format!("cam.{}", app.settings.saliency.block));
