@@ -157,6 +157,7 @@ pub fn run(a: SaliencyArgs) -> anyhow::Result<ExitCode> {
         init_latents: a.init_latents.clone(),
         attention: a.attention,
         steps_at: parse_steps_at(&a.steps_at, a.steps)?,
+        stop_after_last: false,
         rise: methods.iter().any(|m| m == "rise").then(|| RiseSettings {
             masks: a.masks,
             batch: a.batch,

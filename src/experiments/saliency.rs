@@ -137,6 +137,9 @@ pub struct SaliencySettings {
     pub attention: CaptureMode,
     /// 0-based loop iterations to compute saliency at; None: every step.
     pub steps_at: Option<Vec<usize>>,
+    /// End the run after the last step in `steps_at` (no image): the app's on-demand maps.
+    #[serde(default)]
+    pub stop_after_last: bool,
     pub rise: Option<RiseSettings>,
     pub cam: Option<CamSettings>,
 }
@@ -158,6 +161,7 @@ impl Default for SaliencySettings {
             init_latents: None,
             attention: CaptureMode::Aggregate,
             steps_at: None,
+            stop_after_last: false,
             rise: Some(RiseSettings::default()),
             cam: None,
         }
@@ -414,6 +418,15 @@ impl StepHook for Saliency<'_> {
         self.report.steps_done.push(ctx.index);
         Ok(maps)
     }
+
+    fn finished(&self) -> bool {
+        self.settings.stop_after_last
+            && self
+                .settings
+                .steps_at
+                .as_ref()
+                .is_some_and(|at| at.iter().all(|i| self.report.steps_done.contains(i)))
+    }
 }
 
 /// Runs the generation with saliency at the chosen steps. Streams progress and, at the end
@@ -495,9 +508,16 @@ pub fn run(
     };
     let secs = t0.elapsed().as_secs_f64();
     let stopped = match result {
-        Ok(image) => {
+        Ok(Some(image)) => {
             if let Some(r) = run.as_mut() {
                 r.finish(RunEnd::Complete(image), secs);
+            }
+            None
+        }
+        // Ended after the last step asked for: the maps are all there, the run is partial.
+        Ok(None) => {
+            if let Some(r) = run.as_mut() {
+                r.finish(RunEnd::Cancelled, secs);
             }
             None
         }

@@ -37,6 +37,11 @@ pub struct StepContext<'a> {
 /// attach to the step's record. It may call the pipeline's pieces; it must not change the run.
 pub trait StepHook {
     fn at_step(&mut self, ctx: &StepContext) -> Result<Vec<SaliencyMap>, RunError>;
+    /// True once the hook needs no more steps: the loop ends after the step just streamed
+    /// (an on-demand map at one step of a long run need not finish the run).
+    fn finished(&self) -> bool {
+        false
+    }
 }
 
 /// No hook.
@@ -57,10 +62,12 @@ pub fn run(
     cancel: &AtomicBool,
     sink: &mut dyn FnMut(RunEvent),
 ) -> Result<RgbImage, RunError> {
-    run_hooked(sd, model_spec, cfg, cancel, sink, &mut NoHook)
+    run_hooked(sd, model_spec, cfg, cancel, sink, &mut NoHook)?
+        .ok_or_else(|| RunError::BadInput("the run ended before its last step".into()))
 }
 
-/// [`run`] with `hook` called after every step, before the step's record is streamed.
+/// [`run`] with `hook` called after every step, before the step's record is streamed. Returns
+/// None when the hook ended the run early ([`StepHook::finished`]): no decode, no image.
 pub fn run_hooked(
     sd: &StableDiffusion,
     model_spec: &str,
@@ -68,7 +75,7 @@ pub fn run_hooked(
     cancel: &AtomicBool,
     sink: &mut dyn FnMut(RunEvent),
     hook: &mut dyn StepHook,
-) -> Result<RgbImage, RunError> {
+) -> Result<Option<RgbImage>, RunError> {
     if cfg.steps == 0 {
         return Err(RunError::BadInput("steps must be at least 1".into()));
     }
@@ -190,8 +197,11 @@ pub fn run_hooked(
             elapsed_secs,
         };
         sink(RunEvent::Step(Box::new(record)));
+        if hook.finished() {
+            return Ok(None);
+        }
     }
 
     sink(RunEvent::Decoding);
-    decode(sd, latents, [c, h, w])
+    decode(sd, latents, [c, h, w]).map(Some)
 }

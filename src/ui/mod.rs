@@ -890,6 +890,7 @@ impl App {
             width: Some(m.width),
             init_latents,
             attention: CaptureMode::None,
+            stop_after_last: steps.is_some(),
             steps_at: steps,
             rise: (key == "rise").then(|| RiseSettings {
                 masks: self.settings.saliency.masks.max(1),

@@ -344,3 +344,23 @@ fn faithfulness_eval_runs_on_the_tiny_model() {
     );
     assert_eq!(report.rows.len(), report.cases[0].methods.len() * 4);
 }
+
+/// The app's on-demand map at one step ends the rerun right after that step.
+#[test]
+fn an_on_demand_map_stops_the_rerun_after_its_step() {
+    let sd = load_model("tiny-sd1");
+    let mut s = settings(
+        None,
+        Some(CamSettings {
+            blocks: vec!["mid_block.resnets.0".into()],
+        }),
+    );
+    s.steps_at = Some(vec![2]);
+    s.stop_after_last = true;
+    let (report, stopped, run) = run_saliency(&sd, &s);
+    assert!(stopped.is_none(), "{stopped:?}");
+    assert_eq!(report.steps_done, vec![2]);
+    assert_eq!(run.steps.len(), 3);
+    assert!(run.image.is_none());
+    assert!(!map(&run, 2, "cam.mid_block.resnets.0").is_empty());
+}
