@@ -277,7 +277,7 @@ fn run_controls<S>(app: &mut App, ui: &mut egui::Ui, what: &str, asked: Result<S
         }
     });
     if let Activity::Experiment(p) = &app.store.activity {
-        ui.add(egui::ProgressBar::new(p.done as f32 / p.total.max(1) as f32).text(format!("{}/{} runs  {}", p.done, p.total, p.message)));
+        ui.add(egui::ProgressBar::new(p.done as f32 / p.total.max(1) as f32).text(format!("{}/{}  {}", p.done, p.total, p.message)));
     }
     ui.separator();
     run.and(asked.ok())
