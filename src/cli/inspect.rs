@@ -100,6 +100,24 @@ fn summary(dir: &str, run: &Run) -> String {
                 a.width
             ));
         }
+        // Saliency maps: each key with the steps it was computed at.
+        let mut keys: Vec<(&str, usize, usize, Vec<usize>)> = Vec::new();
+        for (i, s) in run.steps.iter().enumerate() {
+            for m in &s.saliency {
+                match keys.iter_mut().find(|k| k.0 == m.key) {
+                    Some(k) => k.3.push(i + 1),
+                    None => keys.push((&m.key, m.height, m.width, vec![i + 1])),
+                }
+            }
+        }
+        for (key, mh, mw, at) in keys {
+            let steps = if at.len() == n {
+                "every step".to_string()
+            } else {
+                format!("step(s) {}", at.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "))
+            };
+            tensors.push(format!("{key} [{n}, {mh}, {mw}] (saliency at {steps})"));
+        }
     }
     lines.push(("tensors", tensors.join("\n             ")));
     let mut out = String::new();

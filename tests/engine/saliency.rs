@@ -275,6 +275,9 @@ fn saliency_cli_writes_the_run_and_refuses_bad_input() {
     assert_eq!(keys, vec![vec![], vec!["cam.all", "rise"], vec!["cam.all", "rise"], vec![]]);
     assert!(figs.join("step002_rise.png").is_file() && figs.join("step003_cam.all.png").is_file());
     assert_eq!(back.meta.attention, CaptureMode::Aggregate);
+    let o = cli(&["inspect", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("rise [4, 16, 16] (saliency at step(s) 2, 3)"), "{text}");
 
     let bad = |extra: &[&str], want: &str| {
         let o = run(extra);
