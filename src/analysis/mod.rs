@@ -106,6 +106,12 @@ fn column(map: &AttnMap, token: usize) -> Vec<f32> {
     (0..map.height * map.width).map(|p| map.data[p * map.tokens + token]).collect()
 }
 
+/// `u + w (c - u)`: classifier-free guidance of two branches' outputs, element by element (the
+/// one formula of the pipeline's guided evaluations).
+pub fn cfg_combine(uncond: &[f32], cond: &[f32], guidance: f32) -> Vec<f32> {
+    uncond.iter().zip(cond).map(|(u, c)| u + guidance * (c - u)).collect()
+}
+
 /// Bilinear resampling of a [h, w] grid to [oh, ow] (align_corners = false, like
 /// `F.interpolate(mode="bilinear")`, which DAAM uses to bring maps to one size).
 pub fn resize_bilinear(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {

@@ -178,12 +178,6 @@ pub fn cam_map(activations: &[f32], gradients: &[f32], k: usize, h: usize, w: us
     minmax(&super::resize_bilinear(&cam, h, w, oh, ow))
 }
 
-/// `a + w (b - a)`: classifier-free guidance applied to any pair of per-branch arrays (the
-/// authors combine DF-CAM's activations and gradients this way).
-pub fn cfg_combine(uncond: &[f32], cond: &[f32], guidance: f32) -> Vec<f32> {
-    uncond.iter().zip(cond).map(|(u, c)| u + guidance * (c - u)).collect()
-}
-
 /// The blur of the authors' insertion game: `gkern(11, 5)`, SciPy's `gaussian_filter` (sigma 5,
 /// truncate 4, mode "reflect") of an 11 x 11 delta. With the reflections it is almost a box
 /// filter (values 0.0077 .. 0.0088, summing to 1). Row-major 11 x 11.
@@ -365,7 +359,7 @@ mod tests {
         assert_eq!(minmax(&[5.0, 5.0]), vec![0.0, 0.0]);
         assert_eq!(minmax(&[500.0, 500.00003]), vec![0.0, 0.0]);
         assert_eq!(minmax(&[0.0, 1e-9]), vec![0.0, 1.0]);
-        check(&cfg_combine(&[1.0, 2.0], &[3.0, 0.0], 7.5), &[16.0, -13.0], 0.0);
+        check(&crate::analysis::cfg_combine(&[1.0, 2.0], &[3.0, 0.0], 7.5), &[16.0, -13.0], 0.0);
         let m = cam_map(&acts, &grads, 2, 2, 2, 4, 4);
         assert_eq!(m.len(), 16);
         assert!(m.iter().all(|v| (0.0..=1.0).contains(v)));

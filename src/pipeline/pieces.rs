@@ -121,7 +121,7 @@ pub fn guided_eval(
     let model_output: Vec<f32> = if cond.guided {
         let uncond = out.get(0)?.flatten_all()?.to_vec1::<f32>()?;
         let cnd = out.get(1)?.flatten_all()?.to_vec1::<f32>()?;
-        uncond.iter().zip(&cnd).map(|(u, c)| u + guidance * (c - u)).collect()
+        crate::analysis::cfg_combine(&uncond, &cnd, guidance)
     } else {
         out.flatten_all()?.to_vec1::<f32>()?
     };
@@ -244,7 +244,7 @@ pub fn guided_eval_batch(
         let v = if cond.guided {
             let u = out.get(i)?.flatten_all()?.to_vec1::<f32>()?;
             let cnd = out.get(n + i)?.flatten_all()?.to_vec1::<f32>()?;
-            u.iter().zip(&cnd).map(|(u, c)| u + guidance * (c - u)).collect()
+            crate::analysis::cfg_combine(&u, &cnd, guidance)
         } else {
             out.get(i)?.flatten_all()?.to_vec1::<f32>()?
         };
