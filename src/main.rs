@@ -41,6 +41,18 @@ enum Command {
     /// A generation with DF-RISE / DF-CAM saliency maps (arXiv 2402.10404) at chosen steps, in
     /// its trace beside the attention.
     Saliency(cli::saliency::SaliencyArgs),
+    /// Frames along a slerp (or lerp) path between two seeds, latent files, images or prompts:
+    /// strip, animation, and the smoothness of the path.
+    Interpolate(cli::probe::InterpolateArgs),
+    /// A semantic direction (target prompts minus source prompts, in text-embedding space) added
+    /// to a prompt with scale alpha: a grid over alpha x seeds, measured with the world's detector.
+    Direction(cli::probe::DirectionArgs),
+    /// Out-of-distribution scores in the VAE's latent space: fit a reference, score images,
+    /// measure AUROC on the shapes world.
+    Ood(cli::probe::OodArgs),
+    /// Timestep-embedding health (the output as t sweeps, against a zeroed-embedding control)
+    /// and schedule checks (alpha_bar, log-SNR, the sampler against the training schedule).
+    Health(cli::probe::HealthArgs),
     /// Check a run folder as the app's Open does and print what it holds (exit 1 naming the
     /// first problem).
     Inspect(cli::inspect::InspectArgs),
@@ -78,6 +90,10 @@ fn main() -> ExitCode {
         Some(Command::Metrics(args)) => cli::metrics::run(args),
         Some(Command::GenerateSet(args)) => cli::generate_set::run(args),
         Some(Command::Saliency(args)) => cli::saliency::run(args),
+        Some(Command::Interpolate(args)) => cli::probe::interpolate(args),
+        Some(Command::Direction(args)) => cli::probe::direction(args),
+        Some(Command::Ood(args)) => cli::probe::ood(args),
+        Some(Command::Health(args)) => cli::probe::health(args),
         Some(Command::Open { dir }) => open_app(Some(dir)),
         None => open_app(None),
     };

@@ -4,6 +4,7 @@
 
 pub mod colormap;
 pub mod pointing;
+pub mod probe;
 pub mod saliency;
 pub mod schedules;
 

@@ -10,6 +10,7 @@ pub mod generate_set;
 pub mod inspect;
 pub mod interrupt;
 pub mod metrics;
+pub mod probe;
 pub mod saliency;
 pub mod sweep;
 pub mod unet_bench;
@@ -83,6 +84,14 @@ pub struct ModelTarget {
 }
 
 impl ModelTarget {
+    /// Whether the bundled shapes-world model is used (no --model, or its folder).
+    pub fn is_bundled(&self) -> bool {
+        match &self.model {
+            None => true,
+            Some(m) => std::path::Path::new(m).canonicalize().ok() == diffusion_scope::bundled_model_path().canonicalize().ok(),
+        }
+    }
+
     /// The worker's model request (the bundled model when `--model` is omitted).
     pub fn request(&self) -> anyhow::Result<ModelRequest> {
         Ok(ModelRequest {

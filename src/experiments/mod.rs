@@ -13,7 +13,11 @@
 //! one arm in [`run`].
 
 pub mod compare;
+pub mod direction;
 pub mod generate_set;
+pub mod health;
+pub mod interpolate;
+pub mod ood;
 pub mod quality;
 pub mod saliency;
 pub mod saliency_eval;
@@ -44,6 +48,12 @@ pub enum ExperimentSettings {
     Quality(quality::QualitySettings),
     Saliency(saliency::SaliencySettings),
     SaliencyEval(saliency_eval::SaliencyEvalSettings),
+    Interpolate(interpolate::InterpolateSettings),
+    Direction(direction::DirectionSettings),
+    OodFit(ood::OodFitSettings),
+    OodScore(ood::OodScoreSettings),
+    OodEval(ood::OodEvalSettings),
+    Health(health::HealthSettings),
 }
 
 impl ExperimentSettings {
@@ -56,6 +66,12 @@ impl ExperimentSettings {
             ExperimentSettings::Quality(_) => "quality metrics",
             ExperimentSettings::Saliency(_) => "saliency",
             ExperimentSettings::SaliencyEval(_) => "saliency faithfulness",
+            ExperimentSettings::Interpolate(_) => "interpolation",
+            ExperimentSettings::Direction(_) => "semantic direction",
+            ExperimentSettings::OodFit(_) => "OOD reference fit",
+            ExperimentSettings::OodScore(_) => "OOD scores",
+            ExperimentSettings::OodEval(_) => "OOD evaluation",
+            ExperimentSettings::Health(_) => "model health",
         }
     }
 }
@@ -70,6 +86,12 @@ pub enum ExperimentReport {
     Quality(Box<quality::QualityReport>),
     Saliency(Box<saliency::SaliencyReport>),
     SaliencyEval(Box<saliency_eval::SaliencyEvalReport>),
+    Interpolate(Box<interpolate::InterpolateReport>),
+    Direction(Box<direction::DirectionReport>),
+    OodFit(Box<ood::OodFitReport>),
+    OodScore(Box<ood::OodScoreReport>),
+    OodEval(Box<ood::OodEvalReport>),
+    Health(Box<health::HealthReport>),
 }
 
 /// What an experiment streams while it runs.
@@ -91,6 +113,10 @@ pub enum ExperimentEvent {
     SaliencyStep(Box<saliency::SaliencyStep>),
     /// The run with its saliency maps, at the end of a saliency experiment (also a partial one).
     SaliencyRun(Box<crate::trace::Run>),
+    /// One finished frame of an interpolation.
+    InterpFrame(Box<interpolate::InterpFrame>),
+    /// One finished image of a direction sweep.
+    DirectionImage(Box<direction::DirectionImage>),
 }
 
 /// Why an experiment stopped before its last item.
@@ -168,6 +194,48 @@ pub fn run(
             let (report, stopped) = saliency_eval::run(sd, model_spec, s, cancel, sink)?;
             Ok(Outcome {
                 report: ExperimentReport::SaliencyEval(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::Interpolate(s) => {
+            let (report, stopped) = interpolate::run(sd, model_spec, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::Interpolate(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::Direction(s) => {
+            let (report, stopped) = direction::run(sd, model_spec, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::Direction(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::OodFit(s) => {
+            let (report, stopped) = ood::fit(sd, model_spec, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::OodFit(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::OodScore(s) => {
+            let (report, stopped) = ood::score(sd, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::OodScore(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::OodEval(s) => {
+            let (report, stopped) = ood::eval(sd, model_spec, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::OodEval(Box::new(report)),
+                stopped,
+            })
+        }
+        ExperimentSettings::Health(s) => {
+            let (report, stopped) = health::run(sd, model_spec, s, cancel, sink)?;
+            Ok(Outcome {
+                report: ExperimentReport::Health(Box::new(report)),
                 stopped,
             })
         }

@@ -215,6 +215,7 @@ fn norm(ln: &LayerNorm, xs: &Tensor, differentiable: bool) -> Result<Tensor> {
     }
 }
 
+#[derive(Clone)]
 struct ResnetBlock {
     norm1: GroupNorm,
     conv1: Conv2d,
@@ -261,6 +262,7 @@ impl ResnetBlock {
     }
 }
 
+#[derive(Clone)]
 struct Attention {
     to_q: Linear,
     to_k: Linear,
@@ -324,6 +326,7 @@ impl Attention {
     }
 }
 
+#[derive(Clone)]
 struct FeedForward {
     proj: Linear,
     out: Linear,
@@ -349,6 +352,7 @@ impl FeedForward {
     }
 }
 
+#[derive(Clone)]
 struct TransformerBlock {
     norm1: LayerNorm,
     attn1: Attention,
@@ -360,11 +364,13 @@ struct TransformerBlock {
     layer: usize,
 }
 
+#[derive(Clone)]
 enum Proj {
     Conv(Conv2d),
     Linear(Linear),
 }
 
+#[derive(Clone)]
 struct Transformer2D {
     norm: GroupNorm,
     proj_in: Proj,
@@ -450,24 +456,28 @@ impl Transformer2D {
     }
 }
 
+#[derive(Clone)]
 struct DownBlock {
     resnets: Vec<ResnetBlock>,
     attentions: Vec<Transformer2D>,
     downsampler: Option<Conv2d>,
 }
 
+#[derive(Clone)]
 struct UpBlock {
     resnets: Vec<ResnetBlock>,
     attentions: Vec<Transformer2D>,
     upsampler: Option<Conv2d>,
 }
 
+#[derive(Clone)]
 struct MidBlock {
     resnet0: ResnetBlock,
     attention: Transformer2D,
     resnet1: ResnetBlock,
 }
 
+#[derive(Clone)]
 pub struct UNet {
     conv_in: Conv2d,
     time_linear_1: Linear,
@@ -482,6 +492,17 @@ pub struct UNet {
 }
 
 impl UNet {
+    /// A copy whose time embedding is zero for every timestep (the second linear layer of
+    /// the time MLP zeroed): the output no longer depends on t. The health check's negative
+    /// control; the weights are shared with `self` except that layer.
+    pub fn with_zeroed_time_embedding(&self) -> Result<Self> {
+        let mut copy = self.clone();
+        let w = self.time_linear_2.weight().zeros_like()?;
+        let b = self.time_linear_2.bias().map(|b| b.zeros_like()).transpose()?;
+        copy.time_linear_2 = Linear::new(w, b);
+        Ok(copy)
+    }
+
     pub fn new(vb: VarBuilder, config: &UNetConfig) -> Result<Self> {
         let cfg = config;
         let n = cfg.block_out_channels.len();

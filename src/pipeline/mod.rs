@@ -26,8 +26,8 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 pub use pieces::{
-    BlockGradient, Conditioning, UnetOutput, attention_to_maps, cam_eval, decode, encode_image, encode_prompt, guided_eval,
-    guided_eval_batch,
+    BlockGradient, Conditioning, UnetOutput, UnetVariant, attention_to_maps, cam_eval, decode, encode_image, encode_prompt, guided_eval,
+    guided_eval_batch, guided_eval_variant, zeroed_time_unet,
 };
 /// The UNet blocks whose outputs DF-CAM can use, by diffusers module path, in module order.
 pub fn block_paths(sd: &StableDiffusion) -> Vec<String> {

@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 use super::{PromptEmbeddings, RunError};
 use crate::model::StableDiffusion;
 use crate::model::tokenizer::TokenizedPrompt;
-use crate::model::unet::{AttnProbe, Taps};
+use crate::model::unet::{AttnProbe, Taps, UNet};
 use crate::model::vae::{Vae, VaeEncoder};
 use crate::trace::{AttnLayer, AttnMap, RgbImage};
 use crate::types::CaptureMode;
@@ -113,11 +113,49 @@ pub fn guided_eval(
     capture: CaptureMode,
     layers: &[AttnLayer],
 ) -> Result<UnetOutput, RunError> {
+    eval_on(&sd.unet, sd, cond, x, latent, t, guidance, capture, layers)
+}
+
+/// A UNet other than the model's own, opaque to callers: the health check's copy with its time
+/// embedding zeroed ([`zeroed_time_unet`]).
+pub struct UnetVariant(UNet);
+
+/// A copy of the model's UNet whose output cannot depend on t (the time MLP's last layer
+/// zeroed), made in memory; the other weights are shared.
+pub fn zeroed_time_unet(sd: &StableDiffusion) -> Result<UnetVariant, RunError> {
+    Ok(UnetVariant(sd.unet.with_zeroed_time_embedding()?))
+}
+
+/// [`guided_eval`] on another UNet (attention not captured).
+pub fn guided_eval_variant(
+    sd: &StableDiffusion,
+    unet: &UnetVariant,
+    cond: &Conditioning,
+    x: Vec<f32>,
+    latent: [usize; 3],
+    t: f64,
+    guidance: f32,
+) -> Result<Vec<f32>, RunError> {
+    Ok(eval_on(&unet.0, sd, cond, x, latent, t, guidance, CaptureMode::None, &[])?.model_output)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval_on(
+    unet: &UNet,
+    sd: &StableDiffusion,
+    cond: &Conditioning,
+    x: Vec<f32>,
+    latent: [usize; 3],
+    t: f64,
+    guidance: f32,
+    capture: CaptureMode,
+    layers: &[AttnLayer],
+) -> Result<UnetOutput, RunError> {
     let [c, h, w] = latent;
     let x = Tensor::from_vec(x, (1, c, h, w), &sd.device)?.to_dtype(sd.dtype)?;
     let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
     let mut probe = AttnProbe::new(capture, usize::from(cond.guided));
-    let out = sd.unet.forward(&x, t, &cond.context, &mut probe)?.to_dtype(DType::F32)?;
+    let out = unet.forward(&x, t, &cond.context, &mut probe)?.to_dtype(DType::F32)?;
     let model_output: Vec<f32> = if cond.guided {
         let uncond = out.get(0)?.flatten_all()?.to_vec1::<f32>()?;
         let cnd = out.get(1)?.flatten_all()?.to_vec1::<f32>()?;

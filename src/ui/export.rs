@@ -495,3 +495,47 @@ mod tests {
         assert!((0..300).any(|x| (8..30).any(|y| fig.get_pixel(x, y).0[0] < 100)));
     }
 }
+
+/// The health report's plots: the output's change per unit t (model and control) and the
+/// schedule's log-SNR.
+pub fn health_figures(r: &crate::experiments::health::HealthReport) -> Vec<(&'static str, image::RgbaImage)> {
+    let mut series = Vec::new();
+    for (label, resp) in [("model", &r.response), ("time embedding zeroed", &r.zeroed)] {
+        if let Some(x) = resp {
+            series.push(Series {
+                label: label.into(),
+                points: x
+                    .change_per_t
+                    .iter()
+                    .zip(x.timesteps.windows(2))
+                    .map(|(c, t)| ((t[0] + t[1]) / 2.0, 1000.0 * c))
+                    .collect(),
+            });
+        }
+    }
+    let response = plot(
+        "UNet output: relative change per 1000 timesteps",
+        "t",
+        "change / |output| per 1000 t",
+        &series,
+        false,
+    );
+    let lsnr: Vec<(f64, f64)> = r
+        .schedule
+        .alpha_bar
+        .iter()
+        .enumerate()
+        .map(|(t, &a)| (t as f64, ((a as f64) / (1.0 - a as f64)).ln()))
+        .collect();
+    let schedule = plot(
+        "Training schedule: log-SNR",
+        "t",
+        "ln(alpha_bar / (1 - alpha_bar))",
+        &[Series {
+            label: "log-SNR".into(),
+            points: lsnr,
+        }],
+        false,
+    );
+    vec![("time_response.png", response), ("schedule.png", schedule)]
+}

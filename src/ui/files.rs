@@ -20,6 +20,12 @@ pub enum PathPurpose {
     SaveRun(crate::ui::store::RunId),
     /// A PNG figure (already drawn) to write.
     ExportPng(Arc<image::RgbaImage>),
+    /// An OOD reference file to load.
+    OodReference,
+    /// A folder of in-distribution images to fit an OOD reference on.
+    OodFit,
+    /// An image (or a folder of images) to score against the OOD reference.
+    OodScore,
 }
 
 impl PathPurpose {
@@ -29,11 +35,14 @@ impl PathPurpose {
             PathPurpose::OpenRun => "Open a run folder",
             PathPurpose::SaveRun(_) => "Save the run into a folder",
             PathPurpose::ExportPng(_) => "Export a PNG",
+            PathPurpose::OodReference => "Load an OOD reference (JSON)",
+            PathPurpose::OodFit => "Fit an OOD reference on a folder of images",
+            PathPurpose::OodScore => "Score an image (or a folder of images)",
         }
     }
 
     pub fn wants_folder(&self) -> bool {
-        !matches!(self, PathPurpose::ExportPng(_))
+        !matches!(self, PathPurpose::ExportPng(_) | PathPurpose::OodReference | PathPurpose::OodScore)
     }
 }
 

@@ -88,6 +88,60 @@ pub struct Settings {
     pub compare: CompareUi,
     /// DF-RISE / DF-CAM as the Run tab's saliency row computes them.
     pub saliency: SaliencyUi,
+    /// The Probe tab's fields.
+    pub probe: ProbeUi,
+}
+
+/// The Probe tab's views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ProbeMode {
+    #[default]
+    Interpolate,
+    Direction,
+    Ood,
+    Health,
+}
+
+/// What the Probe tab asks for, as typed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProbeUi {
+    pub mode: ProbeMode,
+    /// Interpolation ends (a seed, a prompt, image:PATH, latents:PATH).
+    pub from: String,
+    pub to: String,
+    pub frames: usize,
+    pub lerp: bool,
+    /// A direction's source and target prompts, or a pairs file.
+    pub dir_from: String,
+    pub dir_to: String,
+    pub pairs_file: String,
+    pub alphas: String,
+    pub seeds: String,
+    /// Which OOD score decides.
+    pub score: crate::experiments::ood::ScoreKind,
+    pub health_points: usize,
+    pub health_control: bool,
+}
+
+impl Default for ProbeUi {
+    fn default() -> Self {
+        Self {
+            mode: ProbeMode::Interpolate,
+            from: "0".into(),
+            to: "1".into(),
+            frames: 8,
+            lerp: false,
+            dir_from: "a red circle".into(),
+            dir_to: "a blue circle".into(),
+            pairs_file: String::new(),
+            alphas: "-1..2:7".into(),
+            seeds: "0..2".into(),
+            score: crate::experiments::ood::ScoreKind::Diag,
+            health_points: 41,
+            health_control: true,
+        }
+    }
 }
 
 /// The saliency row's settings.
@@ -193,6 +247,7 @@ impl Default for Settings {
             },
             compare: CompareUi::default(),
             saliency: SaliencyUi::default(),
+            probe: ProbeUi::default(),
         }
     }
 }
@@ -211,6 +266,7 @@ pub enum Tab {
     Schedules,
     Compare,
     Evaluate,
+    Probe,
 }
 
 /// A picture of a step.
@@ -327,6 +383,13 @@ pub struct ViewState {
     pub overlay: Option<String>,
     /// Counts saliency updates (part of the saliency maps' cache keys).
     pub saliency_revision: u64,
+    /// The Probe tab's textures by (view, generation, index, variant).
+    pub probe_textures: HashMap<(u8, u64, usize, u64), egui::TextureHandle>,
+    /// The interpolation frame shown, and the word whose attention follows the frames.
+    pub probe_frame: usize,
+    pub probe_word: Option<Vec<usize>>,
+    /// The direction sweep's alpha shown (an index).
+    pub probe_alpha: usize,
     /// The current run last frame (a switch resets the step and the selected words).
     seen_current: Option<RunId>,
 }
@@ -357,6 +420,10 @@ impl Default for ViewState {
             sweep_snapshots_of: None,
             overlay: None,
             saliency_revision: 0,
+            probe_textures: HashMap::new(),
+            probe_frame: 0,
+            probe_word: None,
+            probe_alpha: 0,
             seen_current: None,
         }
     }
@@ -540,6 +607,16 @@ impl App {
                         _ => self.store.report_error("that run is gone or still streaming; nothing saved".into()),
                     },
                     PathPurpose::ExportPng(image) => self.start_job(FileJob::SavePng { image, path }),
+                    PathPurpose::OodReference => match crate::experiments::ood::OodReference::read(&path) {
+                        Ok(r) => {
+                            self.store.ood.reference = Some((path.display().to_string(), Arc::new(r)));
+                            self.store.ood.scored = None;
+                            self.view.probe_textures.clear();
+                        }
+                        Err(e) => self.store.report_error(e),
+                    },
+                    PathPurpose::OodFit => self.ood_fit(path),
+                    PathPurpose::OodScore => self.ood_score(vec![path]),
                 }
             }
             Action::OpenRun(path) => self.open_path(path),
@@ -605,13 +682,52 @@ impl App {
                     ExperimentSettings::ShapesEval(_)
                     | ExperimentSettings::GenerateSet(_)
                     | ExperimentSettings::Saliency(_)
-                    | ExperimentSettings::SaliencyEval(_) => {}
+                    | ExperimentSettings::SaliencyEval(_)
+                    | ExperimentSettings::OodEval(_) => {}
+                    ExperimentSettings::Interpolate(s) => self.store.begin_interpolation(s.clone()),
+                    ExperimentSettings::Direction(s) => self.store.begin_direction(s.clone()),
+                    ExperimentSettings::OodFit(_) | ExperimentSettings::OodScore(_) => self.store.begin_ood(),
+                    ExperimentSettings::Health(_) => self.store.health = None,
                 }
                 let model = Self::model_request(&self.settings.model);
                 if let Err(e) = self.worker.experiment(model, settings) {
                     self.store.report_error(e.to_string());
                 }
             }
+        }
+    }
+
+    /// Fits an OOD reference on the images of `folder`; it is written beside the folder as
+    /// `<folder>-ood-reference.json`.
+    fn ood_fit(&mut self, folder: PathBuf) {
+        use crate::experiments::ood::{FitOptions, OodFitSettings, image_files};
+        match image_files(std::slice::from_ref(&folder)) {
+            Ok(images) => {
+                let name = folder.file_name().map_or("images".into(), |n| n.to_string_lossy().into_owned());
+                self.store.ood.save_to = Some(folder.with_file_name(format!("{name}-ood-reference.json")));
+                self.apply(Action::RunExperiment(ExperimentSettings::OodFit(OodFitSettings {
+                    images,
+                    options: FitOptions::default(),
+                })));
+            }
+            Err(e) => self.store.report_error(e),
+        }
+    }
+
+    /// Scores image files (or the images of folders) against the loaded OOD reference.
+    pub fn ood_score(&mut self, paths: Vec<PathBuf>) {
+        use crate::experiments::ood::{OodScoreSettings, image_files};
+        let Some((_, reference)) = self.store.ood.reference.clone() else {
+            self.store
+                .report_error("load or fit an OOD reference first (Probe tab, Out of distribution)".into());
+            return;
+        };
+        match image_files(&paths) {
+            Ok(images) => self.apply(Action::RunExperiment(ExperimentSettings::OodScore(OodScoreSettings {
+                reference: Box::new((*reference).clone()),
+                images,
+            }))),
+            Err(e) => self.store.report_error(e),
         }
     }
 
@@ -945,7 +1061,14 @@ impl App {
                 .filter(|p| !p.as_os_str().is_empty())
                 .collect()
         });
-        for path in dropped {
+        // Images dropped on the Probe tab's OOD view are scored; anything else is a run folder.
+        let (images, runs): (Vec<PathBuf>, Vec<PathBuf>) = dropped.into_iter().partition(|p| {
+            self.view.tab == Tab::Probe && self.settings.probe.mode == ProbeMode::Ood && crate::experiments::ood::is_image_file(p)
+        });
+        if !images.is_empty() {
+            self.ood_score(images);
+        }
+        for path in runs {
             self.open_path(path);
         }
     }

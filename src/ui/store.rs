@@ -9,6 +9,10 @@ use std::sync::Arc;
 
 use crate::engine::{Event, ModelInfo};
 use crate::experiments::compare::{CellReport, CellRole, CompareReport, CompareSettings};
+use crate::experiments::direction::{DirectionReport, DirectionSettings};
+use crate::experiments::health::HealthReport;
+use crate::experiments::interpolate::{InterpolateReport, InterpolateSettings};
+use crate::experiments::ood::{OodReference, OodScoreReport};
 use crate::experiments::quality::QualityRow;
 use crate::experiments::saliency::SaliencyStep;
 use crate::experiments::sweep::{GuidanceReport, Snapshot, SweepSettings};
@@ -140,6 +144,40 @@ pub struct QualityView {
     pub stopped: Option<Stop>,
 }
 
+/// One frame of the Probe tab's interpolation.
+pub struct InterpFrameView {
+    pub image: RgbImage,
+    /// The frame's generation (None for image interpolations).
+    pub run: Option<Arc<Run>>,
+}
+
+/// The Probe tab's interpolation: frames fill in as the worker finishes them.
+pub struct InterpView {
+    pub generation: u64,
+    pub settings: InterpolateSettings,
+    pub frames: Vec<Option<InterpFrameView>>,
+    pub report: Option<InterpolateReport>,
+}
+
+/// The Probe tab's direction sweep: images by (prompt, seed, alpha).
+pub struct DirectionView {
+    pub generation: u64,
+    pub settings: DirectionSettings,
+    pub images: HashMap<(usize, usize, usize), RgbImage>,
+    pub report: Option<DirectionReport>,
+}
+
+/// The Probe tab's OOD state: the reference in use and the last scores.
+#[derive(Default)]
+pub struct OodView {
+    pub generation: u64,
+    /// The reference and where it came from (a file, or "fitted on FOLDER").
+    pub reference: Option<(String, Arc<OodReference>)>,
+    /// Where a fitted reference is written (empty: kept in memory only).
+    pub save_to: Option<PathBuf>,
+    pub scored: Option<OodScoreReport>,
+}
+
 /// How many runs the store keeps; the oldest that is neither shown nor streaming is dropped
 /// first (a full-capture SD 1.5 run is ~400 MB).
 pub const MAX_RUNS: usize = 8;
@@ -175,6 +213,11 @@ pub struct RunStore {
     pub saliency_for: Option<RunId>,
     /// Runs whose saliency maps changed since the app last looked (their map caches go).
     saliency_updated: Vec<RunId>,
+    /// The Probe tab's interpolation, direction sweep, OOD scores and health check.
+    pub interpolation: Option<InterpView>,
+    pub direction: Option<DirectionView>,
+    pub ood: OodView,
+    pub health: Option<HealthReport>,
 }
 
 impl Default for RunStore {
@@ -197,6 +240,10 @@ impl Default for RunStore {
             quality: None,
             saliency_for: None,
             saliency_updated: Vec::new(),
+            interpolation: None,
+            direction: None,
+            ood: OodView::default(),
+            health: None,
         }
     }
 }
@@ -293,6 +340,20 @@ impl RunStore {
                         Arc::make_mut(&mut stored.run).meta.saliency = r.meta.saliency.clone();
                     }
                 }
+                ExperimentEvent::InterpFrame(f) => {
+                    if let Some(slot) = self.interpolation.as_mut().and_then(|v| v.frames.get_mut(f.index)) {
+                        let f = *f;
+                        *slot = Some(InterpFrameView {
+                            image: f.image,
+                            run: f.run.map(Arc::new),
+                        });
+                    }
+                }
+                ExperimentEvent::DirectionImage(d) => {
+                    if let Some(v) = self.direction.as_mut() {
+                        v.images.insert((d.prompt_index, d.seed_index, d.alpha_index), d.image);
+                    }
+                }
                 ExperimentEvent::QualityRow(row) => {
                     if let Some(slot) = self.quality.as_mut().and_then(|q| q.rows.get_mut(row.index)) {
                         *slot = Some(*row);
@@ -329,6 +390,37 @@ impl RunStore {
                 if matches!(outcome.report, ExperimentReport::Saliency(_)) {
                     self.saliency_for = None;
                 }
+                match &outcome.report {
+                    ExperimentReport::Interpolate(r) => {
+                        if let Some(v) = self.interpolation.as_mut() {
+                            v.report = Some((**r).clone());
+                        }
+                    }
+                    ExperimentReport::Direction(r) => {
+                        if let Some(v) = self.direction.as_mut() {
+                            v.report = Some((**r).clone());
+                        }
+                    }
+                    ExperimentReport::OodFit(r) => {
+                        if let Some(reference) = &r.reference {
+                            let origin = match &self.ood.save_to {
+                                Some(p) => match reference.write(p) {
+                                    Ok(()) => p.display().to_string(),
+                                    Err(e) => {
+                                        self.error = Some(e);
+                                        "fitted (not saved)".into()
+                                    }
+                                },
+                                None => "fitted (not saved)".into(),
+                            };
+                            self.ood.reference = Some((origin, Arc::new(reference.clone())));
+                            self.ood.scored = None;
+                        }
+                    }
+                    ExperimentReport::OodScore(r) => self.ood.scored = Some((**r).clone()),
+                    ExperimentReport::Health(r) => self.health = Some((**r).clone()),
+                    _ => {}
+                }
                 // The Evaluate tab shows the last evaluation; comparisons and sweeps keep
                 // theirs in `comparison` / `sweep`.
                 if matches!(outcome.report, ExperimentReport::ShapesEval(_)) {
@@ -342,6 +434,34 @@ impl RunStore {
             self.activity = Activity::Idle;
             self.streaming = None;
         }
+    }
+
+    /// Starts showing a new interpolation.
+    pub fn begin_interpolation(&mut self, settings: InterpolateSettings) {
+        let generation = self.interpolation.as_ref().map_or(1, |v| v.generation + 1);
+        self.interpolation = Some(InterpView {
+            generation,
+            frames: (0..settings.frames).map(|_| None).collect(),
+            settings,
+            report: None,
+        });
+    }
+
+    /// Starts showing a new direction sweep.
+    pub fn begin_direction(&mut self, settings: DirectionSettings) {
+        let generation = self.direction.as_ref().map_or(1, |v| v.generation + 1);
+        self.direction = Some(DirectionView {
+            generation,
+            settings,
+            images: HashMap::new(),
+            report: None,
+        });
+    }
+
+    /// An OOD fit or scoring started: the last scores go.
+    pub fn begin_ood(&mut self) {
+        self.ood.generation += 1;
+        self.ood.scored = None;
     }
 
     /// Starts showing a new comparison (its rows arrive as the worker finishes cells).

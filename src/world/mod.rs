@@ -71,6 +71,7 @@
 //! bounding-box centre with [`Position::of`], relations with [`Relation::holds`].
 
 mod detect;
+pub mod ood;
 mod render;
 pub mod rng;
 mod scene;

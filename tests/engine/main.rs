@@ -14,6 +14,7 @@ mod hub;
 mod inception;
 mod metrics;
 mod parity;
+mod probe;
 mod saliency;
 mod shapes_metrics;
 mod trace_io;

@@ -215,7 +215,9 @@ fn the_worker_runs_an_experiment() {
                 | ExperimentEvent::SetImage(_)
                 | ExperimentEvent::QualityRow(_)
                 | ExperimentEvent::SaliencyStep(_)
-                | ExperimentEvent::SaliencyRun(_) => {
+                | ExperimentEvent::SaliencyRun(_)
+                | ExperimentEvent::InterpFrame(_)
+                | ExperimentEvent::DirectionImage(_) => {
                     panic!("another experiment's event")
                 }
             },

@@ -55,7 +55,13 @@ pub fn evaluate_ui(app: &mut App, ui: &mut egui::Ui) {
             | ExperimentReport::GenerateSet(_)
             | ExperimentReport::Quality(_)
             | ExperimentReport::Saliency(_)
-            | ExperimentReport::SaliencyEval(_),
+            | ExperimentReport::SaliencyEval(_)
+            | ExperimentReport::Interpolate(_)
+            | ExperimentReport::Direction(_)
+            | ExperimentReport::OodFit(_)
+            | ExperimentReport::OodScore(_)
+            | ExperimentReport::OodEval(_)
+            | ExperimentReport::Health(_),
             _,
         )) => {
             ui.label(RichText::new("No evaluation yet.").weak());

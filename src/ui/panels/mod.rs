@@ -10,6 +10,7 @@ mod controls;
 mod evaluate;
 mod exports;
 mod images;
+mod probe;
 mod quality;
 mod runs;
 mod saliency;
@@ -57,6 +58,7 @@ pub fn app_ui(app: &mut App, ui: &mut egui::Ui) {
         Tab::Schedules => schedules::schedules_ui(app, ui),
         Tab::Compare => compare::compare_ui(app, ui),
         Tab::Evaluate => evaluate::evaluate_ui(app, ui),
+        Tab::Probe => probe::probe_ui(app, ui),
     });
     exports::path_prompt_ui(app, ui.ctx());
 }

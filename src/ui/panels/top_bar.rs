@@ -16,6 +16,7 @@ pub fn top_bar_ui(app: &mut App, ui: &mut egui::Ui) {
         ui.selectable_value(&mut app.view.tab, Tab::Schedules, "Schedules");
         ui.selectable_value(&mut app.view.tab, Tab::Compare, "Compare");
         ui.selectable_value(&mut app.view.tab, Tab::Evaluate, "Evaluate");
+        ui.selectable_value(&mut app.view.tab, Tab::Probe, "Probe");
         ui.separator();
         if ui
             .button("Open run…")
