@@ -611,3 +611,90 @@ fn saliency_overlay_is_computed_on_demand() {
         assert!(h.query_by_label("not computed at this step").is_none());
     }
 }
+
+/// The Probe tab: an interpolation computed by the worker, its frames scrubbed with the
+/// slider, a word's attention following along; the health check's verdicts; an OOD reference
+/// loaded through the path prompt and an image scored against it.
+#[test]
+fn probe_tab_interpolates_checks_health_and_scores_images() {
+    use diffusion_scope::ui::{ProbeMode, ProbeUi};
+    let settings = Settings {
+        model: tiny_model(),
+        steps: 2,
+        prompt: "a red circle".into(),
+        probe: ProbeUi {
+            frames: 3,
+            health_points: 5,
+            ..ProbeUi::default()
+        },
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.state_mut().view.tab = Tab::Probe;
+    h.run_steps(2);
+    h.get_by_label("Run interpolation").click();
+    h.step();
+    step_until(&mut h, 120, "the interpolation", |app| {
+        assert!(app.store.error.is_none(), "{:?}", app.store.error);
+        !app.store.busy() && app.store.interpolation.as_ref().is_some_and(|v| v.report.is_some())
+    });
+    h.run_steps(3);
+    let v = h.state().store.interpolation.as_ref().unwrap();
+    assert!(v.frames.iter().all(Option::is_some));
+    // The last frame, with the attention of "red" over it.
+    h.state_mut().view.probe_frame = 2;
+    h.run_steps(2);
+    h.get_by_label("red").click();
+    h.run_steps(2);
+    assert!(h.state().view.probe_word.is_some());
+    assert_eq!(h.state().view.heatmap_rects.len(), 1, "the frame with its overlay");
+    assert!(h.state().view.probe_textures.keys().any(|k| k.0 == 0 && k.2 == 2 && k.3 != 0));
+
+    h.state_mut().settings.probe.mode = ProbeMode::Health;
+    h.run_steps(2);
+    h.get_by_label("Run health check").click();
+    h.step();
+    step_until(&mut h, 120, "the health check", |app| {
+        !app.store.busy() && app.store.health.is_some()
+    });
+    h.run_steps(2);
+    assert!(h.query_all_by_label_contains("dead embedding").count() >= 1);
+
+    // OOD: fit a reference on renders through the path prompt, as a user does.
+    let dir = std::env::temp_dir().join(format!("ds-ui-ood-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("imgs")).unwrap();
+    for i in 0..20 {
+        diffusion_scope::world::sample(&diffusion_scope::world::WorldConfig::with_size(32), 2, i)
+            .save_png(dir.join("imgs").join(format!("{i:02}.png")))
+            .unwrap();
+    }
+    h.state_mut().settings.probe.mode = ProbeMode::Ood;
+    h.run_steps(2);
+    h.get_by_label("Fit reference on a folder…").click();
+    h.run_steps(2);
+    h.state_mut().view.path_prompt.as_mut().unwrap().text = dir.join("imgs").display().to_string();
+    h.run_steps(3);
+    h.get_by_label("OK").click();
+    h.step();
+    step_until(&mut h, 120, "the OOD fit", |app| {
+        assert!(app.store.error.is_none(), "{:?}", app.store.error);
+        !app.store.busy() && app.store.ood.reference.is_some()
+    });
+    assert!(
+        dir.join("imgs-ood-reference.json").is_file(),
+        "the fitted reference is saved beside the folder"
+    );
+    h.run_steps(2);
+    h.get_by_label("Score image…").click();
+    h.run_steps(2);
+    h.state_mut().view.path_prompt.as_mut().unwrap().text = dir.join("imgs/03.png").display().to_string();
+    h.run_steps(3);
+    h.get_by_label("OK").click();
+    h.step();
+    step_until(&mut h, 120, "the OOD score", |app| {
+        !app.store.busy() && app.store.ood.scored.is_some()
+    });
+    h.run_steps(2);
+    assert!(h.query_all_by_label_contains("03.png:").count() >= 1);
+}

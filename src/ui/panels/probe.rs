@@ -478,7 +478,7 @@ fn ood_ui(app: &mut App, ui: &mut egui::Ui) {
             let ood = v > threshold;
             ui.label(
                 RichText::new(format!(
-                    "{}: {v:.3} → {}{}",
+                    "{}: {v:.3}, {}{}",
                     img.name,
                     if ood { "out of distribution" } else { "in distribution" },
                     img.resized_from.map_or(String::new(), |(w, h)| format!(" (resized from {w}x{h})"))
