@@ -134,17 +134,7 @@ pub fn direction(sources: &[Vec<f32>], targets: &[Vec<f32>]) -> Option<Vec<f32>>
     if targets.is_empty() || sources.iter().chain(targets).any(|v| v.len() != len) {
         return None;
     }
-    let mean = |set: &[Vec<f32>]| -> Vec<f64> {
-        let mut m = vec![0.0f64; len];
-        for v in set {
-            for (a, &x) in m.iter_mut().zip(v) {
-                *a += x as f64;
-            }
-        }
-        m.iter_mut().for_each(|a| *a /= set.len() as f64);
-        m
-    };
-    let (s, t) = (mean(sources), mean(targets));
+    let (s, t) = (mean_of(sources, len), mean_of(targets, len));
     Some(t.iter().zip(&s).map(|(a, b)| (a - b) as f32).collect())
 }
 
@@ -180,6 +170,18 @@ pub fn parse_range(text: &str) -> Result<Vec<f64>, String> {
     Ok(values)
 }
 
+/// The per-dimension mean of vectors of length `d`, in f64.
+fn mean_of(set: &[Vec<f32>], d: usize) -> Vec<f64> {
+    let mut mean = vec![0.0f64; d];
+    for v in set {
+        for (m, &x) in mean.iter_mut().zip(v) {
+            *m += x as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= set.len().max(1) as f64);
+    mean
+}
+
 /// Per-dimension reference statistics of a set of vectors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiagStats {
@@ -201,13 +203,7 @@ impl DiagStats {
             return None;
         }
         let n = set.len() as f64;
-        let mut mean = vec![0.0f64; d];
-        for v in set {
-            for (m, &x) in mean.iter_mut().zip(v) {
-                *m += x as f64;
-            }
-        }
-        mean.iter_mut().for_each(|m| *m /= n);
+        let mean = mean_of(set, d);
         let mut var = vec![0.0f64; d];
         for v in set {
             for ((s, &x), m) in var.iter_mut().zip(v).zip(&mean) {
@@ -279,13 +275,7 @@ impl FullStats {
             return None;
         }
         let n = set.len() as f64;
-        let mut mean = vec![0.0f64; d];
-        for v in set {
-            for (m, &x) in mean.iter_mut().zip(v) {
-                *m += x as f64;
-            }
-        }
-        mean.iter_mut().for_each(|m| *m /= n);
+        let mean = mean_of(set, d);
         let mut cov = vec![0.0f64; d * d];
         for v in set {
             let c: Vec<f64> = v.iter().zip(&mean).map(|(&x, m)| x as f64 - m).collect();

@@ -76,31 +76,6 @@ fn file_stem(label: &str) -> String {
     label.replace(':', "_")
 }
 
-/// Checks `--out` before anything is computed; with `--overwrite` an earlier output folder
-/// (one holding report.json) is emptied. Shared by `compare` and `sweep`.
-pub fn prepare_out(out: &Path, overwrite: bool) -> anyhow::Result<()> {
-    if out.exists() && !out.is_dir() {
-        bail!("--out {} is a file", out.display());
-    }
-    let non_empty = std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
-    if non_empty {
-        if !out.join("report.json").is_file() {
-            bail!(
-                "--out {} holds files that are not a comparison's; refusing to write into it",
-                out.display()
-            );
-        }
-        if !overwrite {
-            bail!(
-                "--out {} holds an earlier comparison; pass --overwrite to replace it",
-                out.display()
-            );
-        }
-        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
-    }
-    std::fs::create_dir_all(out.join("cells")).with_context(|| format!("creating {}", out.display()))
-}
-
 pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
     let request = a.target.request()?;
     let cells = CellSpec::parse_list(&a.samplers).map_err(|e| anyhow::anyhow!("--samplers: {e}"))?;
@@ -125,7 +100,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<ExitCode> {
         width: a.width,
     };
     settings.validate().map_err(|e| anyhow::anyhow!(e))?;
-    prepare_out(&a.out, a.overwrite)?;
+    crate::cli::prepare_out(&a.out, a.overwrite, "comparison")?;
+    std::fs::create_dir_all(a.out.join("cells")).with_context(|| format!("creating {}", a.out.display()))?;
 
     // Frames per row: the reference first, then the cells in order.
     let mut rows: BTreeMap<(usize, usize), (CellReport, Vec<RgbImage>)> = BTreeMap::new();

@@ -125,3 +125,25 @@ pub fn model_spec(model: Option<String>) -> anyhow::Result<String> {
         }
     }
 }
+
+/// Checks `--out` before anything is computed and creates it: a new or empty folder, or an
+/// earlier output of `what` (it holds `report.json`), emptied only with `overwrite`.
+pub fn prepare_out(out: &std::path::Path, overwrite: bool, what: &str) -> anyhow::Result<()> {
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("--out {} is a file", out.display());
+    }
+    let non_empty = std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if non_empty {
+        if !out.join("report.json").is_file() {
+            anyhow::bail!(
+                "--out {} holds files that are not an earlier {what}; refusing to write into it",
+                out.display()
+            );
+        }
+        if !overwrite {
+            anyhow::bail!("--out {} holds an earlier {what}; pass --overwrite to replace it", out.display());
+        }
+        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
+}

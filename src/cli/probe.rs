@@ -21,28 +21,6 @@ use diffusion_scope::ui::export::{self, Series};
 
 use crate::cli::interrupt::Interrupt;
 
-/// Creates `out` (new or empty; an earlier output of `what` (it holds `report.json`) only with
-/// `overwrite`).
-fn prepare_out(out: &Path, overwrite: bool, what: &str) -> anyhow::Result<()> {
-    if out.exists() && !out.is_dir() {
-        bail!("--out {} is a file", out.display());
-    }
-    let non_empty = std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
-    if non_empty {
-        if !out.join("report.json").is_file() {
-            bail!(
-                "--out {} holds files that are not an earlier {what}; refusing to write into it",
-                out.display()
-            );
-        }
-        if !overwrite {
-            bail!("--out {} holds an earlier {what}; pass --overwrite to replace it", out.display());
-        }
-        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
-}
-
 fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     std::fs::write(path, serde_json::to_string_pretty(value)?).with_context(|| format!("writing {}", path.display()))
 }
@@ -151,7 +129,7 @@ pub fn interpolate(a: InterpolateArgs) -> anyhow::Result<ExitCode> {
     if space == interpolate::Space::Noise && settings.prompt.is_empty() {
         eprintln!("note: no --prompt: the frames are generated from the empty prompt");
     }
-    prepare_out(&a.out, a.overwrite, "interpolation")?;
+    crate::cli::prepare_out(&a.out, a.overwrite, "interpolation")?;
     std::fs::create_dir_all(a.out.join("frames"))?;
     let mut frames: Vec<RgbImage> = Vec::new();
     let mut on_item = |ev: ExperimentEvent, interrupt: &Interrupt| -> anyhow::Result<()> {
@@ -282,7 +260,7 @@ pub fn direction(a: DirectionArgs) -> anyhow::Result<ExitCode> {
         detect: a.detect.unwrap_or(bundled),
     };
     settings.validate().map_err(|e| anyhow::anyhow!(e))?;
-    prepare_out(&a.out, a.overwrite, "direction sweep")?;
+    crate::cli::prepare_out(&a.out, a.overwrite, "direction sweep")?;
     std::fs::create_dir_all(a.out.join("images"))?;
     let (np, ns, na) = (settings.prompts.len(), settings.seeds.len(), settings.alphas.len());
     let mut grid: Vec<Vec<Option<RgbImage>>> = vec![vec![None; na]; np * ns];
@@ -662,7 +640,7 @@ pub fn health(a: HealthArgs) -> anyhow::Result<ExitCode> {
         spacing: a.spacing,
         scheduler_config: a.scheduler_config.clone(),
     };
-    prepare_out(&a.out, a.overwrite, "health check")?;
+    crate::cli::prepare_out(&a.out, a.overwrite, "health check")?;
     let (report, stopped, _) = crate::cli::run_experiment(
         request,
         ExperimentSettings::Health(settings),

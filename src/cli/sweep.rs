@@ -79,7 +79,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<ExitCode> {
         width: a.width,
     };
     settings.validate().map_err(|e| anyhow::anyhow!(e))?;
-    crate::cli::compare::prepare_out(&a.out, a.overwrite)?;
+    crate::cli::prepare_out(&a.out, a.overwrite, "sweep")?;
     std::fs::create_dir_all(a.out.join("images")).with_context(|| format!("creating {}", a.out.display()))?;
 
     let mut images: BTreeMap<(usize, usize), RgbImage> = BTreeMap::new();

@@ -78,6 +78,24 @@ fn texture(app: &mut App, ctx: &egui::Context, key: (u8, u64, usize, u64), img: 
         .clone()
 }
 
+/// A clickable thumbnail, outlined when selected.
+fn thumbnail(ui: &mut egui::Ui, tex: &egui::TextureHandle, side: f32, selected: bool) -> egui::Response {
+    let r = ui.add(
+        egui::Image::new(tex)
+            .fit_to_exact_size(egui::vec2(side, side))
+            .sense(egui::Sense::click()),
+    );
+    if selected {
+        ui.painter().rect_stroke(
+            r.rect.expand(1.5),
+            0.0,
+            egui::Stroke::new(2.0, ui.visuals().selection.stroke.color),
+            egui::StrokeKind::Outside,
+        );
+    }
+    r
+}
+
 fn color_image(img: &RgbImage) -> egui::ColorImage {
     egui::ColorImage::from_rgb([img.width, img.height], &img.pixels)
 }
@@ -256,20 +274,7 @@ fn interpolate_ui(app: &mut App, ui: &mut egui::Ui) {
                 match img {
                     Some(img) => {
                         let tex = texture(app, &ctx, (1, generation, i, 0), || color_image(&img));
-                        let r = ui.add(
-                            egui::Image::new(&tex)
-                                .fit_to_exact_size(egui::vec2(48.0, 48.0))
-                                .sense(egui::Sense::click()),
-                        );
-                        if i == k {
-                            ui.painter().rect_stroke(
-                                r.rect.expand(1.5),
-                                0.0,
-                                egui::Stroke::new(2.0, ui.visuals().selection.stroke.color),
-                                egui::StrokeKind::Outside,
-                            );
-                        }
-                        if r.clicked() {
+                        if thumbnail(ui, &tex, 48.0, i == k).clicked() {
                             pick = Some(i);
                         }
                     }
@@ -390,20 +395,7 @@ fn direction_ui(app: &mut App, ui: &mut egui::Ui) {
                 match img {
                     Some(img) => {
                         let tex = texture(app, &ctx, (2, generation, si * na + a, 0), || color_image(&img));
-                        let r = ui.add(
-                            egui::Image::new(&tex)
-                                .fit_to_exact_size(egui::vec2(40.0, 40.0))
-                                .sense(egui::Sense::click()),
-                        );
-                        if a == ai {
-                            ui.painter().rect_stroke(
-                                r.rect.expand(1.5),
-                                0.0,
-                                egui::Stroke::new(2.0, ui.visuals().selection.stroke.color),
-                                egui::StrokeKind::Outside,
-                            );
-                        }
-                        if r.clicked() {
+                        if thumbnail(ui, &tex, 40.0, a == ai).clicked() {
                             app.view.probe_alpha = a;
                         }
                     }
@@ -473,28 +465,28 @@ fn ood_ui(app: &mut App, ui: &mut egui::Ui) {
     ));
     let scored = app.store.ood.scored.clone();
     if let Some(s) = &scored {
-        for img in s.scores.iter().take(8) {
-            let v = img.score.get(kind);
-            let ood = v > threshold;
-            ui.label(
-                RichText::new(format!(
-                    "{}: {v:.3}, {}{}",
-                    img.name,
-                    if ood { "out of distribution" } else { "in distribution" },
-                    img.resized_from.map_or(String::new(), |(w, h)| format!(" (resized from {w}x{h})"))
-                ))
-                .strong()
-                .color(if ood { crate::ui::theme::ERROR } else { ui.visuals().text_color() }),
-            );
-        }
-        if s.scores.len() > 8 {
-            ui.label(RichText::new(format!("… and {} more", s.scores.len() - 8)).weak());
-        }
-        for (name, why) in &s.skipped {
-            ui.label(RichText::new(format!("skipped {name}: {why}")).color(crate::ui::theme::ERROR));
-        }
+        let flagged = s.scores.iter().filter(|x| x.score.get(kind) > threshold).count();
+        ui.label(RichText::new(format!("{flagged} of {} scored images above the threshold", s.scores.len())).strong());
+        egui::ScrollArea::vertical().id_salt("ood-scores").max_height(150.0).show(ui, |ui| {
+            for img in &s.scores {
+                let v = img.score.get(kind);
+                let ood = v > threshold;
+                ui.label(
+                    RichText::new(format!(
+                        "{}: {v:.3}, {}{}",
+                        img.name,
+                        if ood { "out of distribution" } else { "in distribution" },
+                        img.resized_from.map_or(String::new(), |(w, h)| format!(" (resized from {w}x{h})"))
+                    ))
+                    .color(if ood { crate::ui::theme::ERROR } else { ui.visuals().text_color() }),
+                );
+            }
+            for (name, why) in &s.skipped {
+                ui.label(RichText::new(format!("skipped {name}: {why}")).color(crate::ui::theme::ERROR));
+            }
+        });
     } else {
-        ui.label(RichText::new("Score an image to see it on the histogram.").weak());
+        ui.label(RichText::new("Score an image (Score image…, or drop one on the window) to see it on the histogram.").weak());
     }
     // The histogram of the held-out reference scores, the threshold and the scored images.
     let held = reference.held_out(kind);
@@ -517,10 +509,14 @@ fn ood_ui(app: &mut App, ui: &mut egui::Ui) {
         .x_axis_label("score")
         .y_axis_label("held-out reference images")
         .show(ui, |plot| {
-            plot.bar_chart(BarChart::new("held-out reference", bars));
-            plot.vline(VLine::new("threshold", threshold).color(egui::Color32::from_rgb(200, 60, 60)));
-            for (i, m) in marks.iter().enumerate().take(8) {
-                plot.vline(VLine::new(if i == 0 { "scored image" } else { "" }, *m).color(egui::Color32::from_rgb(40, 90, 215)));
+            plot.bar_chart(BarChart::new("held-out reference images", bars).color(egui::Color32::from_rgb(140, 140, 150)));
+            plot.vline(
+                VLine::new("threshold", threshold)
+                    .color(egui::Color32::from_rgb(220, 60, 60))
+                    .width(2.0),
+            );
+            for m in &marks {
+                plot.vline(VLine::new("scored images", *m).color(egui::Color32::from_rgb(70, 130, 240)));
             }
         });
 }
@@ -594,7 +590,24 @@ fn health_ui(app: &mut App, ui: &mut egui::Ui) {
                 });
         });
         ui.vertical(|ui| {
-            ui.label(RichText::new(health::render_report(&r)).monospace().small());
+            ui.label(RichText::new(health::render_report(&r)).monospace());
         });
     });
+    // The training schedule's log-SNR, with the sampler's first and last timesteps marked.
+    let c = &r.schedule;
+    Plot::new("probe-health-schedule")
+        .legend(Legend::default())
+        .height(200.0)
+        .x_axis_label("t")
+        .y_axis_label("log-SNR")
+        .show(ui, |plot| {
+            let pts = c
+                .alpha_bar
+                .iter()
+                .enumerate()
+                .map(|(t, &a)| [t as f64, ((a as f64) / (1.0 - a as f64)).ln()]);
+            plot.line(Line::new("training schedule", PlotPoints::from_iter(pts)));
+            plot.vline(VLine::new("sampler's first and last timestep", c.sampler_first_timestep));
+            plot.vline(VLine::new("sampler's first and last timestep", c.sampler_last_timestep));
+        });
 }
