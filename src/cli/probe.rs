@@ -330,7 +330,13 @@ pub fn direction(a: DirectionArgs) -> anyhow::Result<ExitCode> {
                 label: "same shape".into(),
                 points: report.rows.iter().filter_map(|r| Some((r.alpha, r.same_shape?))).collect(),
             });
-            export::plot("Detector readings vs alpha", "alpha", "fraction of images", &series, false).save(a.out.join("readings.png"))?;
+            let mut rgb: Vec<[u8; 3]> = colours
+                .iter()
+                .map(|c| diffusion_scope::world::Colour::from_name(c).map_or([0, 0, 0], |c| c.rgb()))
+                .collect();
+            rgb.push([120, 120, 120]);
+            export::plot_coloured("Detector readings vs alpha", "alpha", "fraction of images", &series, false, &rgb)
+                .save(a.out.join("readings.png"))?;
         }
         Ok(())
     })?;
@@ -390,7 +396,7 @@ struct OodScoreArgs {
     #[command(flatten)]
     target: crate::cli::ModelTarget,
     /// The reference file (from `ood fit`).
-    #[arg(long)]
+    #[arg(long, alias = "ref")]
     reference: PathBuf,
     /// A folder of images, or image files.
     #[arg(long, required = true)]

@@ -254,6 +254,12 @@ pub struct Series {
 /// A line plot with markers: axes with ticks at round values, a legend, log10 y on request
 /// (non-positive values are dropped then). Non-finite points are skipped.
 pub fn plot(title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> RgbaImage {
+    plot_coloured(title, x_label, y_label, series, log_y, &[])
+}
+
+/// [`plot`] with series `i` drawn in `colours[i]` (the palette for the rest), for series that
+/// stand for colours.
+pub fn plot_coloured(title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool, colours: &[[u8; 3]]) -> RgbaImage {
     const PALETTE: [[u8; 3]; 10] = [
         [31, 119, 180],
         [255, 127, 14],
@@ -323,7 +329,7 @@ pub fn plot(title: &str, x_label: &str, y_label: &str, series: &[Series], log_y:
         draw_text(&mut fig, &l, px0 - 8.0 - text_width(&l, 11.0), y - 7.0, 11.0, FG);
     }
     for (i, (s, p)) in series.iter().zip(&pts).enumerate() {
-        let c = PALETTE[i % PALETTE.len()];
+        let c = colours.get(i).copied().unwrap_or(PALETTE[i % PALETTE.len()]);
         let colour = Rgba([c[0], c[1], c[2], 255]);
         for pair in p.windows(2) {
             line(&mut fig, (sx(pair[0].0), sy(pair[0].1)), (sx(pair[1].0), sy(pair[1].1)), colour);
