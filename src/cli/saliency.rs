@@ -189,7 +189,11 @@ pub fn run(a: SaliencyArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     })?;
     let steps: Vec<String> = report.steps_done.iter().map(|i| (i + 1).to_string()).collect();
-    println!("saliency at step(s) {} of {}", steps.join(", "), a.steps);
+    if steps.is_empty() {
+        println!("no saliency map was finished (of {} steps)", a.steps);
+    } else {
+        println!("saliency at step(s) {} of {}", steps.join(", "), a.steps);
+    }
     if let Some(s) = report.rise_secs_per_step {
         println!(
             "DF-RISE: {s:.2} s per step ({} masks, {} per UNet call)",
