@@ -273,6 +273,8 @@ struct Ends {
     b: Vec<f32>,
     /// Prompt interpolation: the negative embedding and the embedding shape.
     prompt: Option<(usize, usize, Vec<f32>)>,
+    /// SDXL prompt interpolation: both ends' pooled embeddings and the negative's.
+    pooled: Option<(Vec<f32>, Vec<f32>, Vec<f32>)>,
 }
 
 fn ends(sd: &StableDiffusion, s: &InterpolateSettings, space: Space) -> Result<(Ends, [usize; 3], (usize, usize)), RunError> {
@@ -289,6 +291,7 @@ fn ends(sd: &StableDiffusion, s: &InterpolateSettings, space: Space) -> Result<(
             a: noise(&s.from)?,
             b: noise(&s.to)?,
             prompt: None,
+            pooled: None,
         },
         Space::Image => {
             let encoder = sd.vae_encoder().map_err(|e| RunError::BadInput(format!("the VAE encoder: {e}")))?;
@@ -303,6 +306,7 @@ fn ends(sd: &StableDiffusion, s: &InterpolateSettings, space: Space) -> Result<(
                 a: encode(&s.from)?,
                 b: encode(&s.to)?,
                 prompt: None,
+                pooled: None,
             }
         }
         Space::Prompt => {
@@ -318,6 +322,7 @@ fn ends(sd: &StableDiffusion, s: &InterpolateSettings, space: Space) -> Result<(
                 a: ea.positive,
                 b: eb.positive,
                 prompt: Some((ea.tokens, ea.dim, ea.negative)),
+                pooled: (!ea.pooled.is_empty()).then_some((ea.pooled, eb.pooled, ea.negative_pooled)),
             }
         }
     };
@@ -371,6 +376,11 @@ pub fn run(
         Endpoint::Prompt(p) => p.clone(),
         _ => settings.prompt.clone(),
     };
+    // SDXL: the pooled embeddings move along the same path.
+    let (pooled_path, negative_pooled) = match &ends.pooled {
+        Some((pa, pb, neg)) => (probe::path(pa, pb, n, settings.path), neg.clone()),
+        None => (Vec::new(), Vec::new()),
+    };
     let mut images: Vec<Vec<f32>> = Vec::new();
     let mut latents: Vec<Vec<f32>> = Vec::new();
     let mut stopped = None;
@@ -399,6 +409,8 @@ pub fn run(
                             dim: *dim,
                             positive: start,
                             negative: negative.clone(),
+                            pooled: pooled_path.get(i).cloned().unwrap_or_default(),
+                            negative_pooled: negative_pooled.clone(),
                         })
                     }
                 }

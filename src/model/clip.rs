@@ -98,12 +98,18 @@ impl ClipEncoder {
     }
 
     /// `xs` [B, L, D] through every layer; `mask` [1, 1, L, L] is added to the attention scores.
-    pub(crate) fn forward(&self, mut xs: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub(crate) fn forward(&self, xs: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_layers(xs, mask, 0..self.layers.len())
+    }
+
+    /// `xs` through the layers `range` only (transformers' `hidden_states[k]` is the output of
+    /// layers `0..k`).
+    pub(crate) fn forward_layers(&self, mut xs: Tensor, mask: Option<&Tensor>, range: std::ops::Range<usize>) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
         let d = self.hidden;
         let hd = d / self.heads;
         let scale = (hd as f64).powf(-0.5);
-        for layer in &self.layers {
+        for layer in &self.layers[range] {
             let residual = xs.clone();
             let h = layer.layer_norm1.forward(&xs)?;
             let split = |t: Tensor| -> Result<Tensor> { t.reshape((b, l, self.heads, hd))?.transpose(1, 2)?.contiguous() };
@@ -131,11 +137,26 @@ pub struct ClipTextEncoder {
     position_embedding: Embedding,
     encoder: ClipEncoder,
     final_layer_norm: LayerNorm,
+    /// `CLIPTextModelWithProjection`'s `text_projection` (no bias), when the weights have it.
+    text_projection: Option<Linear>,
     pub config: TextEncoderConfig,
+}
+
+/// What SDXL takes from a text encoder: a hidden state before the last layer (no final layer
+/// norm) and, from the projection model, the projected EOS output.
+pub struct ClipHidden {
+    /// `hidden_states[-(skip + 2)]` [B, L, D].
+    pub hidden: Tensor,
+    /// `text_embeds` [B, projection_dim] (None without a projection).
+    pub pooled: Option<Tensor>,
 }
 
 impl ClipTextEncoder {
     pub fn new(vb: VarBuilder, config: &TextEncoderConfig) -> Result<Self> {
+        let text_projection = match (vb.contains_tensor("text_projection.weight"), config.projection_dim) {
+            (true, Some(p)) => Some(candle_nn::linear_no_bias(config.hidden_size, p, vb.pp("text_projection"))?),
+            _ => None,
+        };
         // transformers 4 saved `text_model.`-prefixed keys (what SD hub repos have);
         // transformers 5 saves them without the prefix. Both load.
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
@@ -162,13 +183,17 @@ impl ClipTextEncoder {
             position_embedding,
             encoder,
             final_layer_norm,
+            text_projection,
             config: config.clone(),
         })
     }
 
-    /// `last_hidden_state` for a batch of token ids [B, L] (u32): what diffusers' SD pipelines
-    /// use as `prompt_embeds` (no attention mask, causal self-attention).
-    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+    /// Whether the weights carry `text_projection` (a `CLIPTextModelWithProjection`).
+    pub fn has_projection(&self) -> bool {
+        self.text_projection.is_some()
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, l) = ids.dims2()?;
         let positions = Tensor::arange(0u32, l as u32, ids.device())?.unsqueeze(0)?;
         let xs = self
@@ -176,6 +201,49 @@ impl ClipTextEncoder {
             .forward(ids)?
             .broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(l, xs.dtype(), ids.device())?;
+        Ok((xs, mask))
+    }
+
+    /// SDXL's use of an encoder: the hidden state `skip + 1` layers before the output
+    /// (diffusers' `hidden_states[-(clip_skip + 2)]`, skip 0 = the penultimate layer) and, with
+    /// a projection, `text_embeds`: the final-layer-normed output at the EOS token (the first
+    /// position of `eos_token_id`; of the largest id for configs with the legacy id 2),
+    /// projected.
+    pub fn forward_hidden(&self, ids: &Tensor, skip: usize) -> Result<ClipHidden> {
+        let n = self.encoder.layers.len();
+        if skip + 1 > n {
+            candle_core::bail!("clip skip {skip} needs more than the encoder's {n} layers");
+        }
+        let (xs, mask) = self.embed(ids)?;
+        let cut = n - 1 - skip;
+        let hidden = self.encoder.forward_layers(xs, Some(&mask), 0..cut)?;
+        let pooled = match &self.text_projection {
+            None => None,
+            Some(proj) => {
+                let last = self.encoder.forward_layers(hidden.clone(), Some(&mask), cut..n)?;
+                let last = self.final_layer_norm.forward(&last)?;
+                let rows: Vec<Vec<u32>> = ids.to_vec2()?;
+                let mut picked = Vec::with_capacity(rows.len());
+                for (b, row) in rows.iter().enumerate() {
+                    let pos = match self.config.eos_token_id {
+                        Some(eos) if eos != 2 => row.iter().position(|&t| t == eos).unwrap_or(0),
+                        _ => {
+                            let max = row.iter().copied().max().unwrap_or(0);
+                            row.iter().position(|&t| t == max).unwrap_or(0)
+                        }
+                    };
+                    picked.push(last.get(b)?.get(pos)?);
+                }
+                Some(proj.forward(&Tensor::stack(&picked, 0)?)?)
+            }
+        };
+        Ok(ClipHidden { hidden, pooled })
+    }
+
+    /// `last_hidden_state` for a batch of token ids [B, L] (u32): what diffusers' SD pipelines
+    /// use as `prompt_embeds` (no attention mask, causal self-attention).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (xs, mask) = self.embed(ids)?;
         let xs = self.encoder.forward(xs, Some(&mask))?;
         self.final_layer_norm.forward(&xs)
     }

@@ -287,6 +287,22 @@ impl UNetConfig {
                 ));
             }
         }
+        if self.addition_embed_type.as_deref() == Some("text_time") {
+            if self.addition_time_embed_dim.is_none_or(|d| d == 0 || d % 2 != 0) {
+                return Err(unsupported(
+                    F,
+                    "addition_time_embed_dim",
+                    format!("{:?} (text_time needs an even size)", self.addition_time_embed_dim),
+                ));
+            }
+            if self.projection_class_embeddings_input_dim.is_none_or(|d| d == 0) {
+                return Err(unsupported(
+                    F,
+                    "projection_class_embeddings_input_dim",
+                    format!("{:?} (text_time needs it)", self.projection_class_embeddings_input_dim),
+                ));
+            }
+        }
         if self.act_fn != "silu" {
             return Err(unsupported(F, "act_fn", &self.act_fn));
         }
@@ -304,8 +320,8 @@ impl UNetConfig {
             ),
             (
                 "addition_embed_type",
-                self.addition_embed_type.is_some(),
-                format!("{:?} (SDXL's text_time conditioning is not wired up yet)", self.addition_embed_type),
+                self.addition_embed_type.as_deref().is_some_and(|t| t != "text_time"),
+                format!("{:?} (only SDXL's \"text_time\" is supported)", self.addition_embed_type),
             ),
             (
                 "time_cond_proj_dim",
@@ -477,6 +493,12 @@ pub struct TextEncoderConfig {
     pub layer_norm_eps: f64,
     #[serde(default)]
     pub architectures: Option<Vec<String>>,
+    /// The projection of `CLIPTextModelWithProjection` (SDXL's second encoder).
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
+    /// transformers' pooling: 2 (the legacy configs) means "the position of the largest id".
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
 }
 
 impl TextEncoderConfig {
@@ -528,6 +550,8 @@ impl TextEncoderConfig {
 pub struct ModelIndex {
     pub class_name: String,
     pub components: Vec<(String, Option<(String, String)>)>,
+    /// SDXL's `force_zeros_for_empty_prompt` (diffusers' default: true).
+    pub force_zeros_for_empty_prompt: bool,
 }
 
 impl ModelIndex {
@@ -551,7 +575,17 @@ impl ModelIndex {
                 });
             components.push((k.clone(), pair));
         }
-        Ok(Self { class_name, components })
+        let force_zeros_for_empty_prompt = obj.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true);
+        Ok(Self {
+            class_name,
+            components,
+            force_zeros_for_empty_prompt,
+        })
+    }
+
+    /// An SDXL pipeline (two text encoders, text_time conditioning).
+    pub fn is_xl(&self) -> bool {
+        self.class_name == "StableDiffusionXLPipeline" || self.component("text_encoder_2").is_some()
     }
 
     pub fn component(&self, name: &str) -> Option<&(String, String)> {
@@ -561,15 +595,23 @@ impl ModelIndex {
     /// Pipelines whose components this loader knows how to run.
     pub fn check_supported(&self) -> Result<(), ModelError> {
         const F: &str = "model_index.json";
-        if self.component("text_encoder_2").is_some() || self.class_name.contains("XL") {
+        if self.class_name.contains("XL") && !matches!(self.class_name.as_str(), "StableDiffusionXLPipeline") {
             return Err(unsupported(
                 F,
                 "_class_name",
-                format!(
-                    "{} (SDXL pipelines need the second text encoder, not supported yet)",
-                    self.class_name
-                ),
+                format!("{} (of the SDXL family only StableDiffusionXLPipeline runs)", self.class_name),
             ));
+        }
+        if self.is_xl() {
+            match self.component("text_encoder_2") {
+                Some((_, class)) if class == "CLIPTextModelWithProjection" => {}
+                Some((_, class)) => return Err(unsupported(F, "text_encoder_2", class)),
+                None => {
+                    return Err(ModelError::MissingComponent {
+                        component: "text_encoder_2".into(),
+                    });
+                }
+            }
         }
         for (name, expected) in [
             ("unet", "UNet2DConditionModel"),

@@ -87,6 +87,8 @@ pub struct StableDiffusion {
     pub name: String,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextEncoder,
+    /// SDXL's second tokenizer and text encoder, and its empty-negative rule.
+    pub xl: Option<XlParts>,
     pub unet: UNet,
     pub vae: Vae,
     /// `scheduler/scheduler_config.json` as written. The model layer does not interpret it:
@@ -94,6 +96,14 @@ pub struct StableDiffusion {
     pub scheduler_json: String,
     pub device: Device,
     pub dtype: DType,
+}
+
+/// What an SDXL pipeline has beyond SD's components.
+pub struct XlParts {
+    pub tokenizer_2: ClipTokenizer,
+    pub text_encoder_2: ClipTextEncoder,
+    /// Zero negative embeddings when the negative prompt is empty (model_index.json).
+    pub force_zeros_for_empty_prompt: bool,
 }
 
 /// The safetensors files holding one component's weights, preferring the variant that matches
@@ -245,13 +255,44 @@ impl StableDiffusion {
                 value: format!("{} (the VAE has {} latent channels)", unet_cfg.in_channels, vae_cfg.latent_channels),
             });
         }
-        if unet_cfg.cross_attention_dim.get(0) != te_cfg.hidden_size {
+        let xl_cfg = if index.is_xl() {
+            let cfg2 = TextEncoderConfig::from_file(&require(root.join("text_encoder_2/config.json"))?)?;
+            let tok2 = ClipTokenizer::from_dir(&root.join("tokenizer_2"))?;
+            Some((cfg2, tok2))
+        } else {
+            None
+        };
+        let context_dim = te_cfg.hidden_size + xl_cfg.as_ref().map_or(0, |(c, _)| c.hidden_size);
+        if let Some((cfg2, _)) = &xl_cfg {
+            let want = 6 * unet_cfg.addition_time_embed_dim.unwrap_or(0) + cfg2.projection_dim.unwrap_or(0);
+            if unet_cfg.addition_embed_type.as_deref() != Some("text_time") || unet_cfg.projection_class_embeddings_input_dim != Some(want)
+            {
+                return Err(ModelError::Unsupported {
+                    file: "unet/config.json".into(),
+                    key: "projection_class_embeddings_input_dim".into(),
+                    value: format!(
+                        "{:?} with addition_embed_type {:?} (an SDXL pipeline needs text_time and 6 x addition_time_embed_dim + text_encoder_2's projection_dim = {want})",
+                        unet_cfg.projection_class_embeddings_input_dim, unet_cfg.addition_embed_type
+                    ),
+                });
+            }
+        } else if unet_cfg.addition_embed_type.is_some() {
+            return Err(ModelError::Unsupported {
+                file: "unet/config.json".into(),
+                key: "addition_embed_type".into(),
+                value: format!(
+                    "{:?} (the pipeline has no second text encoder to feed it)",
+                    unet_cfg.addition_embed_type
+                ),
+            });
+        }
+        if unet_cfg.cross_attention_dim.get(0) != context_dim {
             return Err(ModelError::Unsupported {
                 file: "unet/config.json".into(),
                 key: "cross_attention_dim".into(),
                 value: format!(
-                    "{:?} (the text encoder's hidden_size is {})",
-                    unet_cfg.cross_attention_dim, te_cfg.hidden_size
+                    "{:?} (the text encoders' hidden sizes add up to {context_dim})",
+                    unet_cfg.cross_attention_dim
                 ),
             });
         }
@@ -265,6 +306,28 @@ impl StableDiffusion {
 
         let te_vb = var_builder(&root.join("text_encoder"), "model", dtype, device)?;
         let text_encoder = ClipTextEncoder::new(te_vb, &te_cfg).map_err(weights_err("text_encoder"))?;
+        let xl = match xl_cfg {
+            Some((cfg2, tokenizer_2)) => {
+                let vb2 = var_builder(&root.join("text_encoder_2"), "model", dtype, device)?;
+                let text_encoder_2 = ClipTextEncoder::new(vb2, &cfg2).map_err(weights_err("text_encoder_2"))?;
+                if !text_encoder_2.has_projection() {
+                    return Err(ModelError::Unsupported {
+                        file: "text_encoder_2/config.json".into(),
+                        key: "projection_dim".into(),
+                        value: format!(
+                            "{:?} (no text_projection weights: SDXL needs CLIPTextModelWithProjection)",
+                            cfg2.projection_dim
+                        ),
+                    });
+                }
+                Some(XlParts {
+                    tokenizer_2,
+                    text_encoder_2,
+                    force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt,
+                })
+            }
+            None => None,
+        };
         let unet_vb = var_builder(&root.join("unet"), "diffusion_pytorch_model", dtype, device)?;
         let unet = UNet::new(unet_vb, &unet_cfg).map_err(weights_err("unet"))?;
         let vae_vb = var_builder(&root.join("vae"), "diffusion_pytorch_model", dtype, device)?;
@@ -279,6 +342,7 @@ impl StableDiffusion {
             name,
             tokenizer,
             text_encoder,
+            xl,
             unet,
             vae,
             scheduler_json,

@@ -487,8 +487,41 @@ pub struct UNet {
     up: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
+    /// SDXL's `add_embedding` (`addition_embed_type: "text_time"`): linear_1, linear_2.
+    add_embedding: Option<(Linear, Linear)>,
     attn_layers: Vec<AttnLayerInfo>,
     pub config: UNetConfig,
+}
+
+/// SDXL's added conditioning for one UNet call: the pooled text embeddings [B, P] and the
+/// time ids [B, 6] (original size, crop top-left, target size).
+pub struct AddedCond<'a> {
+    pub text_embeds: &'a Tensor,
+    pub time_ids: &'a Tensor,
+}
+
+/// diffusers' `get_timestep_embedding` of each value, in float32 with the same op order (so
+/// the rounding matches): [n, dim], `flip` puts cos first.
+fn sinusoidal(values: &[f32], dim: usize, flip: bool, shift: f32) -> Vec<f32> {
+    let half = dim / 2;
+    let log_period = -(10000f64.ln() as f32);
+    let freqs: Vec<f32> = (0..half).map(|i| (log_period * i as f32 / (half as f32 - shift)).exp()).collect();
+    let mut out = vec![0f32; values.len() * dim];
+    for (k, &t) in values.iter().enumerate() {
+        let row = &mut out[k * dim..(k + 1) * dim];
+        for (i, f) in freqs.iter().enumerate() {
+            let arg = t * f;
+            let (s, c) = (arg.sin(), arg.cos());
+            if flip {
+                row[i] = c;
+                row[half + i] = s;
+            } else {
+                row[i] = s;
+                row[half + i] = c;
+            }
+        }
+    }
+    out
 }
 
 impl UNet {
@@ -637,10 +670,23 @@ impl UNet {
             prev_out = out_c;
         }
 
+        let add_embedding = match cfg.addition_embed_type.as_deref() {
+            Some("text_time") => {
+                let input = cfg.projection_class_embeddings_input_dim.unwrap_or(0);
+                let va = vb.pp("add_embedding");
+                Some((
+                    candle_nn::linear(input, temb, va.pp("linear_1"))?,
+                    candle_nn::linear(temb, temb, va.pp("linear_2"))?,
+                ))
+            }
+            _ => None,
+        };
+
         Ok(Self {
             conv_in,
             time_linear_1,
             time_linear_2,
+            add_embedding,
             down,
             mid,
             up,
@@ -690,34 +736,55 @@ impl UNet {
     /// diffusers' `get_timestep_embedding` in float32 (same op order, so the rounding matches).
     fn timestep_embedding(&self, timestep: f64, batch: usize, device: &Device, dtype: DType) -> Result<Tensor> {
         let dim = self.config.block_out_channels[0];
-        let half = dim / 2;
-        let t = timestep as f32;
-        let shift = self.config.freq_shift as f32;
-        let log_period = -(10000f64.ln() as f32);
-        let mut emb = vec![0f32; dim];
-        for i in 0..half {
-            let exponent = log_period * i as f32 / (half as f32 - shift);
-            let arg = t * exponent.exp();
-            let (s, c) = (arg.sin(), arg.cos());
-            if self.config.flip_sin_to_cos {
-                emb[i] = c;
-                emb[half + i] = s;
-            } else {
-                emb[i] = s;
-                emb[half + i] = c;
-            }
-        }
+        let emb = sinusoidal(&[timestep as f32], dim, self.config.flip_sin_to_cos, self.config.freq_shift as f32);
         let one = Tensor::from_vec(emb, (1, dim), device)?;
         one.repeat((batch, 1))?.to_dtype(dtype)
+    }
+
+    /// Whether the UNet needs SDXL's added conditioning.
+    pub fn needs_added_cond(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// SDXL's `aug_emb`: `add_embedding(concat(text_embeds, add_time_proj(time_ids)))`.
+    fn aug_embedding(&self, added: &AddedCond, dtype: DType) -> Result<Option<Tensor>> {
+        let Some((l1, l2)) = &self.add_embedding else { return Ok(None) };
+        let (b, n) = added.time_ids.dims2()?;
+        let dim = self.config.addition_time_embed_dim.unwrap_or(0);
+        let ids: Vec<f32> = added.time_ids.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let t = sinusoidal(&ids, dim, self.config.flip_sin_to_cos, self.config.freq_shift as f32);
+        let time_embeds = Tensor::from_vec(t, (b, n * dim), added.time_ids.device())?.to_dtype(dtype)?;
+        let add = Tensor::cat(&[&added.text_embeds.to_dtype(dtype)?, &time_embeds], 1)?;
+        Ok(Some(l2.forward(&l1.forward(&add)?.silu()?)?))
     }
 
     /// One UNet evaluation: `sample` [B, C, h, w], the same `timestep` for the whole batch,
     /// `context` [B, 77, D]. Cross-attention maps go to `probe` when it is on.
     pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor, probe: &mut AttnProbe) -> Result<Tensor> {
+        self.forward_added(sample, timestep, context, None, probe)
+    }
+
+    /// [`UNet::forward`] with SDXL's added conditioning (required when the config has
+    /// `addition_embed_type: "text_time"`, ignored otherwise).
+    pub fn forward_added(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedCond>,
+        probe: &mut AttnProbe,
+    ) -> Result<Tensor> {
         let (b, _, _, _) = sample.dims4()?;
         let dtype = sample.dtype();
         let t_emb = self.timestep_embedding(timestep, b, sample.device(), dtype)?;
-        let emb = self.time_linear_2.forward(&self.time_linear_1.forward(&t_emb)?.silu()?)?;
+        let mut emb = self.time_linear_2.forward(&self.time_linear_1.forward(&t_emb)?.silu()?)?;
+        if self.add_embedding.is_some() {
+            let added = added
+                .ok_or_else(|| candle_core::Error::Msg("this UNet (text_time) needs the pooled text embeddings and time ids".into()))?;
+            if let Some(aug) = self.aug_embedding(added, dtype)? {
+                emb = (emb + aug)?;
+            }
+        }
         let emb_act = emb.silu()?;
 
         let mut xs = self.conv_in.forward(sample)?;

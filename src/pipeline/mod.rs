@@ -65,6 +65,11 @@ pub struct PromptEmbeddings {
     pub dim: usize,
     pub positive: Vec<f32>,
     pub negative: Vec<f32>,
+    /// SDXL: the second encoder's pooled, projected embedding of each prompt (empty for SD).
+    #[serde(default)]
+    pub pooled: Vec<f32>,
+    #[serde(default)]
+    pub negative_pooled: Vec<f32>,
 }
 
 /// Everything that determines a run. Plain data: the UI and the CLI build it, the worker

@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 use super::{PromptEmbeddings, RunError};
 use crate::model::StableDiffusion;
 use crate::model::tokenizer::TokenizedPrompt;
-use crate::model::unet::{AttnProbe, Taps, UNet};
+use crate::model::unet::{AddedCond, AttnProbe, Taps, UNet};
 use crate::model::vae::{Vae, VaeEncoder};
 use crate::trace::{AttnLayer, AttnMap, RgbImage};
 use crate::types::CaptureMode;
@@ -16,6 +16,9 @@ use crate::types::CaptureMode;
 /// plain data.
 pub struct Conditioning {
     context: Tensor,
+    /// SDXL: the pooled text embeddings [B, P] and the time ids [B, 6], batch order as
+    /// `context`.
+    added: Option<(Tensor, Tensor)>,
     guided: bool,
     pub positive: TokenizedPrompt,
     pub negative: TokenizedPrompt,
@@ -25,14 +28,86 @@ impl Conditioning {
     /// The embeddings as plain data (the negative half is empty without guidance).
     pub fn embeddings(&self) -> Result<PromptEmbeddings, RunError> {
         let (_, tokens, dim) = self.context.dims3()?;
-        let row = |i: usize| -> Result<Vec<f32>, RunError> { Ok(self.context.get(i)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
+        let row = |t: &Tensor, i: usize| -> Result<Vec<f32>, RunError> { Ok(t.get(i)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
+        let pos = usize::from(self.guided);
+        let (pooled, negative_pooled) = match &self.added {
+            Some((p, _)) => (row(p, pos)?, if self.guided { row(p, 0)? } else { Vec::new() }),
+            None => (Vec::new(), Vec::new()),
+        };
         Ok(PromptEmbeddings {
             tokens,
             dim,
-            positive: row(usize::from(self.guided))?,
-            negative: if self.guided { row(0)? } else { Vec::new() },
+            positive: row(&self.context, pos)?,
+            negative: if self.guided { row(&self.context, 0)? } else { Vec::new() },
+            pooled,
+            negative_pooled,
         })
     }
+
+    /// SDXL: the time ids for an image of `height` x `width` (original size = target size, no
+    /// crop: the pipeline's defaults). Nothing to do for SD.
+    pub fn set_image_size(&mut self, height: usize, width: usize) -> Result<(), RunError> {
+        if let Some((pooled, ids)) = &self.added {
+            let b = pooled.dim(0)?;
+            let one = [height as f32, width as f32, 0.0, 0.0, height as f32, width as f32];
+            let all: Vec<f32> = (0..b).flat_map(|_| one).collect();
+            let ids2 = Tensor::from_vec(all, (b, 6), ids.device())?.to_dtype(ids.dtype())?;
+            self.added = Some((pooled.clone(), ids2));
+        }
+        Ok(())
+    }
+
+    /// The UNet's added conditioning for a batch of `n` copies of each branch (the same
+    /// layout as [`batch_context`]).
+    fn added_for(&self, n: usize) -> Result<Option<(Tensor, Tensor)>, RunError> {
+        let Some((p, ids)) = &self.added else { return Ok(None) };
+        if n == 1 {
+            return Ok(Some((p.clone(), ids.clone())));
+        }
+        let rep = |t: &Tensor| -> Result<Tensor, RunError> {
+            if !self.guided {
+                return Ok(t.repeat((n, 1))?);
+            }
+            let u = t.narrow(0, 0, 1)?.repeat((n, 1))?;
+            let c = t.narrow(0, 1, 1)?.repeat((n, 1))?;
+            Ok(Tensor::cat(&[&u, &c], 0)?)
+        };
+        Ok(Some((rep(p)?, rep(ids)?)))
+    }
+}
+
+/// SDXL's prompt encoding (diffusers' `StableDiffusionXLPipeline.encode_prompt`): both
+/// encoders' penultimate hidden states concatenated, the second encoder's projected EOS output
+/// as the pooled embedding; an empty negative prompt gives zeros when the pipeline has
+/// `force_zeros_for_empty_prompt`.
+fn encode_xl(
+    sd: &StableDiffusion,
+    xl: &crate::model::loader::XlParts,
+    prompt: &str,
+    negative: &str,
+    guided: bool,
+) -> Result<(Tensor, Tensor), RunError> {
+    let device = &sd.device;
+    let encode = |text: &str| -> Result<(Tensor, Tensor), RunError> {
+        let ids1 = Tensor::new(sd.tokenizer.encode(text).ids.as_slice(), device)?.unsqueeze(0)?;
+        let ids2 = Tensor::new(xl.tokenizer_2.encode(text).ids.as_slice(), device)?.unsqueeze(0)?;
+        let h1 = sd.text_encoder.forward_hidden(&ids1, 0)?;
+        let h2 = xl.text_encoder_2.forward_hidden(&ids2, 0)?;
+        let pooled = h2
+            .pooled
+            .ok_or_else(|| RunError::BadInput("text_encoder_2 has no projection".into()))?;
+        Ok((Tensor::cat(&[&h1.hidden, &h2.hidden], 2)?, pooled))
+    };
+    let (pos, pooled) = encode(prompt)?;
+    if !guided {
+        return Ok((pos, pooled));
+    }
+    let (neg, neg_pooled) = if negative.is_empty() && xl.force_zeros_for_empty_prompt {
+        (pos.zeros_like()?, pooled.zeros_like()?)
+    } else {
+        encode(negative)?
+    };
+    Ok((Tensor::cat(&[&neg, &pos], 0)?, Tensor::cat(&[&neg_pooled, &pooled], 0)?))
 }
 
 /// Tokenizes `prompt` (and `negative` when `guided`) and encodes them with the text encoder,
@@ -45,12 +120,29 @@ pub fn encode_prompt(
     overrides: Option<&PromptEmbeddings>,
 ) -> Result<Conditioning, RunError> {
     let device = &sd.device;
+    let negative_text = negative;
     let positive = sd.tokenizer.encode(prompt);
     let negative = sd.tokenizer.encode(negative);
     let encode = |ids: &[u32]| -> Result<Tensor, RunError> {
         let ids = Tensor::new(ids, device)?.unsqueeze(0)?;
         Ok(sd.text_encoder.forward(&ids)?)
     };
+    if let Some(xl) = &sd.xl
+        && overrides.is_none()
+    {
+        let (context, pooled) = encode_xl(sd, xl, prompt, negative_text, guided)?;
+        let b = pooled.dim(0)?;
+        let mut cond = Conditioning {
+            context,
+            added: Some((pooled, Tensor::zeros((b, 6), sd.dtype, device)?)),
+            guided,
+            positive,
+            negative,
+        };
+        let s = sd.default_size();
+        cond.set_image_size(s, s)?;
+        return Ok(cond);
+    }
     let (pos_emb, neg_emb) = match overrides {
         None => {
             let pos = encode(&positive.ids)?;
@@ -59,7 +151,8 @@ pub fn encode_prompt(
         }
         Some(e) => {
             // The encoder's own output shape is the contract: [1, tokens, hidden_size].
-            let (tokens, dim) = (positive.ids.len(), sd.text_encoder.config.hidden_size);
+            let dim = sd.text_encoder.config.hidden_size + sd.xl.as_ref().map_or(0, |x| x.text_encoder_2.config.hidden_size);
+            let tokens = positive.ids.len();
             let as_tensor = |what: &str, v: &[f32]| -> Result<Tensor, RunError> {
                 if e.tokens != tokens || e.dim != dim || v.len() != tokens * dim {
                     return Err(RunError::BadInput(format!(
@@ -83,12 +176,39 @@ pub fn encode_prompt(
         Some(neg) => Tensor::cat(&[&neg, &pos_emb], 0)?,
         None => pos_emb,
     };
-    Ok(Conditioning {
+    // SDXL with given embeddings: the pooled embeddings come with them.
+    let added = match (&sd.xl, overrides) {
+        (Some(_), Some(e)) => {
+            let p = sd.xl.as_ref().map_or(0, |x| x.text_encoder_2.config.projection_dim.unwrap_or(0));
+            let vec = |what: &str, v: &[f32]| -> Result<Tensor, RunError> {
+                if v.len() != p {
+                    return Err(RunError::BadInput(format!(
+                        "{what} pooled embedding has {} values; this model's is {p}",
+                        v.len()
+                    )));
+                }
+                Ok(Tensor::from_vec(v.to_vec(), (1, p), device)?.to_dtype(sd.dtype)?)
+            };
+            let pooled = if guided {
+                Tensor::cat(&[&vec("negative", &e.negative_pooled)?, &vec("positive", &e.pooled)?], 0)?
+            } else {
+                vec("positive", &e.pooled)?
+            };
+            let b = pooled.dim(0)?;
+            Some((pooled, Tensor::zeros((b, 6), sd.dtype, device)?))
+        }
+        _ => None,
+    };
+    let mut cond = Conditioning {
         context,
+        added,
         guided,
         positive,
         negative,
-    })
+    };
+    let s = sd.default_size();
+    cond.set_image_size(s, s)?;
+    Ok(cond)
 }
 
 /// What one UNet evaluation gives: the (guided) model output [C, h, w] and the attention maps
@@ -155,7 +275,14 @@ fn eval_on(
     let x = Tensor::from_vec(x, (1, c, h, w), &sd.device)?.to_dtype(sd.dtype)?;
     let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
     let mut probe = AttnProbe::new(capture, usize::from(cond.guided));
-    let out = unet.forward(&x, t, &cond.context, &mut probe)?.to_dtype(DType::F32)?;
+    let added = cond.added_for(1)?;
+    let added = added.as_ref().map(|(p, ids)| AddedCond {
+        text_embeds: p,
+        time_ids: ids,
+    });
+    let out = unet
+        .forward_added(&x, t, &cond.context, added.as_ref(), &mut probe)?
+        .to_dtype(DType::F32)?;
     let model_output: Vec<f32> = if cond.guided {
         let uncond = out.get(0)?.flatten_all()?.to_vec1::<f32>()?;
         let cnd = out.get(1)?.flatten_all()?.to_vec1::<f32>()?;
@@ -276,7 +403,15 @@ pub fn guided_eval_batch(
     let x = Tensor::from_vec(flat, (n, c, h, w), &sd.device)?.to_dtype(sd.dtype)?;
     let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
     let context = batch_context(cond, n)?;
-    let out = sd.unet.forward(&x, t, &context, &mut AttnProbe::off())?.to_dtype(DType::F32)?;
+    let added = cond.added_for(n)?;
+    let added = added.as_ref().map(|(p, ids)| AddedCond {
+        text_embeds: p,
+        time_ids: ids,
+    });
+    let out = sd
+        .unet
+        .forward_added(&x, t, &context, added.as_ref(), &mut AttnProbe::off())?
+        .to_dtype(DType::F32)?;
     let mut outputs = Vec::with_capacity(n);
     for i in 0..n {
         let v = if cond.guided {
@@ -323,7 +458,15 @@ pub fn cam_eval(
     let x = Tensor::from_vec(x, (1, c, h, w), &sd.device)?.to_dtype(sd.dtype)?;
     let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
     let mut probe = AttnProbe::tapping(Taps::new(blocks.map(<[String]>::to_vec)));
-    let out = sd.unet.forward(&x, t, &cond.context, &mut probe)?.to_dtype(DType::F32)?;
+    let added = cond.added_for(1)?;
+    let added = added.as_ref().map(|(p, ids)| AddedCond {
+        text_embeds: p,
+        time_ids: ids,
+    });
+    let out = sd
+        .unet
+        .forward_added(&x, t, &cond.context, added.as_ref(), &mut probe)?
+        .to_dtype(DType::F32)?;
     let guided = if cond.guided {
         let (u, cnd) = (out.get(0)?, out.get(1)?);
         (&u + ((&cnd - &u)? * guidance as f64)?)?

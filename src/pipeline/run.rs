@@ -86,7 +86,8 @@ pub fn run_hooked(
     let [c, h, w] = geo.latent;
     let device = &sd.device;
 
-    let cond = encode_prompt(sd, &cfg.prompt, &cfg.negative_prompt, cfg.guided(), cfg.embeddings.as_ref())?;
+    let mut cond = encode_prompt(sd, &cfg.prompt, &cfg.negative_prompt, cfg.guided(), cfg.embeddings.as_ref())?;
+    cond.set_image_size(geo.height, geo.width)?;
 
     // Sampler and initial latents.
     let options = SamplerOptions {

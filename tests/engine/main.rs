@@ -16,6 +16,7 @@ mod metrics;
 mod parity;
 mod probe;
 mod saliency;
+mod sdxl;
 mod shapes_metrics;
 mod trace_io;
 mod worker;

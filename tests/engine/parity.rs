@@ -19,10 +19,13 @@ const SAMPLERS: &[&str] = &[
     "heun",
 ];
 
-fn check_case(model: &str, case_name: &str) -> Vec<String> {
+pub fn check_case(model: &str, case_name: &str) -> Vec<String> {
     let sd = load_model(model);
     let case = Case::load(model, case_name);
     let mut cfg = case.run_config();
+    if let Some(sp) = case.json["scheduler_overrides"]["timestep_spacing"].as_str() {
+        cfg.spacing = Some(sp.parse().unwrap());
+    }
     let with_attn = case.tensors.keys().any(|k| k.starts_with("attn."));
     cfg.attention = if with_attn { CaptureMode::Full } else { CaptureMode::None };
     let out = generate(&sd, &cfg);
@@ -110,7 +113,7 @@ fn check_case(model: &str, case_name: &str) -> Vec<String> {
     failures
 }
 
-fn check_model(model: &str) {
+pub fn check_model(model: &str) {
     let mut failures = Vec::new();
     for s in SAMPLERS {
         for g in ["1.0", "7.5"] {
