@@ -297,6 +297,26 @@ fn class_params(kind: SamplerKind) -> Vec<(&'static str, Value)> {
             ("timestep_spacing", json!("linspace")),
             ("steps_offset", json!(0)),
         ],
+        SamplerKind::Lcm => {
+            // LCMScheduler's beta defaults are SD's.
+            v[1].1 = json!(0.00085);
+            v[2].1 = json!(0.012);
+            v[3].1 = json!("scaled_linear");
+            vec![
+                ("original_inference_steps", json!(50)),
+                ("clip_sample", f()),
+                ("clip_sample_range", json!(1.0)),
+                ("set_alpha_to_one", json!(true)),
+                ("steps_offset", json!(0)),
+                ("prediction_type", eps()),
+                ("thresholding", f()),
+                ("dynamic_thresholding_ratio", json!(0.995)),
+                ("sample_max_value", json!(1.0)),
+                ("timestep_spacing", json!("leading")),
+                ("timestep_scaling", json!(10.0)),
+                ("rescale_betas_zero_snr", f()),
+            ]
+        }
         SamplerKind::Heun => {
             // Heun's beta defaults differ from every other class.
             v[1].1 = json!(0.00085);
@@ -363,6 +383,9 @@ pub struct ResolvedConfig {
     pub lower_order_final: bool,
     pub euler_at_final: bool,
     pub lambda_min_clipped: f64,
+    /// LCM: the distillation schedule's length and the boundary condition's time scale.
+    pub original_inference_steps: usize,
+    pub timestep_scaling: f64,
     /// The effective parameter map (what diffusers' `scheduler.config` would hold).
     pub effective: Map<String, Value>,
 }
@@ -601,6 +624,19 @@ impl ResolvedConfig {
             lower_order_final,
             euler_at_final,
             lambda_min_clipped,
+            original_inference_steps: if has("original_inference_steps") {
+                let v = get("original_inference_steps");
+                v.as_u64()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| bad("original_inference_steps", &v, "expected a positive integer"))? as usize
+            } else {
+                50
+            },
+            timestep_scaling: if has("timestep_scaling") {
+                as_f64("timestep_scaling")?
+            } else {
+                10.0
+            },
             effective,
         })
     }

@@ -36,10 +36,11 @@ pub enum SamplerKind {
     Pndm,
     Lms,
     Heun,
+    Lcm,
 }
 
 impl SamplerKind {
-    pub const ALL: [SamplerKind; 8] = [
+    pub const ALL: [SamplerKind; 9] = [
         SamplerKind::Ddim,
         SamplerKind::Ddpm,
         SamplerKind::Euler,
@@ -48,6 +49,7 @@ impl SamplerKind {
         SamplerKind::Pndm,
         SamplerKind::Lms,
         SamplerKind::Heun,
+        SamplerKind::Lcm,
     ];
 
     /// The CLI name.
@@ -61,6 +63,7 @@ impl SamplerKind {
             SamplerKind::Pndm => "pndm",
             SamplerKind::Lms => "lms",
             SamplerKind::Heun => "heun",
+            SamplerKind::Lcm => "lcm",
         }
     }
 
@@ -75,6 +78,7 @@ impl SamplerKind {
             SamplerKind::Pndm => "PNDMScheduler",
             SamplerKind::Lms => "LMSDiscreteScheduler",
             SamplerKind::Heun => "HeunDiscreteScheduler",
+            SamplerKind::Lcm => "LCMScheduler",
         }
     }
 
@@ -93,7 +97,7 @@ impl SamplerKind {
 
     /// Whether the sampler draws noise during `step` (with default options; DDIM does when eta > 0).
     pub fn is_stochastic(self) -> bool {
-        matches!(self, SamplerKind::Ddpm | SamplerKind::EulerAncestral)
+        matches!(self, SamplerKind::Ddpm | SamplerKind::EulerAncestral | SamplerKind::Lcm)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The SDXL family against diffusers on a tiny random-weight StableDiffusionXLPipeline
 //! (tests/fixtures/make_sdxl_fixtures.py): two text encoders of different widths, the
 //! second's projection, text_time conditioning, transformer_layers_per_block (1, 2, 3); every
-//! sampler with and without guidance, a real negative prompt, the Turbo setting, attention maps.
+//! sampler with and without guidance, a real negative prompt, the Turbo setting, LCM at 4
+//! steps, attention maps.
 
 use diffusion_scope::pipeline;
 
@@ -14,7 +15,7 @@ fn sdxl_every_sampler_matches_diffusers() {
 }
 
 #[test]
-fn sdxl_negative_prompt_turbo_and_attention_match_diffusers() {
+fn sdxl_negative_prompt_turbo_lcm_and_attention_match_diffusers() {
     let mut failures = Vec::new();
     for case in [
         "euler_g5.0_neg",
@@ -22,6 +23,8 @@ fn sdxl_negative_prompt_turbo_and_attention_match_diffusers() {
         "euler-a_g0.0_trailing_s2",
         "euler-a_g0.0_trailing_s4",
         "attn_ddim_g7.5",
+        "lcm_g1.0",
+        "lcm_g1.5",
     ] {
         failures.extend(check_case("tiny-sdxl", case));
     }

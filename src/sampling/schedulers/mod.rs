@@ -37,6 +37,7 @@ mod dpmpp_2m;
 mod euler;
 mod euler_ancestral;
 mod heun;
+mod lcm;
 mod lms;
 mod pndm;
 #[cfg(test)]
@@ -54,6 +55,7 @@ pub use dpmpp_2m::DpmPP2M;
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
 pub use heun::Heun;
+pub use lcm::{Lcm, lcm_timesteps};
 pub use lms::Lms;
 pub use pndm::Pndm;
 
@@ -72,6 +74,11 @@ pub fn resolve(kind: SamplerKind, config: &SchedulerConfig, options: &SamplerOpt
         return Err(SamplerError::InvalidOption(format!(
             "eta is a DDIM option; {kind} does not take it"
         )));
+    }
+    if kind == SamplerKind::Lcm && options.spacing.is_some() {
+        return Err(SamplerError::InvalidOption(
+            "lcm takes its timesteps from the distillation schedule (original_inference_steps); it has no timestep spacing".into(),
+        ));
     }
     let mut map = config.effective_map(kind);
     if options.karras {
@@ -199,11 +206,12 @@ fn build_unchecked_levels(
         SamplerKind::Pndm => Box::new(Pndm::new(rc, common)),
         SamplerKind::Lms => Box::new(Lms::new(rc, common)),
         SamplerKind::Heun => Box::new(Heun::new(rc, common)),
+        SamplerKind::Lcm => Box::new(Lcm::new(rc, common)?),
     };
     // DDIM, DDPM and PNDM index `alphas_cumprod` by timestep: with `steps_offset` (leading
     // spacing) a large step count points past its end, where diffusers fails with an
     // IndexError. (The sigma-based samplers interpolate, clamping, as diffusers does.)
-    let indexes_alphas = matches!(kind, SamplerKind::Ddim | SamplerKind::Ddpm | SamplerKind::Pndm);
+    let indexes_alphas = matches!(kind, SamplerKind::Ddim | SamplerKind::Ddpm | SamplerKind::Pndm | SamplerKind::Lcm);
     if let Some(&t) = sampler
         .timesteps()
         .iter()
