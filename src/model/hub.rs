@@ -86,13 +86,23 @@ pub fn resolve(source: &ModelSource, prefer_fp16: bool) -> Result<PathBuf, Model
             let fetch = |file: &str| fetch_opt(file, false);
             let index = fetch("model_index.json")?
                 .ok_or_else(|| ModelError::Hub(format!("{owner}/{name} has no model_index.json (not a diffusers pipeline repo)")))?;
-            for f in &CONFIG_FILES[1..] {
+            // SDXL pipelines add a second text encoder and tokenizer.
+            let xl = super::config::ModelIndex::from_file(&index)?.is_xl();
+            let mut configs: Vec<String> = CONFIG_FILES[1..].iter().map(|f| f.to_string()).collect();
+            let mut tokenizer_files: Vec<String> = TOKENIZER_FILES.iter().map(|f| f.to_string()).collect();
+            let mut weights: Vec<(&str, &str)> = WEIGHT_FILES.to_vec();
+            if xl {
+                configs.push("text_encoder_2/config.json".into());
+                tokenizer_files.extend(TOKENIZER_FILES.iter().map(|f| f.replacen("tokenizer/", "tokenizer_2/", 1)));
+                weights.push(("text_encoder_2", "model"));
+            }
+            for f in &configs {
                 fetch(f)?.ok_or_else(|| ModelError::Hub(format!("{owner}/{name} has no {f}")))?;
             }
-            for f in TOKENIZER_FILES {
+            for f in &tokenizer_files {
                 fetch_opt(f, true)?;
             }
-            for (dir, stem) in WEIGHT_FILES {
+            for (dir, stem) in &weights {
                 let variants: &[&str] = if prefer_fp16 { &[".fp16", ""] } else { &["", ".fp16"] };
                 let mut found = false;
                 for (k, v) in variants.iter().enumerate() {

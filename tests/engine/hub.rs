@@ -64,3 +64,64 @@ fn hub_id_resolves_from_the_cache_offline() {
         "{err}"
     );
 }
+
+/// The layout of stabilityai/sdxl-turbo in the cache: an SDXL pipeline whose weights are only
+/// the `.fp16` variants (here converted to f16 for real), the second text encoder and
+/// tokenizer, the repo's trailing Euler-ancestral scheduler config; one step at guidance 0.
+#[test]
+fn sdxl_turbo_layout_resolves_from_the_cache() {
+    let cache = tempdir("hf-cache-xl");
+    let repo = cache.join("models--stabilityai--sdxl-turbo");
+    let commit = "89abcdef0123456789abcdef0123456789abcdef";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let snap = repo.join("snapshots").join(commit);
+    copy_dir(&fixtures().join("tiny-sdxl"), &snap);
+    for (dir, stem) in [
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+        ("text_encoder_2", "model"),
+    ] {
+        let plain = snap.join(dir).join(format!("{stem}.safetensors"));
+        let tensors = candle_core::safetensors::load(&plain, &candle_core::Device::Cpu).unwrap();
+        let half: std::collections::HashMap<String, candle_core::Tensor> = tensors
+            .into_iter()
+            .map(|(k, t)| (k, t.to_dtype(candle_core::DType::F16).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&half, snap.join(dir).join(format!("{stem}.fp16.safetensors"))).unwrap();
+        std::fs::remove_file(plain).unwrap();
+    }
+    // sdxl-turbo's scheduler: Euler ancestral, trailing spacing.
+    let sched = serde_json::json!({
+        "_class_name": "EulerAncestralDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+        "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+        "steps_offset": 1, "timestep_spacing": "trailing", "trained_betas": null
+    });
+    std::fs::write(snap.join("scheduler/scheduler_config.json"), sched.to_string()).unwrap();
+
+    let out = tempdir("hub-out-xl");
+    let o = Command::new(env!("CARGO_BIN_EXE_diffusion-scope"))
+        .args([
+            "generate",
+            "--model",
+            "stabilityai/sdxl-turbo",
+            "--prompt",
+            "a red circle",
+            "--steps",
+            "1",
+            "--guidance",
+            "0",
+        ])
+        .args(["--seed", "1", "--quiet", "--out", out.to_str().unwrap()])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", &cache)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("trace.json")).unwrap()).unwrap();
+    assert_eq!(meta["sampler"], "euler-a");
+    assert_eq!(meta["timesteps"], serde_json::json!([999.0]));
+    assert!(meta["model_path"].as_str().unwrap().contains(commit));
+    assert!(out.join("image.png").is_file());
+}
