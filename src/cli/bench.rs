@@ -20,6 +20,10 @@ pub struct BenchArgs {
     /// Timed forward passes per variant (after one warm-up each).
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// The UNet config: sd15 (ours against candle-transformers') or sdxl (SDXL base 1.0's:
+    /// ours with capture off / aggregate / full, and the capture memory of a 1024x1024 run).
+    #[arg(long, default_value = "sd15")]
+    unet: String,
     #[arg(long, default_value = "f32")]
     dtype: DTypeChoice,
     #[arg(long, default_value = "cpu")]
@@ -53,6 +57,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     anyhow::ensure!(a.size.is_multiple_of(64) && a.size > 0, "--size must be a positive multiple of 64");
     anyhow::ensure!(a.reps > 0, "--reps must be at least 1");
+    match a.unet.as_str() {
+        "sd15" => {}
+        "sdxl" => return run_xl(a),
+        other => anyhow::bail!("--unet {other}: expected sd15 or sdxl"),
+    }
     let device = a.device.device()?;
     println!(
         "SD 1.5 UNet config, random weights, {}x{} image ({}x{} latents), batch 2 (CFG), {}, {:?}, {} threads",
@@ -96,6 +105,61 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         med[0] / med[3]
     );
     println!("({} cross-attention layers, {} reps per variant)", setup.attn_layers(), a.reps);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SDXL base's UNet with random weights: capture off / aggregate / full, interleaved, and
+/// what `aggregate` and `full` keep for a 30-step 1024x1024 run.
+fn run_xl(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let device = a.device.device()?;
+    println!(
+        "SDXL base 1.0 UNet config, random weights, {}x{} image ({}x{} latents), batch 2 (CFG), {}, {:?}, {} threads",
+        a.size,
+        a.size,
+        a.size / 8,
+        a.size / 8,
+        a.dtype.as_str(),
+        a.device,
+        candle_core::utils::get_num_threads()
+    );
+    let setup = bench::setup_xl(a.size, &device, a.dtype.dtype()).context("building the UNet")?;
+    let modes = [CaptureMode::None, CaptureMode::Aggregate, CaptureMode::Full];
+    for m in modes {
+        setup.time(m, 999.0)?; // warm-up
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for rep in 0..a.reps {
+        for k in 0..modes.len() {
+            let i = (k + rep) % modes.len();
+            times[i].push(setup.time(modes[i], 999.0 - rep as f64)?);
+        }
+    }
+    let med: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    println!("\n{:<28} {:>12} {:>10}", "capture", "median ms", "ratio");
+    for (i, m) in modes.iter().enumerate() {
+        println!("{:<28} {:>12.1} {:>10.3}", m.as_str(), med[i] * 1e3, med[i] / med[0]);
+    }
+    // What a 30-step 1024x1024 run keeps (f32 maps, 77 tokens): per layer for full, one map per
+    // resolution for aggregate.
+    let lat = 128usize;
+    let l = a.size / 8;
+    let sizes: Vec<(usize, usize)> = setup.layer_sizes().iter().map(|&(h, w)| (h * lat / l, w * lat / l)).collect();
+    let full: usize = sizes.iter().map(|(h, w)| h * w * 77 * 4).sum();
+    let mut res: Vec<(usize, usize)> = sizes.clone();
+    res.sort();
+    res.dedup();
+    let agg: usize = res.iter().map(|(h, w)| h * w * 77 * 4).sum();
+    let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+    println!(
+        "\n{} cross-attention layers at {} resolutions; a 30-step 1024x1024 run keeps {:.1} MiB (aggregate: {:.2} MiB a step) or {:.0} MiB (full: {:.1} MiB a step)",
+        sizes.len(),
+        res.len(),
+        30.0 * mib(agg),
+        mib(agg),
+        30.0 * mib(full),
+        mib(full)
+    );
+    println!("({} reps per capture mode, interleaved)", a.reps);
     Ok(ExitCode::SUCCESS)
 }
 

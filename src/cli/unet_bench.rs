@@ -173,3 +173,62 @@ impl BenchSetup {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()
     }
 }
+
+/// Our UNet alone on SDXL base's config with random weights (candle-transformers' UNet has no
+/// text_time conditioning to compare with): a CFG batch of 2 at `size`x`size` pixels.
+pub struct XlSetup {
+    ours: UNet,
+    sample: Tensor,
+    context: Tensor,
+    text_embeds: Tensor,
+    time_ids: Tensor,
+    layer_sizes: Vec<(usize, usize)>,
+}
+
+pub fn setup_xl(size: usize, device: &Device, dtype: DType) -> Result<XlSetup> {
+    let backend = RandomWeights {
+        tensors: Mutex::new(HashMap::new()),
+    };
+    let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
+    let ours = UNet::new(vb, &UNetConfig::sdxl())?;
+    let l = size / 8;
+    let f = size as f32;
+    Ok(XlSetup {
+        sample: Tensor::randn(0f32, 1f32, (2, 4, l, l), device)?.to_dtype(dtype)?,
+        context: Tensor::randn(0f32, 1f32, (2, 77, 2048), device)?.to_dtype(dtype)?,
+        text_embeds: Tensor::randn(0f32, 1f32, (2, 1280), device)?.to_dtype(dtype)?,
+        time_ids: Tensor::new(&[[f, f, 0.0, 0.0, f, f], [f, f, 0.0, 0.0, f, f]], device)?.to_dtype(dtype)?,
+        layer_sizes: ours
+            .attn_layers()
+            .iter()
+            .map(|a| (0..a.level).fold((l, l), |(h, w), _| (h.div_ceil(2), w.div_ceil(2))))
+            .collect(),
+        ours,
+    })
+}
+
+impl XlSetup {
+    pub fn layer_sizes(&self) -> &[(usize, usize)] {
+        &self.layer_sizes
+    }
+
+    /// One timed forward pass with capture `mode` (maps brought to the host). Seconds.
+    pub fn time(&self, mode: CaptureMode, timestep: f64) -> Result<f64> {
+        let t0 = Instant::now();
+        let mut probe = AttnProbe::new(mode, 1);
+        let added = diffusion_scope::model::unet::AddedCond {
+            text_embeds: &self.text_embeds,
+            time_ids: &self.time_ids,
+        };
+        let out = self
+            .ours
+            .forward_added(&self.sample, timestep, &self.context, Some(&added), &mut probe)?;
+        let maps = diffusion_scope::pipeline::attention_to_maps(probe, mode, &|i| {
+            let (h, w) = self.layer_sizes[i];
+            (format!("layer{i}"), h, w)
+        });
+        maps.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let _ = out.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
+}

@@ -214,6 +214,27 @@ impl UNetConfig {
         .expect("static config parses")
     }
 
+    /// stabilityai/stable-diffusion-xl-base-1.0's unet/config.json (the fields that differ from
+    /// the defaults).
+    pub fn sdxl() -> Self {
+        serde_json::from_value(serde_json::json!({
+            "_class_name": "UNet2DConditionModel",
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 256,
+            "attention_head_dim": [5, 10, 20],
+            "block_out_channels": [320, 640, 1280],
+            "cross_attention_dim": 2048,
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "layers_per_block": 2,
+            "projection_class_embeddings_input_dim": 2816,
+            "sample_size": 128,
+            "transformer_layers_per_block": [1, 2, 10],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            "use_linear_projection": true
+        }))
+        .expect("static config parses")
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let cfg: Self = parse(path)?;
         cfg.validate()?;

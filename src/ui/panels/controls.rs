@@ -146,12 +146,13 @@ pub fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
 }
 
 pub fn heatmap_controls_ui(app: &mut App, ui: &mut egui::Ui) {
-    let keys: Vec<String> = app
+    let keys: Vec<(String, usize, usize)> = app
         .store
         .current()
         .and_then(|r| r.steps.first())
-        .map(|s| s.attention.iter().map(|m| m.key.clone()).collect())
+        .map(|s| s.attention.iter().map(|m| (m.key.clone(), m.height, m.width)).collect())
         .unwrap_or_default();
+    let groups = layer_groups(&keys);
     let s = &mut app.settings;
     ui.heading("Heatmap");
     egui::Grid::new("heatmap").num_columns(2).show(ui, |ui| {
@@ -177,10 +178,18 @@ pub fn heatmap_controls_ui(app: &mut App, ui: &mut egui::Ui) {
         egui::ComboBox::from_id_salt("source")
             .selected_text(label)
             .width(180.0)
+            .height(420.0)
             .show_ui(ui, |ui| {
                 ui.selectable_value(&mut s.source, MapSource::All, "all resolutions");
-                for k in &keys {
-                    ui.selectable_value(&mut s.source, MapSource::Key(k.clone()), short_key(k));
+                // Full capture of a large UNet (SDXL: 70 layers) is grouped by block and
+                // resolution; aggregate keys are one per resolution.
+                for (title, members) in &groups {
+                    if let Some(t) = title {
+                        ui.label(RichText::new(t).strong().small());
+                    }
+                    for (k, label) in members {
+                        ui.selectable_value(&mut s.source, MapSource::Key(k.clone()), label);
+                    }
                 }
             })
             .response
@@ -204,4 +213,61 @@ pub fn heatmap_controls_ui(app: &mut App, ui: &mut egui::Ui) {
         app.view.range = (a.min(b), b.max(a));
     }
     ui.checkbox(&mut app.settings.show_special_tokens, "show special tokens");
+}
+
+/// The captured layers grouped for the layer picker: per-layer keys (`attn.<path>`) by their
+/// block (`down_blocks.2`, `mid_block`, ...) with the block's map size as the title and the
+/// rest of the path as the label; other keys (per-resolution aggregates) ungrouped.
+pub(crate) fn layer_groups(keys: &[(String, usize, usize)]) -> Vec<(Option<String>, Vec<(String, String)>)> {
+    let mut groups: Vec<(Option<String>, Vec<(String, String)>)> = Vec::new();
+    for (k, h, w) in keys {
+        let Some(path) = k.strip_prefix("attn.") else {
+            groups.push((None, vec![(k.clone(), short_key(k))]));
+            continue;
+        };
+        let (block, rest) = match path.split_once(".attentions.") {
+            Some((b, r)) => (
+                b.to_owned(),
+                format!("a{}", r.replace(".transformer_blocks.", ".tb").trim_end_matches(".attn2")),
+            ),
+            None => (String::new(), path.to_owned()),
+        };
+        let title = format!("{block} · {h}x{w}");
+        match groups.last_mut() {
+            Some((Some(t), members)) if *t == title => members.push((k.clone(), rest)),
+            _ => groups.push((Some(title), vec![(k.clone(), rest)])),
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layer_groups;
+
+    #[test]
+    fn layers_group_by_block_and_size() {
+        let k = |p: &str, s: usize| (format!("attn.{p}.attn2"), s, s);
+        let keys = vec![
+            k("down_blocks.1.attentions.0.transformer_blocks.0", 64),
+            k("down_blocks.1.attentions.0.transformer_blocks.1", 64),
+            k("down_blocks.2.attentions.1.transformer_blocks.9", 32),
+            k("mid_block.attentions.0.transformer_blocks.0", 32),
+            ("attn_res.64x64".to_string(), 64, 64),
+        ];
+        let g = layer_groups(&keys);
+        let titles: Vec<Option<String>> = g.iter().map(|(t, _)| t.clone()).collect();
+        assert_eq!(
+            titles,
+            vec![
+                Some("down_blocks.1 · 64x64".into()),
+                Some("down_blocks.2 · 32x32".into()),
+                Some("mid_block · 32x32".into()),
+                None
+            ]
+        );
+        assert_eq!(g[0].1.len(), 2);
+        assert_eq!(g[0].1[1].1, "a0.tb1");
+        assert_eq!(g[1].1[0].1, "a1.tb9");
+    }
 }
