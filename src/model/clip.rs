@@ -153,10 +153,6 @@ pub struct ClipHidden {
 
 impl ClipTextEncoder {
     pub fn new(vb: VarBuilder, config: &TextEncoderConfig) -> Result<Self> {
-        let text_projection = match (vb.contains_tensor("text_projection.weight"), config.projection_dim) {
-            (true, Some(p)) => Some(candle_nn::linear_no_bias(config.hidden_size, p, vb.pp("text_projection"))?),
-            _ => None,
-        };
         // transformers 4 saved `text_model.`-prefixed keys (what SD hub repos have);
         // transformers 5 saves them without the prefix. Both load.
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
@@ -183,9 +179,21 @@ impl ClipTextEncoder {
             position_embedding,
             encoder,
             final_layer_norm,
-            text_projection,
+            text_projection: None,
             config: config.clone(),
         })
+    }
+
+    /// A `CLIPTextModelWithProjection` (SDXL's second encoder): the text model and its
+    /// `text_projection` [projection_dim, hidden_size] (no bias).
+    pub fn with_projection(vb: VarBuilder, config: &TextEncoderConfig) -> Result<Self> {
+        let p = config
+            .projection_dim
+            .ok_or_else(|| candle_core::Error::Msg("the config has no projection_dim".into()))?;
+        let proj = candle_nn::linear_no_bias(config.hidden_size, p, vb.pp("text_projection"))?;
+        let mut enc = Self::new(vb, config)?;
+        enc.text_projection = Some(proj);
+        Ok(enc)
     }
 
     /// Whether the weights carry `text_projection` (a `CLIPTextModelWithProjection`).

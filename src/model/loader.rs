@@ -309,17 +309,14 @@ impl StableDiffusion {
         let xl = match xl_cfg {
             Some((cfg2, tokenizer_2)) => {
                 let vb2 = var_builder(&root.join("text_encoder_2"), "model", dtype, device)?;
-                let text_encoder_2 = ClipTextEncoder::new(vb2, &cfg2).map_err(weights_err("text_encoder_2"))?;
-                if !text_encoder_2.has_projection() {
+                if cfg2.projection_dim.is_none() {
                     return Err(ModelError::Unsupported {
                         file: "text_encoder_2/config.json".into(),
                         key: "projection_dim".into(),
-                        value: format!(
-                            "{:?} (no text_projection weights: SDXL needs CLIPTextModelWithProjection)",
-                            cfg2.projection_dim
-                        ),
+                        value: "none (SDXL's second encoder is a CLIPTextModelWithProjection)".into(),
                     });
                 }
+                let text_encoder_2 = ClipTextEncoder::with_projection(vb2, &cfg2).map_err(weights_err("text_encoder_2"))?;
                 Some(XlParts {
                     tokenizer_2,
                     text_encoder_2,

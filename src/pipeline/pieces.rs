@@ -76,6 +76,14 @@ impl Conditioning {
     }
 }
 
+/// The UNet's view of [`Conditioning::added_for`]'s tensors.
+fn as_added(added: &Option<(Tensor, Tensor)>) -> Option<AddedCond<'_>> {
+    added.as_ref().map(|(p, ids)| AddedCond {
+        text_embeds: p,
+        time_ids: ids,
+    })
+}
+
 /// SDXL's prompt encoding (diffusers' `StableDiffusionXLPipeline.encode_prompt`): both
 /// encoders' penultimate hidden states concatenated, the second encoder's projected EOS output
 /// as the pooled embedding; an empty negative prompt gives zeros when the pipeline has
@@ -276,10 +284,7 @@ fn eval_on(
     let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
     let mut probe = AttnProbe::new(capture, usize::from(cond.guided));
     let added = cond.added_for(1)?;
-    let added = added.as_ref().map(|(p, ids)| AddedCond {
-        text_embeds: p,
-        time_ids: ids,
-    });
+    let added = as_added(&added);
     let out = unet
         .forward_added(&x, t, &cond.context, added.as_ref(), &mut probe)?
         .to_dtype(DType::F32)?;
@@ -404,10 +409,7 @@ pub fn guided_eval_batch(
     let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
     let context = batch_context(cond, n)?;
     let added = cond.added_for(n)?;
-    let added = added.as_ref().map(|(p, ids)| AddedCond {
-        text_embeds: p,
-        time_ids: ids,
-    });
+    let added = as_added(&added);
     let out = sd
         .unet
         .forward_added(&x, t, &context, added.as_ref(), &mut AttnProbe::off())?
@@ -459,10 +461,7 @@ pub fn cam_eval(
     let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
     let mut probe = AttnProbe::tapping(Taps::new(blocks.map(<[String]>::to_vec)));
     let added = cond.added_for(1)?;
-    let added = added.as_ref().map(|(p, ids)| AddedCond {
-        text_embeds: p,
-        time_ids: ids,
-    });
+    let added = as_added(&added);
     let out = sd
         .unet
         .forward_added(&x, t, &cond.context, added.as_ref(), &mut probe)?
