@@ -51,6 +51,23 @@ fn median(v: &mut [f64]) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
+/// Median seconds of each of `n` variants over `reps` repetitions, the order rotated every
+/// repetition so drifting machine load spreads over all of them; `time(i, rep)` times variant
+/// `i` once. One untimed warm-up of each variant first.
+fn interleaved_medians(n: usize, reps: usize, mut time: impl FnMut(usize, usize) -> anyhow::Result<f64>) -> anyhow::Result<Vec<f64>> {
+    for i in 0..n {
+        time(i, 0)?;
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); n];
+    for rep in 0..reps {
+        for k in 0..n {
+            let i = (k + rep) % n;
+            times[i].push(time(i, rep)?);
+        }
+    }
+    Ok(times.iter_mut().map(|t| median(t)).collect())
+}
+
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     if a.generate {
         return run_generate(a);
@@ -82,18 +99,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         Variant::Ours(CaptureMode::Full),
         Variant::CandleTransformers,
     ];
-    for v in variants {
-        setup.time(v, 999.0)?; // warm-up
-    }
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    for rep in 0..a.reps {
-        // Rotate the order each repetition.
-        for k in 0..variants.len() {
-            let i = (k + rep) % variants.len();
-            times[i].push(setup.time(variants[i], 999.0 - rep as f64)?);
-        }
-    }
-    let med: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    let med = interleaved_medians(variants.len(), a.reps, |i, rep| Ok(setup.time(variants[i], 999.0 - rep as f64)?))?;
     println!("\n{:<28} {:>12} {:>10}", "variant", "median ms", "ratio");
     for (i, v) in variants.iter().enumerate() {
         println!("{:<28} {:>12.1} {:>10.3}", v.label(), med[i] * 1e3, med[i] / med[0]);
@@ -124,17 +130,7 @@ fn run_xl(a: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let setup = bench::setup_xl(a.size, &device, a.dtype.dtype()).context("building the UNet")?;
     let modes = [CaptureMode::None, CaptureMode::Aggregate, CaptureMode::Full];
-    for m in modes {
-        setup.time(m, 999.0)?; // warm-up
-    }
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
-    for rep in 0..a.reps {
-        for k in 0..modes.len() {
-            let i = (k + rep) % modes.len();
-            times[i].push(setup.time(modes[i], 999.0 - rep as f64)?);
-        }
-    }
-    let med: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    let med = interleaved_medians(modes.len(), a.reps, |i, rep| Ok(setup.time(modes[i], 999.0 - rep as f64)?))?;
     println!("\n{:<28} {:>12} {:>10}", "capture", "median ms", "ratio");
     for (i, m) in modes.iter().enumerate() {
         println!("{:<28} {:>12.1} {:>10.3}", m.as_str(), med[i] * 1e3, med[i] / med[0]);
@@ -210,18 +206,8 @@ fn run_generate(a: BenchArgs) -> anyhow::Result<ExitCode> {
         pipeline::run(&sd, &spec, &cfg, &never, &mut |_| {})?;
         Ok(t.elapsed().as_secs_f64())
     };
-    let first = time(CaptureMode::Aggregate, 0)?; // warm-up, also the "cold" figure
-    for &m in &modes[..] {
-        time(m, 0)?;
-    }
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
-    for rep in 0..a.reps {
-        for k in 0..modes.len() {
-            let i = (k + rep) % modes.len();
-            times[i].push(time(modes[i], rep as u64 + 1)?);
-        }
-    }
-    let med: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    let first = time(CaptureMode::Aggregate, 0)?; // the "cold" figure
+    let med = interleaved_medians(modes.len(), a.reps, |i, rep| time(modes[i], rep as u64 + 1))?;
     println!("\n{:<28} {:>12} {:>10}", "capture", "median s", "ratio");
     for (i, m) in modes.iter().enumerate() {
         println!("{:<28} {:>12.3} {:>10.3}", m.as_str(), med[i], med[i] / med[0]);
