@@ -51,6 +51,19 @@ fn median(v: &mut [f64]) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
+/// The first line of a UNet bench: config, sizes, dtype, device, threads.
+fn print_setup(config: &str, a: &BenchArgs) {
+    let l = a.size / 8;
+    println!(
+        "{config} UNet config, random weights, {}x{} image ({l}x{l} latents), batch 2 (CFG), {}, {:?}, {} threads",
+        a.size,
+        a.size,
+        a.dtype.as_str(),
+        a.device,
+        candle_core::utils::get_num_threads()
+    );
+}
+
 /// Median seconds of each of `n` variants over `reps` repetitions, the order rotated every
 /// repetition so drifting machine load spreads over all of them; `time(i, rep)` times variant
 /// `i` once. One untimed warm-up of each variant first.
@@ -80,16 +93,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         other => anyhow::bail!("--unet {other}: expected sd15 or sdxl"),
     }
     let device = a.device.device()?;
-    println!(
-        "SD 1.5 UNet config, random weights, {}x{} image ({}x{} latents), batch 2 (CFG), {}, {:?}, {} threads",
-        a.size,
-        a.size,
-        a.size / 8,
-        a.size / 8,
-        a.dtype.as_str(),
-        a.device,
-        candle_core::utils::get_num_threads()
-    );
+    print_setup("SD 1.5", &a);
     let setup = bench::setup(a.size, &device, a.dtype.dtype()).context("building the UNets")?;
     let diff = setup.max_abs_diff()?;
     println!("same weights, same input: max |ours - candle-transformers| = {diff:.3e}");
@@ -118,16 +122,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
 /// what `aggregate` and `full` keep for a 30-step 1024x1024 run.
 fn run_xl(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let device = a.device.device()?;
-    println!(
-        "SDXL base 1.0 UNet config, random weights, {}x{} image ({}x{} latents), batch 2 (CFG), {}, {:?}, {} threads",
-        a.size,
-        a.size,
-        a.size / 8,
-        a.size / 8,
-        a.dtype.as_str(),
-        a.device,
-        candle_core::utils::get_num_threads()
-    );
+    print_setup("SDXL base 1.0", &a);
     let setup = bench::setup_xl(a.size, &device, a.dtype.dtype()).context("building the UNet")?;
     let modes = [CaptureMode::None, CaptureMode::Aggregate, CaptureMode::Full];
     let med = interleaved_medians(modes.len(), a.reps, |i, rep| Ok(setup.time(modes[i], 999.0 - rep as f64)?))?;

@@ -196,11 +196,6 @@ impl ClipTextEncoder {
         Ok(enc)
     }
 
-    /// Whether the weights carry `text_projection` (a `CLIPTextModelWithProjection`).
-    pub fn has_projection(&self) -> bool {
-        self.text_projection.is_some()
-    }
-
     fn embed(&self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, l) = ids.dims2()?;
         let positions = Tensor::arange(0u32, l as u32, ids.device())?.unsqueeze(0)?;

@@ -186,8 +186,8 @@ pub fn encode_prompt(
     };
     // SDXL with given embeddings: the pooled embeddings come with them.
     let added = match (&sd.xl, overrides) {
-        (Some(_), Some(e)) => {
-            let p = sd.xl.as_ref().map_or(0, |x| x.text_encoder_2.config.projection_dim.unwrap_or(0));
+        (Some(xl), Some(e)) => {
+            let p = xl.text_encoder_2.config.projection_dim.unwrap_or(0);
             let vec = |what: &str, v: &[f32]| -> Result<Tensor, RunError> {
                 if v.len() != p {
                     return Err(RunError::BadInput(format!(
