@@ -49,3 +49,30 @@ pub struct RgbImage {
     pub height: usize,
     pub pixels: Vec<u8>,
 }
+
+/// The text options beyond the two prompts, as diffusers' pipelines take them; recorded in a
+/// run's trace when set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextOptions {
+    /// SDXL: the second text encoder's prompts (`prompt_2` / `negative_prompt_2`; None or
+    /// empty: the first ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_2: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt_2: Option<String>,
+    /// `clip_skip` (None: the pipeline's default layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_skip: Option<usize>,
+}
+
+impl TextOptions {
+    /// Empty strings are "not given" (diffusers' `prompt_2 or prompt`).
+    pub fn new(prompt_2: &str, negative_prompt_2: &str, clip_skip: Option<usize>) -> Self {
+        let given = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Self {
+            prompt_2: given(prompt_2),
+            negative_prompt_2: given(negative_prompt_2),
+            clip_skip,
+        }
+    }
+}

@@ -26,6 +26,8 @@ pub struct GenerateArgs {
     prompt: String,
     #[arg(long, default_value = "")]
     negative_prompt: String,
+    #[command(flatten)]
+    text: crate::cli::TextArgs,
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// Classifier-free guidance scale; <= 1 disables guidance (and the negative prompt).
@@ -107,6 +109,7 @@ impl GenerateConfig {
             run: RunConfig {
                 prompt: a.prompt,
                 negative_prompt: a.negative_prompt,
+                text_options: a.text.options(),
                 steps: a.steps,
                 guidance: a.guidance,
                 sampler: a.scheduler,

@@ -147,3 +147,26 @@ pub fn prepare_out(out: &std::path::Path, overwrite: bool, what: &str) -> anyhow
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
 }
+
+/// SDXL's second prompts and clip skip, for the commands that run one generation.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TextArgs {
+    /// SDXL: the second text encoder's prompt (diffusers' prompt_2); default: --prompt.
+    #[arg(long, default_value = "")]
+    prompt_2: String,
+    /// SDXL: the second text encoder's negative prompt; default: --negative-prompt. As in
+    /// diffusers, an empty --negative-prompt on a model with force_zeros_for_empty_prompt
+    /// gives zero negative embeddings whatever this says.
+    #[arg(long, default_value = "")]
+    negative_prompt_2: String,
+    /// diffusers' clip_skip: the text encoder's output this many layers earlier (the positive
+    /// prompt only, as diffusers does).
+    #[arg(long)]
+    clip_skip: Option<usize>,
+}
+
+impl TextArgs {
+    pub fn options(&self) -> diffusion_scope::types::TextOptions {
+        diffusion_scope::types::TextOptions::new(&self.prompt_2, &self.negative_prompt_2, self.clip_skip)
+    }
+}

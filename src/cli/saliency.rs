@@ -26,6 +26,8 @@ pub struct SaliencyArgs {
     prompt: String,
     #[arg(long, default_value = "")]
     negative_prompt: String,
+    #[command(flatten)]
+    text: crate::cli::TextArgs,
     /// rise, cam, or both (rise,cam).
     #[arg(long, default_value = "rise")]
     method: String,
@@ -145,6 +147,7 @@ pub fn run(a: SaliencyArgs) -> anyhow::Result<ExitCode> {
     let settings = SaliencySettings {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
+        text_options: a.text.options(),
         seed: a.seed,
         steps: a.steps,
         guidance: a.guidance,

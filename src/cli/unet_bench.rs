@@ -217,12 +217,10 @@ impl XlSetup {
         let t0 = Instant::now();
         let mut probe = AttnProbe::new(mode, 1);
         let added = diffusion_scope::model::unet::AddedCond {
-            text_embeds: &self.text_embeds,
-            time_ids: &self.time_ids,
+            text_time: Some((&self.text_embeds, &self.time_ids)),
+            guidance_w: None,
         };
-        let out = self
-            .ours
-            .forward_added(&self.sample, timestep, &self.context, Some(&added), &mut probe)?;
+        let out = self.ours.forward_added(&self.sample, timestep, &self.context, added, &mut probe)?;
         let maps = diffusion_scope::pipeline::attention_to_maps(probe, mode, &|i| {
             let (h, w) = self.layer_sizes[i];
             (format!("layer{i}"), h, w)

@@ -122,6 +122,8 @@ impl Default for CamSettings {
 pub struct SaliencySettings {
     pub prompt: String,
     pub negative_prompt: String,
+    #[serde(default)]
+    pub text_options: crate::types::TextOptions,
     pub seed: u64,
     pub steps: usize,
     pub guidance: f32,
@@ -149,6 +151,7 @@ impl Default for SaliencySettings {
         Self {
             prompt: String::new(),
             negative_prompt: String::new(),
+            text_options: Default::default(),
             seed: 0,
             steps: 30,
             guidance: 7.5,
@@ -173,6 +176,7 @@ impl SaliencySettings {
         RunConfig {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
+            text_options: self.text_options.clone(),
             steps: self.steps,
             guidance: self.guidance,
             sampler: self.sampler,
@@ -447,7 +451,7 @@ pub fn run(
         if r.batch > 0 {
             r.batch.min(r.masks)
         } else {
-            auto_batch(sd, geo.latent, cfg.guided()).min(r.masks)
+            auto_batch(sd, geo.latent, cfg.guided(sd)).min(r.masks)
         }
     });
     let per_step = settings.rise.as_ref().map_or(0, |r| r.masks.div_ceil(rise_batch)) + usize::from(settings.cam.is_some());

@@ -243,6 +243,24 @@ impl ClipTextEncoder {
         Ok(ClipHidden { hidden, pooled })
     }
 
+    /// diffusers' SD pipelines' `clip_skip`: the output of the layer `clip_skip` layers before
+    /// the last (`hidden_states[-(clip_skip + 1)]`; 0 is the last layer), through the final
+    /// layer norm. `clip_skip` may be at most the number of layers (the embeddings alone).
+    pub fn forward_clip_skip(&self, ids: &Tensor, clip_skip: usize) -> Result<Tensor> {
+        let n = self.encoder.layers.len();
+        if clip_skip > n {
+            candle_core::bail!("clip skip {clip_skip} is more than the text encoder's {n} layers");
+        }
+        let (xs, mask) = self.embed(ids)?;
+        let xs = self.encoder.forward_layers(xs, Some(&mask), 0..n - clip_skip)?;
+        self.final_layer_norm.forward(&xs)
+    }
+
+    /// The number of transformer layers.
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layers.len()
+    }
+
     /// `last_hidden_state` for a batch of token ids [B, L] (u32): what diffusers' SD pipelines
     /// use as `prompt_embeds` (no attention mask, causal self-attention).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {

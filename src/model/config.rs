@@ -63,6 +63,28 @@ impl PerBlock {
     }
 }
 
+/// `transformer_layers_per_block`: one count for every block, one per block, or (asymmetrical
+/// UNets) per block a list with one count per attention layer of the block.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum TransformerLayers {
+    One(usize),
+    Each(Vec<PerBlock>),
+}
+
+impl TransformerLayers {
+    fn block(&self, block: usize) -> PerBlock {
+        match self {
+            TransformerLayers::One(v) => PerBlock::One(*v),
+            TransformerLayers::Each(list) => list[block.min(list.len().saturating_sub(1))].clone(),
+        }
+    }
+
+    fn nested(&self) -> bool {
+        matches!(self, TransformerLayers::Each(list) if list.iter().any(|b| matches!(b, PerBlock::Each(_))))
+    }
+}
+
 /// `unet/config.json` of a `UNet2DConditionModel`
 /// (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5/unet/config.json).
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -92,7 +114,11 @@ pub struct UNetConfig {
     #[serde(default = "UNetConfig::default_cross_dim")]
     pub cross_attention_dim: PerBlock,
     #[serde(default = "UNetConfig::default_tlpb")]
-    pub transformer_layers_per_block: PerBlock,
+    pub transformer_layers_per_block: TransformerLayers,
+    /// The up blocks' counts of an asymmetrical UNet (required with nested
+    /// `transformer_layers_per_block`), in up-block order.
+    #[serde(default)]
+    pub reverse_transformer_layers_per_block: Option<Vec<PerBlock>>,
     #[serde(default = "d32")]
     pub norm_num_groups: usize,
     #[serde(default = "UNetConfig::default_norm_eps")]
@@ -191,8 +217,8 @@ impl UNetConfig {
     fn default_cross_dim() -> PerBlock {
         PerBlock::One(1280)
     }
-    fn default_tlpb() -> PerBlock {
-        PerBlock::One(1)
+    fn default_tlpb() -> TransformerLayers {
+        TransformerLayers::One(1)
     }
     fn default_norm_eps() -> f64 {
         1e-5
@@ -247,8 +273,93 @@ impl UNetConfig {
         self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).get(block)
     }
 
+    /// Transformer layers of attention `j` of down block `block` (diffusers: an int per block is
+    /// repeated for each of the block's layers).
+    pub fn down_transformer_layers(&self, block: usize, j: usize) -> usize {
+        self.transformer_layers_per_block.block(block).get(j)
+    }
+
+    /// Transformer layers of the mid block's attention (the last block's entry; its first
+    /// count when nested, as diffusers' mid block indexes it).
+    pub fn mid_transformer_layers(&self) -> usize {
+        self.transformer_layers_per_block.block(self.block_out_channels.len() - 1).get(0)
+    }
+
+    /// Transformer layers of attention `j` of up block `up` (up-block order): from
+    /// `reverse_transformer_layers_per_block` when set, else the mirrored down block's count.
+    pub fn up_transformer_layers(&self, up: usize, j: usize) -> usize {
+        match &self.reverse_transformer_layers_per_block {
+            Some(rev) => rev[up].get(j),
+            None => self
+                .transformer_layers_per_block
+                .block(self.block_out_channels.len() - 1 - up)
+                .get(j),
+        }
+    }
+
     pub fn has_cross_attention(block_type: &str) -> bool {
         block_type.starts_with("CrossAttn")
+    }
+
+    /// `transformer_layers_per_block` (and its reverse) against the block layout, with
+    /// diffusers' rule that nested counts need the reverse list.
+    fn check_transformer_layers(&self) -> Result<(), ModelError> {
+        const F: &str = "unet/config.json";
+        let n = self.block_out_channels.len();
+        let tl = &self.transformer_layers_per_block;
+        if let TransformerLayers::Each(list) = tl
+            && list.len() != n
+        {
+            return Err(unsupported(
+                F,
+                "transformer_layers_per_block",
+                format!("{list:?} (expected {n} entries, one per block)"),
+            ));
+        }
+        let empty = |b: &PerBlock| matches!(b, PerBlock::Each(l) if l.is_empty());
+        let mut all_rev = self.reverse_transformer_layers_per_block.iter().flatten();
+        if (0..n).map(|i| tl.block(i)).any(|b| empty(&b)) || all_rev.any(empty) {
+            return Err(unsupported(F, "transformer_layers_per_block", "an empty list of counts"));
+        }
+        // A block's per-layer list must cover every attention the block has.
+        let covers = |b: &PerBlock, layers: usize| match b {
+            PerBlock::One(_) => true,
+            PerBlock::Each(l) => l.len() >= layers,
+        };
+        for (i, t) in self.down_block_types.iter().enumerate() {
+            if Self::has_cross_attention(t) && !covers(&tl.block(i), self.layers_per_block) {
+                return Err(unsupported(
+                    F,
+                    "transformer_layers_per_block",
+                    format!("{:?} (down block {i} has {} attention layers)", tl.block(i), self.layers_per_block),
+                ));
+            }
+        }
+        match &self.reverse_transformer_layers_per_block {
+            None if tl.nested() => Err(unsupported(
+                F,
+                "transformer_layers_per_block",
+                format!("{tl:?} (nested counts need reverse_transformer_layers_per_block, as in diffusers)"),
+            )),
+            None => Ok(()),
+            Some(rev) if rev.len() != n => Err(unsupported(
+                F,
+                "reverse_transformer_layers_per_block",
+                format!("{rev:?} (expected {n} entries, one per up block)"),
+            )),
+            Some(rev) => {
+                for (i, t) in self.up_block_types.iter().enumerate() {
+                    if Self::has_cross_attention(t) && !covers(&rev[i], self.layers_per_block + 1) {
+                        return Err(unsupported(
+                            F,
+                            "reverse_transformer_layers_per_block",
+                            format!("{:?} (up block {i} has {} attention layers)", rev[i], self.layers_per_block + 1),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     pub fn validate(&self) -> Result<(), ModelError> {
@@ -289,7 +400,7 @@ impl UNetConfig {
         if let Some(h) = &self.num_attention_heads {
             h.check_len(n, F, "num_attention_heads")?;
         }
-        self.transformer_layers_per_block.check_len(n, F, "transformer_layers_per_block")?;
+        self.check_transformer_layers()?;
         self.cross_attention_dim.check_len(n, F, "cross_attention_dim")?;
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 {
@@ -332,7 +443,7 @@ impl UNetConfig {
             Value::Array(a) if a.iter().all(|v| v == &Value::Bool(false)) => {}
             other => return Err(unsupported(F, "only_cross_attention", other)),
         }
-        let checks: [(&str, bool, String); 10] = [
+        let checks: [(&str, bool, String); 9] = [
             ("dual_cross_attention", self.dual_cross_attention, "true".into()),
             (
                 "class_embed_type",
@@ -343,11 +454,6 @@ impl UNetConfig {
                 "addition_embed_type",
                 self.addition_embed_type.as_deref().is_some_and(|t| t != "text_time"),
                 format!("{:?} (only SDXL's \"text_time\" is supported)", self.addition_embed_type),
-            ),
-            (
-                "time_cond_proj_dim",
-                self.time_cond_proj_dim.is_some(),
-                format!("{:?}", self.time_cond_proj_dim),
             ),
             (
                 "resnet_time_scale_shift",
@@ -418,6 +524,9 @@ pub struct VaeConfig {
     pub use_post_quant_conv: bool,
     #[serde(default = "yes")]
     pub mid_block_add_attention: bool,
+    /// SDXL: decode in f32 even when the model runs in f16 (diffusers' default: true).
+    #[serde(default = "yes")]
+    pub force_upcast: bool,
     #[serde(default = "VaeConfig::default_act")]
     pub act_fn: String,
 }

@@ -96,6 +96,9 @@ pub struct StableDiffusion {
     pub scheduler_json: String,
     pub device: Device,
     pub dtype: DType,
+    /// The VAE's compute dtype: `dtype`, except f32 for an SDXL pipeline in f16 whose VAE has
+    /// `force_upcast` (diffusers' `upcast_vae`: the f16 weights, decoded in f32).
+    pub vae_dtype: DType,
 }
 
 /// What an SDXL pipeline has beyond SD's components.
@@ -189,7 +192,9 @@ fn check_weight_file(path: &Path, component: &str) -> Result<(), ModelError> {
     Ok(())
 }
 
-fn var_builder(dir: &Path, stem: &str, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, ModelError> {
+/// The weights of `dir` as the `dtype` run picks them (`.fp16` files first for f16), converted
+/// to `compute` on load.
+fn var_builder(dir: &Path, stem: &str, dtype: DType, compute: DType, device: &Device) -> Result<VarBuilder<'static>, ModelError> {
     let files = weight_files(dir, stem, dtype)?;
     let component = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     for f in &files {
@@ -200,7 +205,7 @@ fn var_builder(dir: &Path, stem: &str, dtype: DType, device: &Device) -> Result<
     }
     // SAFETY: the files are memory-mapped read-only; like every safetensors loader we rely on
     // nobody truncating them while the model is loaded.
-    unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| ModelError::Weights {
+    unsafe { VarBuilder::from_mmaped_safetensors(&files, compute, device) }.map_err(|e| ModelError::Weights {
         component: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         message: e.to_string(),
     })
@@ -304,11 +309,11 @@ impl StableDiffusion {
             });
         }
 
-        let te_vb = var_builder(&root.join("text_encoder"), "model", dtype, device)?;
+        let te_vb = var_builder(&root.join("text_encoder"), "model", dtype, dtype, device)?;
         let text_encoder = ClipTextEncoder::new(te_vb, &te_cfg).map_err(weights_err("text_encoder"))?;
         let xl = match xl_cfg {
             Some((cfg2, tokenizer_2)) => {
-                let vb2 = var_builder(&root.join("text_encoder_2"), "model", dtype, device)?;
+                let vb2 = var_builder(&root.join("text_encoder_2"), "model", dtype, dtype, device)?;
                 if cfg2.projection_dim.is_none() {
                     return Err(ModelError::Unsupported {
                         file: "text_encoder_2/config.json".into(),
@@ -325,9 +330,14 @@ impl StableDiffusion {
             }
             None => None,
         };
-        let unet_vb = var_builder(&root.join("unet"), "diffusion_pytorch_model", dtype, device)?;
+        let unet_vb = var_builder(&root.join("unet"), "diffusion_pytorch_model", dtype, dtype, device)?;
         let unet = UNet::new(unet_vb, &unet_cfg).map_err(weights_err("unet"))?;
-        let vae_vb = var_builder(&root.join("vae"), "diffusion_pytorch_model", dtype, device)?;
+        let vae_dtype = if index.is_xl() && dtype == DType::F16 && vae_cfg.force_upcast {
+            DType::F32
+        } else {
+            dtype
+        };
+        let vae_vb = var_builder(&root.join("vae"), "diffusion_pytorch_model", dtype, vae_dtype, device)?;
         let vae = Vae::new(vae_vb, &vae_cfg).map_err(weights_err("vae"))?;
 
         let name = root
@@ -345,6 +355,7 @@ impl StableDiffusion {
             scheduler_json,
             device: device.clone(),
             dtype,
+            vae_dtype,
         })
     }
 
@@ -352,7 +363,7 @@ impl StableDiffusion {
     /// decoder.
     pub fn vae_encoder(&self) -> Result<super::vae::VaeEncoder, ModelError> {
         let files = weight_files(&self.root.join("vae"), "diffusion_pytorch_model", self.dtype)?;
-        super::vae::VaeEncoder::load(&files, &self.vae.config, self.dtype, &self.device).map_err(weights_err("vae encoder"))
+        super::vae::VaeEncoder::load(&files, &self.vae.config, self.vae_dtype, &self.device).map_err(weights_err("vae encoder"))
     }
 
     /// Pixels per latent cell (2^(len(vae.block_out_channels) - 1)).

@@ -489,15 +489,38 @@ pub struct UNet {
     conv_out: Conv2d,
     /// SDXL's `add_embedding` (`addition_embed_type: "text_time"`): linear_1, linear_2.
     add_embedding: Option<(Linear, Linear)>,
+    /// LCM-distilled UNets' `time_embedding.cond_proj` (`time_cond_proj_dim`): the guidance
+    /// embedding's projection, added to the timestep embedding before linear_1.
+    cond_proj: Option<Linear>,
     attn_layers: Vec<AttnLayerInfo>,
     pub config: UNetConfig,
 }
 
-/// SDXL's added conditioning for one UNet call: the pooled text embeddings [B, P] and the
-/// time ids [B, 6] (original size, crop top-left, target size).
+/// Conditioning beyond the text context for one UNet call, each part required by the UNets
+/// that have it: SDXL's pooled text embeddings [B, P] and time ids [B, 6] (original size,
+/// crop top-left, target size), and LCM-distilled UNets' guidance value.
+#[derive(Clone, Copy, Default)]
 pub struct AddedCond<'a> {
-    pub text_embeds: &'a Tensor,
-    pub time_ids: &'a Tensor,
+    /// (`text_embeds`, `time_ids`) for `addition_embed_type: "text_time"`.
+    pub text_time: Option<(&'a Tensor, &'a Tensor)>,
+    /// The w that `time_cond_proj_dim` UNets embed (diffusers' pipelines pass
+    /// `guidance_scale - 1`).
+    pub guidance_w: Option<f32>,
+}
+
+/// diffusers' `get_guidance_scale_embedding` of one value, in float32 with the same op order:
+/// sin then cos of `1000 w` times `exp(-i ln(10000) / (dim/2 - 1))`, zero-padded to an odd `dim`.
+pub fn guidance_embedding(w: f32, dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let step = 10000f32.ln() / (half as f32 - 1.0);
+    let w = w * 1000.0;
+    let mut out = vec![0f32; dim];
+    for i in 0..half {
+        let arg = w * (i as f32 * -step).exp();
+        out[i] = arg.sin();
+        out[half + i] = arg.cos();
+    }
+    out
 }
 
 /// diffusers' `get_timestep_embedding` of each value, in float32 with the same op order (so
@@ -549,6 +572,10 @@ impl UNet {
         let te = vb.pp("time_embedding");
         let time_linear_1 = candle_nn::linear(ch[0], temb, te.pp("linear_1"))?;
         let time_linear_2 = candle_nn::linear(temb, temb, te.pp("linear_2"))?;
+        let cond_proj = match cfg.time_cond_proj_dim {
+            Some(d) => Some(candle_nn::linear_no_bias(d, ch[0], te.pp("cond_proj"))?),
+            None => None,
+        };
 
         let mut down = Vec::with_capacity(n);
         let mut out_ch = ch[0];
@@ -567,7 +594,7 @@ impl UNet {
                     let spec = TransformerSpec {
                         channels: out_ch,
                         heads: cfg.heads(i),
-                        layers: cfg.transformer_layers_per_block.get(i),
+                        layers: cfg.down_transformer_layers(i, j),
                         context_dim: cfg.cross_attention_dim.get(i),
                         groups,
                         linear: cfg.use_linear_projection,
@@ -606,7 +633,7 @@ impl UNet {
                 TransformerSpec {
                     channels: last,
                     heads: cfg.heads(n - 1),
-                    layers: cfg.transformer_layers_per_block.get(n - 1),
+                    layers: cfg.mid_transformer_layers(),
                     context_dim: cfg.cross_attention_dim.get(n - 1),
                     groups,
                     linear: cfg.use_linear_projection,
@@ -647,7 +674,7 @@ impl UNet {
                     let spec = TransformerSpec {
                         channels: out_c,
                         heads: cfg.heads(block),
-                        layers: cfg.transformer_layers_per_block.get(block),
+                        layers: cfg.up_transformer_layers(i, j),
                         context_dim: cfg.cross_attention_dim.get(block),
                         groups,
                         linear: cfg.use_linear_projection,
@@ -687,6 +714,7 @@ impl UNet {
             time_linear_1,
             time_linear_2,
             add_embedding,
+            cond_proj,
             down,
             mid,
             up,
@@ -746,42 +774,60 @@ impl UNet {
         self.add_embedding.is_some()
     }
 
+    /// Whether the UNet takes the guidance value as an input (`time_cond_proj_dim`, LCM
+    /// distillation): its pipelines then run no classifier-free guidance batch.
+    pub fn embeds_guidance(&self) -> bool {
+        self.cond_proj.is_some()
+    }
+
     /// SDXL's `aug_emb`: `add_embedding(concat(text_embeds, add_time_proj(time_ids)))`.
-    fn aug_embedding(&self, added: &AddedCond, dtype: DType) -> Result<Option<Tensor>> {
+    fn aug_embedding(&self, text_embeds: &Tensor, time_ids: &Tensor, dtype: DType) -> Result<Option<Tensor>> {
         let Some((l1, l2)) = &self.add_embedding else { return Ok(None) };
-        let (b, n) = added.time_ids.dims2()?;
+        let (b, n) = time_ids.dims2()?;
         let dim = self.config.addition_time_embed_dim.unwrap_or(0);
-        let ids: Vec<f32> = added.time_ids.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let ids: Vec<f32> = time_ids.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let t = sinusoidal(&ids, dim, self.config.flip_sin_to_cos, self.config.freq_shift as f32);
-        let time_embeds = Tensor::from_vec(t, (b, n * dim), added.time_ids.device())?.to_dtype(dtype)?;
-        let add = Tensor::cat(&[&added.text_embeds.to_dtype(dtype)?, &time_embeds], 1)?;
+        let time_embeds = Tensor::from_vec(t, (b, n * dim), time_ids.device())?.to_dtype(dtype)?;
+        let add = Tensor::cat(&[&text_embeds.to_dtype(dtype)?, &time_embeds], 1)?;
         Ok(Some(l2.forward(&l1.forward(&add)?.silu()?)?))
     }
 
     /// One UNet evaluation: `sample` [B, C, h, w], the same `timestep` for the whole batch,
     /// `context` [B, 77, D]. Cross-attention maps go to `probe` when it is on.
     pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor, probe: &mut AttnProbe) -> Result<Tensor> {
-        self.forward_added(sample, timestep, context, None, probe)
+        self.forward_added(sample, timestep, context, AddedCond::default(), probe)
     }
 
-    /// [`UNet::forward`] with SDXL's added conditioning (required when the config has
-    /// `addition_embed_type: "text_time"`, ignored otherwise).
+    /// [`UNet::forward`] with the added conditioning: SDXL's text_time inputs (required when
+    /// the config has `addition_embed_type: "text_time"`) and the guidance value (required with
+    /// `time_cond_proj_dim`); parts the UNet does not have are ignored.
     pub fn forward_added(
         &self,
         sample: &Tensor,
         timestep: f64,
         context: &Tensor,
-        added: Option<&AddedCond>,
+        added: AddedCond,
         probe: &mut AttnProbe,
     ) -> Result<Tensor> {
         let (b, _, _, _) = sample.dims4()?;
         let dtype = sample.dtype();
-        let t_emb = self.timestep_embedding(timestep, b, sample.device(), dtype)?;
+        let mut t_emb = self.timestep_embedding(timestep, b, sample.device(), dtype)?;
+        if let Some(proj) = &self.cond_proj {
+            let w = added
+                .guidance_w
+                .ok_or_else(|| candle_core::Error::Msg("this UNet (time_cond_proj_dim) needs the guidance value".into()))?;
+            let dim = proj.weight().dim(1)?;
+            let cond = Tensor::from_vec(guidance_embedding(w, dim), (1, dim), sample.device())?
+                .to_dtype(dtype)?
+                .repeat((b, 1))?;
+            t_emb = (t_emb + proj.forward(&cond)?)?;
+        }
         let mut emb = self.time_linear_2.forward(&self.time_linear_1.forward(&t_emb)?.silu()?)?;
         if self.add_embedding.is_some() {
-            let added = added
+            let (text_embeds, time_ids) = added
+                .text_time
                 .ok_or_else(|| candle_core::Error::Msg("this UNet (text_time) needs the pooled text embeddings and time ids".into()))?;
-            if let Some(aug) = self.aug_embedding(added, dtype)? {
+            if let Some(aug) = self.aug_embedding(text_embeds, time_ids, dtype)? {
                 emb = (emb + aug)?;
             }
         }

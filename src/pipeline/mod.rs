@@ -26,8 +26,8 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 pub use pieces::{
-    BlockGradient, Conditioning, UnetOutput, UnetVariant, attention_to_maps, cam_eval, decode, encode_image, encode_prompt, guided_eval,
-    guided_eval_batch, guided_eval_variant, zeroed_time_unet,
+    BlockGradient, Conditioning, UnetOutput, UnetVariant, attention_to_maps, cam_eval, decode, encode_image, encode_prompt, encode_text,
+    guided_eval, guided_eval_batch, guided_eval_variant, zeroed_time_unet,
 };
 /// The UNet blocks whose outputs DF-CAM can use, by diffusers module path, in module order.
 pub fn block_paths(sd: &StableDiffusion) -> Vec<String> {
@@ -41,6 +41,7 @@ use crate::sampling::config::SchedulerConfig;
 use crate::sampling::{SamplerError, SamplerKind, TimestepSpacing};
 use crate::trace::{AttnLayer, RunMeta, StepRecord};
 use crate::types::CaptureMode;
+pub use crate::types::TextOptions;
 
 /// Where a run's initial noise comes from (diffusers' `latents=` argument when given). The
 /// noise is unit-variance; the run multiplies it by the sampler's `init_noise_sigma`.
@@ -78,6 +79,9 @@ pub struct PromptEmbeddings {
 pub struct RunConfig {
     pub prompt: String,
     pub negative_prompt: String,
+    /// SDXL's second prompts and clip skip.
+    #[serde(default)]
+    pub text_options: TextOptions,
     pub steps: usize,
     pub guidance: f32,
     /// None = the model's own scheduler class (scheduler/scheduler_config.json `_class_name`),
@@ -101,6 +105,7 @@ impl Default for RunConfig {
         Self {
             prompt: String::new(),
             negative_prompt: String::new(),
+            text_options: TextOptions::default(),
             steps: 50,
             guidance: 7.5,
             sampler: None,
@@ -118,10 +123,36 @@ impl Default for RunConfig {
 }
 
 impl RunConfig {
-    /// Whether the run uses classifier-free guidance (a doubled UNet batch).
-    pub fn guided(&self) -> bool {
-        self.guidance > 1.0
+    /// Whether the run uses classifier-free guidance (a doubled UNet batch): guidance above 1
+    /// on a UNet that does not take the guidance as an input (`time_cond_proj_dim`).
+    pub fn guided(&self, sd: &StableDiffusion) -> bool {
+        self.guidance > 1.0 && !sd.unet.embeds_guidance()
     }
+
+    /// The prompts and text options as [`encode_text`] takes them.
+    pub fn text(&self) -> PromptText<'_> {
+        PromptText {
+            prompt: &self.prompt,
+            negative: &self.negative_prompt,
+            prompt_2: self.text_options.prompt_2.as_deref(),
+            negative_2: self.text_options.negative_prompt_2.as_deref(),
+            clip_skip: self.text_options.clip_skip,
+        }
+    }
+}
+
+/// The text a run is conditioned on, as diffusers' `encode_prompt` takes it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PromptText<'a> {
+    pub prompt: &'a str,
+    pub negative: &'a str,
+    /// SDXL's second encoder's prompts (None or empty: the first ones, as diffusers).
+    pub prompt_2: Option<&'a str>,
+    pub negative_2: Option<&'a str>,
+    /// diffusers' `clip_skip`: SD takes the output `clip_skip` layers before the last through
+    /// the final layer norm, SDXL the hidden state `clip_skip` layers before the penultimate.
+    /// As in diffusers, only the positive prompt's encoding skips layers.
+    pub clip_skip: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -270,7 +301,7 @@ pub fn geometry(sd: &StableDiffusion, cfg: &RunConfig) -> Result<Geometry, RunEr
     if sd.device.is_cpu()
         && let Some(available) = memory::available_bytes()
     {
-        let need = |l: [usize; 3]| memory::run_estimate(sd, l, cfg.guided(), cfg.steps, cfg.attention);
+        let need = |l: [usize; 3]| memory::run_estimate(sd, l, cfg.guided(sd), cfg.steps, cfg.attention);
         let est = need(latent);
         if est.bytes > available {
             let source = match (cfg.height, cfg.width) {

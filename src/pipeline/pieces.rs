@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::{PromptEmbeddings, RunError};
+use super::{PromptEmbeddings, PromptText, RunError};
 use crate::model::StableDiffusion;
 use crate::model::tokenizer::TokenizedPrompt;
 use crate::model::unet::{AddedCond, AttnProbe, Taps, UNet};
@@ -76,50 +76,54 @@ impl Conditioning {
     }
 }
 
-/// The UNet's view of [`Conditioning::added_for`]'s tensors.
-fn as_added(added: &Option<(Tensor, Tensor)>) -> Option<AddedCond<'_>> {
-    added.as_ref().map(|(p, ids)| AddedCond {
-        text_embeds: p,
-        time_ids: ids,
-    })
+/// The UNet's added conditioning: [`Conditioning::added_for`]'s tensors and, for UNets that
+/// embed the guidance (`time_cond_proj_dim`), `guidance - 1` as diffusers' pipelines pass it.
+fn as_added<'a>(unet: &UNet, added: &'a Option<(Tensor, Tensor)>, guidance: f32) -> AddedCond<'a> {
+    AddedCond {
+        text_time: added.as_ref().map(|(p, ids)| (p, ids)),
+        guidance_w: unet.embeds_guidance().then(|| (f64::from(guidance) - 1.0) as f32),
+    }
 }
 
 /// SDXL's prompt encoding (diffusers' `StableDiffusionXLPipeline.encode_prompt`): both
-/// encoders' penultimate hidden states concatenated, the second encoder's projected EOS output
-/// as the pooled embedding; an empty negative prompt gives zeros when the pipeline has
-/// `force_zeros_for_empty_prompt`.
+/// encoders' penultimate hidden states (or `clip_skip` layers earlier, positive prompt only)
+/// concatenated, the first encoder reading `prompt` and the second `prompt_2` (the first when
+/// unset); the second encoder's projected EOS output as the pooled embedding. With
+/// `force_zeros_for_empty_prompt` an empty negative prompt gives zeros (whatever
+/// `negative_2` says, as in diffusers).
 fn encode_xl(
     sd: &StableDiffusion,
     xl: &crate::model::loader::XlParts,
-    prompt: &str,
-    negative: &str,
+    text: &PromptText,
     guided: bool,
 ) -> Result<(Tensor, Tensor), RunError> {
     let device = &sd.device;
-    let encode = |text: &str| -> Result<(Tensor, Tensor), RunError> {
-        let ids1 = Tensor::new(sd.tokenizer.encode(text).ids.as_slice(), device)?.unsqueeze(0)?;
-        let ids2 = Tensor::new(xl.tokenizer_2.encode(text).ids.as_slice(), device)?.unsqueeze(0)?;
-        let h1 = sd.text_encoder.forward_hidden(&ids1, 0)?;
-        let h2 = xl.text_encoder_2.forward_hidden(&ids2, 0)?;
+    let encode = |first: &str, second: &str, skip: usize| -> Result<(Tensor, Tensor), RunError> {
+        let ids1 = Tensor::new(sd.tokenizer.encode(first).ids.as_slice(), device)?.unsqueeze(0)?;
+        let ids2 = Tensor::new(xl.tokenizer_2.encode(second).ids.as_slice(), device)?.unsqueeze(0)?;
+        let h1 = sd.text_encoder.forward_hidden(&ids1, skip)?;
+        let h2 = xl.text_encoder_2.forward_hidden(&ids2, skip)?;
         let pooled = h2
             .pooled
             .ok_or_else(|| RunError::BadInput("text_encoder_2 has no projection".into()))?;
         Ok((Tensor::cat(&[&h1.hidden, &h2.hidden], 2)?, pooled))
     };
-    let (pos, pooled) = encode(prompt)?;
+    let second = |p: Option<&str>, first: &str| p.filter(|s| !s.is_empty()).unwrap_or(first).to_owned();
+    let (pos, pooled) = encode(text.prompt, &second(text.prompt_2, text.prompt), text.clip_skip.unwrap_or(0))?;
     if !guided {
         return Ok((pos, pooled));
     }
-    let (neg, neg_pooled) = if negative.is_empty() && xl.force_zeros_for_empty_prompt {
+    let (neg, neg_pooled) = if text.negative.is_empty() && xl.force_zeros_for_empty_prompt {
         (pos.zeros_like()?, pooled.zeros_like()?)
     } else {
-        encode(negative)?
+        encode(text.negative, &second(text.negative_2, text.negative), 0)?
     };
     Ok((Tensor::cat(&[&neg, &pos], 0)?, Tensor::cat(&[&neg_pooled, &pooled], 0)?))
 }
 
 /// Tokenizes `prompt` (and `negative` when `guided`) and encodes them with the text encoder,
-/// or takes the encoder outputs from `overrides`.
+/// or takes the encoder outputs from `overrides`: [`encode_text`] without the SDXL second
+/// prompts and clip skip.
 pub fn encode_prompt(
     sd: &StableDiffusion,
     prompt: &str,
@@ -127,18 +131,59 @@ pub fn encode_prompt(
     guided: bool,
     overrides: Option<&PromptEmbeddings>,
 ) -> Result<Conditioning, RunError> {
+    let text = PromptText {
+        prompt,
+        negative,
+        ..PromptText::default()
+    };
+    encode_text(sd, &text, guided, overrides)
+}
+
+/// diffusers' `encode_prompt` of `text` (or the encoder outputs in `overrides`). `guided`
+/// asks for the negative branch; a UNet that embeds the guidance (`time_cond_proj_dim`) never
+/// gets one, as in diffusers.
+pub fn encode_text(
+    sd: &StableDiffusion,
+    text: &PromptText,
+    guided: bool,
+    overrides: Option<&PromptEmbeddings>,
+) -> Result<Conditioning, RunError> {
     let device = &sd.device;
-    let negative_text = negative;
-    let positive = sd.tokenizer.encode(prompt);
-    let negative = sd.tokenizer.encode(negative);
-    let encode = |ids: &[u32]| -> Result<Tensor, RunError> {
+    let guided = guided && !sd.unet.embeds_guidance();
+    let second_given = text.prompt_2.is_some_and(|p| !p.is_empty()) || text.negative_2.is_some_and(|p| !p.is_empty());
+    if second_given && sd.xl.is_none() {
+        return Err(RunError::BadInput(
+            "a second prompt (prompt_2 / negative_prompt_2) needs an SDXL model: this one has one text encoder".into(),
+        ));
+    }
+    if overrides.is_some() && (second_given || text.clip_skip.is_some()) {
+        return Err(RunError::BadInput(
+            "given prompt embeddings replace the text encoders: a second prompt or clip skip does not apply".into(),
+        ));
+    }
+    if let Some(c) = text.clip_skip {
+        // SDXL counts from the penultimate layer.
+        let layers = sd.text_encoder.num_layers();
+        let most = if sd.xl.is_some() { layers.saturating_sub(1) } else { layers };
+        if c > most {
+            return Err(RunError::BadInput(format!(
+                "clip skip {c} is more than this text encoder allows ({most}; it has {layers} layers)"
+            )));
+        }
+    }
+    let positive = sd.tokenizer.encode(text.prompt);
+    let negative = sd.tokenizer.encode(text.negative);
+    let encode = |ids: &[u32], skip: Option<usize>| -> Result<Tensor, RunError> {
         let ids = Tensor::new(ids, device)?.unsqueeze(0)?;
-        Ok(sd.text_encoder.forward(&ids)?)
+        Ok(match skip {
+            None => sd.text_encoder.forward(&ids)?,
+            Some(c) => sd.text_encoder.forward_clip_skip(&ids, c)?,
+        })
     };
     if let Some(xl) = &sd.xl
         && overrides.is_none()
     {
-        let (context, pooled) = encode_xl(sd, xl, prompt, negative_text, guided)?;
+        let (context, pooled) = encode_xl(sd, xl, text, guided)?;
         let b = pooled.dim(0)?;
         let mut cond = Conditioning {
             context,
@@ -153,8 +198,9 @@ pub fn encode_prompt(
     }
     let (pos_emb, neg_emb) = match overrides {
         None => {
-            let pos = encode(&positive.ids)?;
-            let neg = if guided { Some(encode(&negative.ids)?) } else { None };
+            // As diffusers: clip skip applies to the positive prompt only.
+            let pos = encode(&positive.ids, text.clip_skip)?;
+            let neg = if guided { Some(encode(&negative.ids, None)?) } else { None };
             (pos, neg)
         }
         Some(e) => {
@@ -284,9 +330,8 @@ fn eval_on(
     let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
     let mut probe = AttnProbe::new(capture, usize::from(cond.guided));
     let added = cond.added_for(1)?;
-    let added = as_added(&added);
     let out = unet
-        .forward_added(&x, t, &cond.context, added.as_ref(), &mut probe)?
+        .forward_added(&x, t, &cond.context, as_added(unet, &added, guidance), &mut probe)?
         .to_dtype(DType::F32)?;
     let model_output: Vec<f32> = if cond.guided {
         let uncond = out.get(0)?.flatten_all()?.to_vec1::<f32>()?;
@@ -308,7 +353,7 @@ pub fn decode(sd: &StableDiffusion, latents: Vec<f32>, shape: [usize; 3]) -> Res
             sd.latent_channels()
         )));
     }
-    let t = Tensor::from_vec(latents, (1, c, h, w), &sd.device)?.to_dtype(sd.dtype)?;
+    let t = Tensor::from_vec(latents, (1, c, h, w), &sd.device)?.to_dtype(sd.vae_dtype)?;
     Ok(Vae::to_rgb8(&sd.vae.decode_unit(&t)?)?)
 }
 
@@ -409,10 +454,9 @@ pub fn guided_eval_batch(
     let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
     let context = batch_context(cond, n)?;
     let added = cond.added_for(n)?;
-    let added = as_added(&added);
     let out = sd
         .unet
-        .forward_added(&x, t, &context, added.as_ref(), &mut AttnProbe::off())?
+        .forward_added(&x, t, &context, as_added(&sd.unet, &added, guidance), &mut AttnProbe::off())?
         .to_dtype(DType::F32)?;
     let mut outputs = Vec::with_capacity(n);
     for i in 0..n {
@@ -461,10 +505,9 @@ pub fn cam_eval(
     let x = if cond.guided { Tensor::cat(&[&x, &x], 0)? } else { x };
     let mut probe = AttnProbe::tapping(Taps::new(blocks.map(<[String]>::to_vec)));
     let added = cond.added_for(1)?;
-    let added = as_added(&added);
     let out = sd
         .unet
-        .forward_added(&x, t, &cond.context, added.as_ref(), &mut probe)?
+        .forward_added(&x, t, &cond.context, as_added(&sd.unet, &added, guidance), &mut probe)?
         .to_dtype(DType::F32)?;
     let guided = if cond.guided {
         let (u, cnd) = (out.get(0)?, out.get(1)?);

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::{
-    Conditioning, InitLatents, RunConfig, RunError, RunEvent, attn_layer_sizes, check_finite, decode, encode_prompt, geometry, guided_eval,
+    Conditioning, InitLatents, RunConfig, RunError, RunEvent, attn_layer_sizes, check_finite, decode, encode_text, geometry, guided_eval,
     initial_noise, sampler_kind, scheduler_config,
 };
 use crate::model::StableDiffusion;
@@ -86,7 +86,7 @@ pub fn run_hooked(
     let [c, h, w] = geo.latent;
     let device = &sd.device;
 
-    let mut cond = encode_prompt(sd, &cfg.prompt, &cfg.negative_prompt, cfg.guided(), cfg.embeddings.as_ref())?;
+    let mut cond = encode_text(sd, &cfg.text(), cfg.guided(sd), cfg.embeddings.as_ref())?;
     cond.set_image_size(geo.height, geo.width)?;
 
     // Sampler and initial latents.
@@ -113,6 +113,7 @@ pub fn run_hooked(
         model_path: sd.root.display().to_string(),
         prompt: cfg.prompt.clone(),
         negative_prompt: cfg.negative_prompt.clone(),
+        text_options: cfg.text_options.clone(),
         tokens: pos.tokens.clone(),
         token_ids: pos.ids.clone(),
         tokens_used: pos.n_used,

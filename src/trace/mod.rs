@@ -106,6 +106,9 @@ pub struct RunMeta {
     pub model_path: String,
     pub prompt: String,
     pub negative_prompt: String,
+    /// SDXL's second prompts and clip skip, when set.
+    #[serde(flatten)]
+    pub text_options: crate::types::TextOptions,
     /// Token strings and ids of the prompt, padded to the tokenizer's max length.
     pub tokens: Vec<String>,
     pub token_ids: Vec<u32>,

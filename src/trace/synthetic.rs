@@ -138,6 +138,7 @@ pub fn run(spec: &SyntheticSpec) -> Run {
         model_path: "synthetic".into(),
         prompt: "a red circle".into(),
         negative_prompt: String::new(),
+        text_options: Default::default(),
         tokens,
         token_ids: vec![0; 77],
         tokens_used: 5,

@@ -61,6 +61,10 @@ pub struct Settings {
     pub recent_models: Vec<String>,
     pub prompt: String,
     pub negative_prompt: String,
+    /// SDXL's second prompts ("": the first ones) and clip skip.
+    pub prompt_2: String,
+    pub negative_prompt_2: String,
+    pub clip_skip: Option<usize>,
     pub seed: u64,
     pub steps: usize,
     pub sampler: Option<SamplerKind>,
@@ -223,6 +227,9 @@ impl Default for Settings {
             recent_models: Vec::new(),
             prompt: "a red circle left of a blue square".into(),
             negative_prompt: String::new(),
+            prompt_2: String::new(),
+            negative_prompt_2: String::new(),
+            clip_skip: None,
             seed: 0,
             steps: 30,
             sampler: None,
@@ -747,6 +754,7 @@ impl App {
         let cfg = RunConfig {
             prompt: s.prompt.clone(),
             negative_prompt: s.negative_prompt.clone(),
+            text_options: crate::types::TextOptions::new(&s.prompt_2, &s.negative_prompt_2, s.clip_skip),
             steps: s.steps.max(1),
             guidance: s.guidance,
             sampler: s.sampler,
@@ -995,6 +1003,7 @@ impl App {
         let settings = SaliencySettings {
             prompt: m.prompt.clone(),
             negative_prompt: m.negative_prompt.clone(),
+            text_options: m.text_options.clone(),
             seed: m.seed,
             steps: m.steps,
             guidance: m.guidance,

@@ -58,6 +58,11 @@ impl Case {
         RunConfig {
             prompt: j["prompt"].as_str().unwrap().into(),
             negative_prompt: j["negative_prompt"].as_str().unwrap_or("").into(),
+            text_options: diffusion_scope::types::TextOptions::new(
+                j["prompt_2"].as_str().unwrap_or(""),
+                j["negative_prompt_2"].as_str().unwrap_or(""),
+                j["clip_skip"].as_u64().map(|c| c as usize),
+            ),
             steps: j["steps"].as_u64().unwrap() as usize,
             guidance: j["guidance"].as_f64().unwrap() as f32,
             sampler: Some(name.parse::<SamplerKind>().unwrap()),

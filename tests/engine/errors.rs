@@ -90,6 +90,37 @@ fn unsupported_config_value_names_key_and_value() {
 }
 
 #[test]
+fn asymmetric_transformer_layers_need_the_reverse_list() {
+    let m = model_with("nested", "unet/config.json", |v| {
+        v["transformer_layers_per_block"] = serde_json::json!([1, [1, 2], 1])
+    });
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x"],
+        &["transformer_layers_per_block", "reverse_transformer_layers_per_block"],
+    );
+    let m = model_with("nested-short", "unet/config.json", |v| {
+        v["transformer_layers_per_block"] = serde_json::json!([[1], [1], 1]);
+        v["reverse_transformer_layers_per_block"] = serde_json::json!([[1, 1], [1, 1], [1]]);
+    });
+    check(
+        &["--model", m.to_str().unwrap(), "--prompt", "x"],
+        &["transformer_layers_per_block", "attention layers"],
+    );
+}
+
+#[test]
+fn second_prompt_and_clip_skip_are_checked_against_the_model() {
+    check(
+        &["--model", &tiny(), "--prompt", "x", "--prompt-2", "y"],
+        &["second prompt", "SDXL"],
+    );
+    check(
+        &["--model", &tiny(), "--prompt", "x", "--clip-skip", "9"],
+        &["clip skip 9", "layers"],
+    );
+}
+
+#[test]
 fn missing_weight_names_the_key() {
     let m = model_with("layers", "unet/config.json", |v| v["layers_per_block"] = 2.into());
     check(

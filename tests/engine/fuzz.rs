@@ -394,8 +394,12 @@ fn parse_config(root: &Path, file: &str) {
                 for i in 0..c.block_out_channels.len() {
                     c.heads(i);
                     c.cross_attention_dim.get(i);
-                    c.transformer_layers_per_block.get(i);
+                    for j in 0..=c.layers_per_block {
+                        c.down_transformer_layers(i, j);
+                        c.up_transformer_layers(i, j);
+                    }
                 }
+                c.mid_transformer_layers();
             }
         }
         "vae/config.json" => {
@@ -521,6 +525,7 @@ fn generate_once(sd: &StableDiffusion) {
     let cfg = RunConfig {
         prompt: "a red circle".into(),
         negative_prompt: String::new(),
+        text_options: Default::default(),
         steps: 2,
         guidance: 5.0,
         sampler: None,

@@ -20,12 +20,19 @@ const SAMPLERS: &[&str] = &[
 ];
 
 pub fn check_case(model: &str, case_name: &str) -> Vec<String> {
+    check_case_with(model, case_name, &|_| {})
+}
+
+/// [`check_case`] with the case's run config changed by `edit` first (to show that a setting
+/// matters: without it the case must fail).
+pub fn check_case_with(model: &str, case_name: &str, edit: &dyn Fn(&mut diffusion_scope::pipeline::RunConfig)) -> Vec<String> {
     let sd = load_model(model);
     let case = Case::load(model, case_name);
     let mut cfg = case.run_config();
     if let Some(sp) = case.json["scheduler_overrides"]["timestep_spacing"].as_str() {
         cfg.spacing = Some(sp.parse().unwrap());
     }
+    edit(&mut cfg);
     let with_attn = case.tensors.keys().any(|k| k.starts_with("attn."));
     cfg.attention = if with_attn { CaptureMode::Full } else { CaptureMode::None };
     let out = generate(&sd, &cfg);
@@ -240,7 +247,7 @@ fn in_memory_latents_and_embeddings_reproduce_the_run() {
         &mut diffusion_scope::sampling::rng::TorchRng::new(cfg.seed),
         seeded.meta.latent_shape.iter().product(),
     );
-    let cond = pipeline::encode_prompt(&sd, &cfg.prompt, &cfg.negative_prompt, cfg.guided(), None).unwrap();
+    let cond = pipeline::encode_prompt(&sd, &cfg.prompt, &cfg.negative_prompt, cfg.guided(&sd), None).unwrap();
     let mut cfg2 = cfg.clone();
     cfg2.init_latents = InitLatents::Values(noise);
     cfg2.embeddings = Some(cond.embeddings().unwrap());
