@@ -73,6 +73,10 @@ pub struct ModelInfo {
     pub default_size: usize,
     pub vae_scale_factor: usize,
     pub attn_layers: usize,
+    /// SDXL: a second text encoder (prompt 2 applies).
+    pub second_text_encoder: bool,
+    /// The (first) text encoder's layers: the most clip skip can be.
+    pub text_encoder_layers: usize,
     pub load_secs: f64,
 }
 
@@ -420,6 +424,8 @@ impl WorkerState {
                         default_size: sd.default_size(),
                         vae_scale_factor: sd.vae_scale_factor(),
                         attn_layers: sd.unet.attn_layers().len(),
+                        second_text_encoder: sd.xl.is_some(),
+                        text_encoder_layers: sd.text_encoder.num_layers(),
                         load_secs: t0.elapsed().as_secs_f64(),
                     };
                     self.loaded = Some(Loaded {

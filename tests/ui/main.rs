@@ -698,3 +698,38 @@ fn probe_tab_interpolates_checks_health_and_scores_images() {
     h.run_steps(2);
     assert!(h.query_all_by_label_contains("03.png:").count() >= 1);
 }
+
+/// The folded text-encoder options reach the run: a second prompt and clip skip on the tiny
+/// SDXL model are in the streamed run's settings.
+#[test]
+fn text_encoder_options_reach_the_run() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny-sdxl")
+        .display()
+        .to_string();
+    let settings = Settings {
+        model,
+        steps: 2,
+        prompt: "a red circle".into(),
+        attention: diffusion_scope::types::CaptureMode::None,
+        ..Settings::default()
+    };
+    let mut h = harness(settings);
+    h.run_steps(2);
+    h.get_by_label("Text encoder options").click();
+    h.run_steps(3);
+    h.get_by_label("Prompt 2 (SDXL)").focus();
+    h.run_steps(2);
+    h.get_by_label("Prompt 2 (SDXL)").type_text("a blue square");
+    h.get_by_label("Clip skip").click();
+    h.run_steps(3);
+    assert_eq!(h.state().settings.prompt_2, "a blue square");
+    assert_eq!(h.state().settings.clip_skip, Some(1));
+    generate_and_wait(&mut h);
+    let meta = &h.state().store.current().unwrap().meta;
+    assert_eq!(meta.text_options.prompt_2.as_deref(), Some("a blue square"));
+    assert_eq!(meta.text_options.clip_skip, Some(1));
+    // Loaded, the model says it has two encoders: the header now reads as set.
+    h.run_steps(2);
+    assert!(h.query_by_label("Text encoder options (set)").is_some());
+}

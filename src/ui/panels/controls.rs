@@ -10,6 +10,56 @@ use crate::sampling::SamplerKind;
 use crate::types::CaptureMode;
 use crate::ui::{Action, App, Normalize};
 
+/// SDXL's second prompts and clip skip, folded away. `loaded`: whether the loaded model has a
+/// second text encoder, and its first encoder's layer count.
+fn text_options_ui(ui: &mut egui::Ui, s: &mut crate::ui::Settings, loaded: Option<(bool, usize)>) {
+    let set = !s.prompt_2.is_empty() || !s.negative_prompt_2.is_empty() || s.clip_skip.is_some();
+    let title = if set {
+        "Text encoder options (set)"
+    } else {
+        "Text encoder options"
+    };
+    egui::CollapsingHeader::new(title).id_salt("text-options").show(ui, |ui| {
+        let xl = loaded.is_none_or(|(xl, _)| xl);
+        let why = if xl {
+            "SDXL's second text encoder reads this (empty: the prompt above)"
+        } else {
+            "the loaded model has one text encoder"
+        };
+        ui.add_enabled_ui(xl, |ui| {
+            let l = ui.label("Prompt 2 (SDXL)");
+            ui.add(
+                egui::TextEdit::singleline(&mut s.prompt_2)
+                    .hint_text("= prompt")
+                    .desired_width(f32::INFINITY),
+            )
+            .labelled_by(l.id)
+            .on_hover_text(why);
+            let l = ui.label("Negative prompt 2 (SDXL)");
+            ui.add(
+                egui::TextEdit::singleline(&mut s.negative_prompt_2)
+                    .hint_text("= negative prompt")
+                    .desired_width(f32::INFINITY),
+            )
+            .labelled_by(l.id)
+            .on_hover_text(why);
+        });
+        ui.horizontal(|ui| {
+            let mut on = s.clip_skip.is_some();
+            ui.checkbox(&mut on, "Clip skip")
+                .on_hover_text("diffusers' clip_skip: the text encoder's output this many layers earlier (positive prompt only)");
+            if on {
+                let most = loaded.map_or(12, |(_, layers)| layers);
+                let mut c = s.clip_skip.unwrap_or(1);
+                ui.add(egui::DragValue::new(&mut c).range(0..=most));
+                s.clip_skip = Some(c);
+            } else {
+                s.clip_skip = None;
+            }
+        });
+    });
+}
+
 pub fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
     let s = &mut app.settings;
     let model_heading = ui.heading("Model").id;
@@ -48,6 +98,8 @@ pub fn controls_ui(app: &mut App, ui: &mut egui::Ui) {
     let l = ui.label("Negative prompt");
     ui.add(egui::TextEdit::singleline(&mut s.negative_prompt).desired_width(f32::INFINITY))
         .labelled_by(l.id);
+    let loaded = app.store.model.as_ref().map(|m| (m.second_text_encoder, m.text_encoder_layers));
+    text_options_ui(ui, s, loaded);
     ui.add_space(6.0);
     egui::Grid::new("settings").num_columns(2).show(ui, |ui| {
         let l = ui.label("Seed");
