@@ -78,6 +78,8 @@ fn open_app(dir: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread is started.
+    unsafe { diffusion_scope::model::pin_cpu_threads() };
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Generate(args)) => cli::generate::run(args),
