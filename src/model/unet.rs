@@ -162,8 +162,8 @@ impl AttnProbe {
     }
 }
 
-fn conv2d(cin: usize, cout: usize, k: usize, padding: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    candle_nn::conv2d(
+fn conv2d(cin: usize, cout: usize, k: usize, padding: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
+    let inner = candle_nn::conv2d(
         cin,
         cout,
         k,
@@ -173,7 +173,48 @@ fn conv2d(cin: usize, cout: usize, k: usize, padding: usize, stride: usize, vb: 
             ..Default::default()
         },
         vb,
-    )
+    )?;
+    let w_flat = if k == 3 && padding == 1 && stride == 1 {
+        Some(inner.weight().reshape((cout, cin * 9))?)
+    } else {
+        None
+    };
+    Ok(Conv { inner, w_flat })
+}
+
+/// A 2-D convolution with diffusers' weights. The 3x3, stride-1, padding-1 ones (most of a
+/// UNet's) run as one im2col matmul per image in NCHW order: the weight [c_out, c_in * 9] as
+/// stored, against the nine shifted views of the zero-padded input. candle 0.11's CPU conv2d
+/// instead re-lays the input out as NHWC, re-flattens the weight and gathers the patches pixel
+/// by pixel on every call (issue 17's profile). The others go to candle's conv2d.
+#[derive(Clone)]
+struct Conv {
+    inner: Conv2d,
+    /// The weight as [c_out, c_in * 9] when the im2col path applies.
+    w_flat: Option<Tensor>,
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(w) = &self.w_flat else { return self.inner.forward(x) };
+        let (b, c, h, wd) = x.dims4()?;
+        let co = w.dim(0)?;
+        let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+        let mut shifted = Vec::with_capacity(9);
+        for kh in 0..3 {
+            for kw in 0..3 {
+                shifted.push(padded.narrow(2, kh, h)?.narrow(3, kw, wd)?);
+            }
+        }
+        // [B, C, 9, H, W]: row c * 9 + kh * 3 + kw of each image's column matrix, the order of
+        // the weight's flattened (c_in, kh, kw).
+        let cols = Tensor::stack(&shifted, 2)?.reshape((b, c * 9, h * wd))?;
+        let out = w.broadcast_left(b)?.matmul(&cols)?.reshape((b, co, h, wd))?;
+        match self.inner.bias() {
+            Some(bias) => out.broadcast_add(&bias.reshape((1, co, 1, 1))?),
+            None => Ok(out),
+        }
+    }
 }
 
 fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
@@ -218,11 +259,11 @@ fn norm(ln: &LayerNorm, xs: &Tensor, differentiable: bool) -> Result<Tensor> {
 #[derive(Clone)]
 struct ResnetBlock {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: Conv,
     time_emb_proj: Linear,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_shortcut: Option<Conv2d>,
+    conv2: Conv,
+    conv_shortcut: Option<Conv>,
     output_scale_factor: f64,
 }
 
@@ -366,7 +407,7 @@ struct TransformerBlock {
 
 #[derive(Clone)]
 enum Proj {
-    Conv(Conv2d),
+    Conv(Conv),
     Linear(Linear),
 }
 
@@ -460,14 +501,14 @@ impl Transformer2D {
 struct DownBlock {
     resnets: Vec<ResnetBlock>,
     attentions: Vec<Transformer2D>,
-    downsampler: Option<Conv2d>,
+    downsampler: Option<Conv>,
 }
 
 #[derive(Clone)]
 struct UpBlock {
     resnets: Vec<ResnetBlock>,
     attentions: Vec<Transformer2D>,
-    upsampler: Option<Conv2d>,
+    upsampler: Option<Conv>,
 }
 
 #[derive(Clone)]
@@ -479,14 +520,14 @@ struct MidBlock {
 
 #[derive(Clone)]
 pub struct UNet {
-    conv_in: Conv2d,
+    conv_in: Conv,
     time_linear_1: Linear,
     time_linear_2: Linear,
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
     /// SDXL's `add_embedding` (`addition_embed_type: "text_time"`): linear_1, linear_2.
     add_embedding: Option<(Linear, Linear)>,
     /// LCM-distilled UNets' `time_embedding.cond_proj` (`time_cond_proj_dim`): the guidance
