@@ -105,3 +105,23 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
     num / den.max(1e-30)
 }
+
+/// The largest difference between an 8-bit image and diffusers' float image [1, 3, H, W] in
+/// [0, 1] (the parity bar is 1/255).
+pub fn image_max_diff(image: &RgbImage, reference: &candle_core::Tensor) -> f32 {
+    let hwc = reference
+        .squeeze(0)
+        .unwrap()
+        .permute((1, 2, 0))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    image
+        .pixels
+        .iter()
+        .zip(&hwc)
+        .map(|(p, r)| (*p as f32 / 255.0 - r).abs())
+        .fold(0f32, f32::max)
+}

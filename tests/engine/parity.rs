@@ -77,22 +77,7 @@ pub fn check_case_with(model: &str, case_name: &str, edit: &dyn Fn(&mut diffusio
         }
     }
     // Final image: within 1/255 of diffusers' float image.
-    let img = case.tensors["image"]
-        .squeeze(0)
-        .unwrap()
-        .permute((1, 2, 0))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let max_diff = out
-        .image
-        .pixels
-        .iter()
-        .zip(&img)
-        .map(|(p, r)| (*p as f32 / 255.0 - r).abs())
-        .fold(0f32, f32::max);
+    let max_diff = crate::common::image_max_diff(&out.image, &case.tensors["image"]);
     if max_diff > 1.0 / 255.0 + 1e-6 {
         fail(format!("image differs by up to {:.4} (> 1/255)", max_diff));
     }

@@ -102,21 +102,7 @@ fn f16_sdxl_upcasts_the_vae() {
     let case = crate::common::Case::load("tiny-sdxl", "euler_g5.0_neg");
     let last = case.get("latents").unwrap().pop().unwrap();
     let image = pipeline::decode(&xl, last, [4, 16, 16]).unwrap();
-    let reference = case.tensors["image"]
-        .squeeze(0)
-        .unwrap()
-        .permute((1, 2, 0))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let max = image
-        .pixels
-        .iter()
-        .zip(&reference)
-        .map(|(p, r)| (*p as f32 / 255.0 - r).abs())
-        .fold(0f32, f32::max);
+    let max = crate::common::image_max_diff(&image, &case.tensors["image"]);
     eprintln!("f16 weights, f32 decode: max pixel difference {max:.5}");
     assert!(max <= 1.0 / 255.0 + 1e-6, "{max}");
 }
