@@ -186,7 +186,8 @@ fn conv2d(cin: usize, cout: usize, k: usize, padding: usize, stride: usize, vb: 
 /// UNet's) run as one im2col matmul per image in NCHW order: the weight [c_out, c_in * 9] as
 /// stored, against the nine shifted views of the zero-padded input. candle 0.11's CPU conv2d
 /// instead re-lays the input out as NHWC, re-flattens the weight and gathers the patches pixel
-/// by pixel on every call (issue 17's profile). The others go to candle's conv2d.
+/// by pixel on every call (issue 17's profile). The others, and every convolution on a GPU, go
+/// to candle's conv2d.
 #[derive(Clone)]
 struct Conv {
     inner: Conv2d,
@@ -196,7 +197,10 @@ struct Conv {
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let Some(w) = &self.w_flat else { return self.inner.forward(x) };
+        // On a GPU candle's conv2d (cuDNN / its kernels) is the better path.
+        let Some(w) = self.w_flat.as_ref().filter(|_| x.device().is_cpu()) else {
+            return self.inner.forward(x);
+        };
         let (b, c, h, wd) = x.dims4()?;
         let co = w.dim(0)?;
         let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
