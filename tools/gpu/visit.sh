@@ -11,7 +11,8 @@ exec > >(tee "$OUT/visit.log") 2>&1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv
-BIN=.gpu/diffusion-scope
+xz -dc .gpu/diffusion-scope.xz > /tmp/diffusion-scope && chmod +x /tmp/diffusion-scope
+BIN=/tmp/diffusion-scope
 python3 tools/gpu/make_sd15_random.py /tmp/sd15 --dtype fp16
 for round in 1 2; do
   echo "== round $round: diffusers"
