@@ -4,6 +4,7 @@
 pub mod clip;
 pub mod config;
 pub mod hub;
+pub mod kernels;
 pub mod loader;
 pub mod tokenizer;
 pub mod unet;

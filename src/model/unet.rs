@@ -8,7 +8,9 @@
 //! is bit-identical (tested).
 
 use candle_core::{D, DType, Device, Module, Result, Tensor, Var};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+
+use super::kernels::{self, GroupNormLayer};
 
 use super::config::UNetConfig;
 use crate::types::CaptureMode;
@@ -201,18 +203,11 @@ impl Module for Conv {
         let Some(w) = self.w_flat.as_ref().filter(|_| x.device().is_cpu()) else {
             return self.inner.forward(x);
         };
-        let (b, c, h, wd) = x.dims4()?;
+        let (b, _, h, wd) = x.dims4()?;
         let co = w.dim(0)?;
-        let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-        let mut shifted = Vec::with_capacity(9);
-        for kh in 0..3 {
-            for kw in 0..3 {
-                shifted.push(padded.narrow(2, kh, h)?.narrow(3, kw, wd)?);
-            }
-        }
-        // [B, C, 9, H, W]: row c * 9 + kh * 3 + kw of each image's column matrix, the order of
-        // the weight's flattened (c_in, kh, kw).
-        let cols = Tensor::stack(&shifted, 2)?.reshape((b, c * 9, h * wd))?;
+        // Row c * 9 + kh * 3 + kw of each image's column matrix: the order of the weight's
+        // flattened (c_in, kh, kw).
+        let cols = kernels::im2col_3x3(x)?;
         let out = w.broadcast_left(b)?.matmul(&cols)?.reshape((b, co, h, wd))?;
         match self.inner.bias() {
             Some(bias) => out.broadcast_add(&bias.reshape((1, co, 1, 1))?),
@@ -221,8 +216,8 @@ impl Module for Conv {
     }
 }
 
-fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
-    candle_nn::group_norm(groups, channels, eps, vb)
+fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNormLayer> {
+    GroupNormLayer::new(groups, channels, eps, vb)
 }
 
 fn layer_norm(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
@@ -262,10 +257,10 @@ fn norm(ln: &LayerNorm, xs: &Tensor, differentiable: bool) -> Result<Tensor> {
 
 #[derive(Clone)]
 struct ResnetBlock {
-    norm1: GroupNorm,
+    norm1: GroupNormLayer,
     conv1: Conv,
     time_emb_proj: Linear,
-    norm2: GroupNorm,
+    norm2: GroupNormLayer,
     conv2: Conv,
     conv_shortcut: Option<Conv>,
     output_scale_factor: f64,
@@ -290,10 +285,10 @@ impl ResnetBlock {
 
     /// `temb_act` is silu(temb), shared by all resnets of the UNet.
     fn forward(&self, xs: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward(xs, true)?)?;
         let t = self.time_emb_proj.forward(temb_act)?.unsqueeze(2)?.unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(xs)?,
             None => xs.clone(),
@@ -356,7 +351,7 @@ impl Attention {
         let probs = if differentiable {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
+            kernels::softmax_last_dim(&scores)?
         };
         if let Some((probe, layer, h, w)) = probe {
             probe.record(layer, self.heads, h, w, &probs)?;
@@ -375,7 +370,6 @@ impl Attention {
 struct FeedForward {
     proj: Linear,
     out: Linear,
-    inner: usize,
 }
 
 impl FeedForward {
@@ -385,15 +379,11 @@ impl FeedForward {
         Ok(Self {
             proj: candle_nn::linear(dim, inner * 2, net.pp("0").pp("proj"))?,
             out: candle_nn::linear(inner, dim, net.pp("2"))?,
-            inner,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(xs)?;
-        let hidden = h.narrow(D::Minus1, 0, self.inner)?;
-        let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
-        self.out.forward(&(hidden * gate.gelu_erf()?)?)
+        self.out.forward(&kernels::geglu(&self.proj.forward(xs)?)?)
     }
 }
 
@@ -417,7 +407,7 @@ enum Proj {
 
 #[derive(Clone)]
 struct Transformer2D {
-    norm: GroupNorm,
+    norm: GroupNormLayer,
     proj_in: Proj,
     blocks: Vec<TransformerBlock>,
     proj_out: Proj,
@@ -477,7 +467,7 @@ impl Transformer2D {
     fn forward(&self, xs: &Tensor, context: &Tensor, probe: &mut AttnProbe) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let residual = xs;
-        let x = self.norm.forward(xs)?;
+        let x = self.norm.forward(xs, false)?;
         let mut x = match &self.proj_in {
             Proj::Conv(conv) => conv.forward(&x)?.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?,
             Proj::Linear(lin) => lin.forward(&x.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)?,
@@ -530,7 +520,7 @@ pub struct UNet {
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
-    conv_norm_out: GroupNorm,
+    conv_norm_out: GroupNormLayer,
     conv_out: Conv,
     /// SDXL's `add_embedding` (`addition_embed_type: "text_time"`): linear_1, linear_2.
     add_embedding: Option<(Linear, Linear)>,
@@ -876,7 +866,7 @@ impl UNet {
                 emb = (emb + aug)?;
             }
         }
-        let emb_act = emb.silu()?;
+        let emb_act = kernels::silu(&emb)?;
 
         let mut xs = self.conv_in.forward(sample)?;
         let mut skips = vec![xs.clone()];
@@ -922,7 +912,7 @@ impl UNet {
                 )?;
             }
         }
-        let xs = self.conv_norm_out.forward(&xs)?.silu()?;
+        let xs = self.conv_norm_out.forward(&xs, true)?;
         self.conv_out.forward(&xs)
     }
 }
