@@ -11,7 +11,7 @@
 //! at run time. They never call `mul_add` and keep reductions in fixed lane order, so all three
 //! give the same bits, whichever the machine has.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
 use candle_nn::GroupNorm;
 use rayon::prelude::*;
 
@@ -19,38 +19,55 @@ use rayon::prelude::*;
 /// model's) handing halves to another thread costs more than it saves.
 const PAR_MIN: usize = 1 << 16;
 
-/// Runs `f` compiled for the best instruction set this CPU has.
-#[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { with_avx512(f) };
+/// Defines `fn $name(args)` that runs `$body` compiled for the best instruction set this CPU
+/// has: the body is an `#[inline(always)]` function inlined into one copy per target feature
+/// set, so every helper it calls (`exp`, the lane sums) is vectorised for that set too.
+macro_rules! multiversion {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn v4($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn v3($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            body($($arg),*)
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { with_avx2(f) };
-        }
+    };
+}
+
+/// Splits `dst` into runs of whole `row`-long rows and calls `f(first_row, run)` on each: one
+/// run on the calling thread for small work, one per rayon thread for large.
+fn split_rows(dst: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let row = row.max(1);
+    let rows = dst.len() / row;
+    let threads = rayon::current_num_threads();
+    if dst.len() < PAR_MIN || threads < 2 || rows < 2 {
+        return f(0, dst);
     }
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
+    let per = rows.div_ceil(threads);
+    dst.par_chunks_mut(per * row).enumerate().for_each(|(i, run)| f(i * per, run));
 }
 
 /// True when `x` may take a fast path.
-fn fast(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op()
+pub fn fast(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() && x.elem_count() > 0
 }
 
 /// The f32 slice of a contiguous CPU storage.
@@ -80,7 +97,8 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    let t = xc * LOG2E + ROUND_MAGIC;
+    let n = t - ROUND_MAGIC;
     let r = xc - n * LN2_HI - n * LN2_LO;
     // Cephes expf's minimax polynomial for e^r - 1 - r on |r| <= ln2 / 2.
     let mut p = 1.987_569_1e-4_f32;
@@ -90,7 +108,9 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // 2^n from the integer in t's low mantissa bits (a float-to-int `as` cast does not
+    // vectorise as well).
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits()).wrapping_add(127) << 23);
     if x < -87.3 { 0.0 } else { y * scale }
 }
 
@@ -119,24 +139,8 @@ fn gelu1(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Sum in 16 fixed lanes, then the lanes in order: vectorises, and gives the same bits on every
-/// instruction set.
-#[inline(always)]
-fn sum_lanes(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut chunks = xs.chunks_exact(16);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f(v);
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
-        *a += f(v);
-    }
-    acc.iter().sum()
-}
-
-/// Same as [`sum_lanes`] in f64 (GroupNorm's statistics over up to millions of values).
+/// A sum in 8 fixed f64 lanes, then the lanes in order (GroupNorm's statistics over up to
+/// millions of values): vectorises, and gives the same bits on every instruction set.
 #[inline(always)]
 fn sum_lanes_f64(xs: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     let mut acc = [0f64; 8];
@@ -148,6 +152,28 @@ fn sum_lanes_f64(xs: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     }
     for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
         *a += f(v as f64);
+    }
+    acc.iter().sum()
+}
+
+/// Writes exp(x - m) of `src` into `dst` and returns their sum, summed in 16 fixed lanes and
+/// then the lanes in order.
+#[inline(always)]
+fn exp_sum_lanes(src: &[f32], dst: &mut [f32], m: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut s = src.chunks_exact(16);
+    let mut d = dst.chunks_exact_mut(16);
+    for (sc, dc) in (&mut s).zip(&mut d) {
+        for ((a, o), &v) in acc.iter_mut().zip(dc).zip(sc) {
+            let e = exp(v - m);
+            *o = e;
+            *a += e;
+        }
+    }
+    for ((a, o), &v) in acc.iter_mut().zip(d.into_remainder()).zip(s.remainder()) {
+        let e = exp(v - m);
+        *o = e;
+        *a += e;
     }
     acc.iter().sum()
 }
@@ -167,18 +193,23 @@ fn max_lanes(xs: &[f32]) -> f32 {
     acc.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
-/// Runs `f` on each `row`-long row of `dst` (with its index), on rayon's pool when the work is
-/// large.
-fn for_rows(dst: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if dst.len() >= PAR_MIN {
-        dst.par_chunks_mut(row).enumerate().for_each(|(i, d)| simd(|| f(i, d)));
-    } else {
-        simd(|| dst.chunks_mut(row).enumerate().for_each(|(i, d)| f(i, d)));
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Softmax over the last dimension.
+
+multiversion! {
+    /// Softmax of each `n`-long row of `src` into `dst`: exp(x - max) times 1 / sum (as
+    /// PyTorch's CPU softmax does it).
+    fn softmax_rows(src: &[f32], dst: &mut [f32], n: usize) {
+        for (s, d) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)) {
+            let m = max_lanes(s);
+            let total = exp_sum_lanes(s, d, m);
+            let inv = 1.0 / total;
+            for o in d.iter_mut() {
+                *o *= inv;
+            }
+        }
+    }
+}
 
 struct SoftmaxLastDim;
 
@@ -191,16 +222,8 @@ impl CustomOp1 for SoftmaxLastDim {
         let src = f32_slice(storage, layout, self.name())?;
         let n = layout.dims().last().copied().unwrap_or(1).max(1);
         let mut dst = vec![0f32; src.len()];
-        for_rows(&mut dst, n, |i, d| {
-            let s = &src[i * n..(i + 1) * n];
-            let m = max_lanes(s);
-            for (o, &v) in d.iter_mut().zip(s) {
-                *o = exp(v - m);
-            }
-            let total = sum_lanes(d, |v| v);
-            for o in d.iter_mut() {
-                *o /= total;
-            }
+        split_rows(&mut dst, n, |first, run| {
+            softmax_rows(&src[first * n..first * n + run.len()], run, n)
         });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
@@ -218,6 +241,14 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 // ---------------------------------------------------------------------------------------------
 // SiLU.
 
+multiversion! {
+    fn silu_slice(src: &[f32], dst: &mut [f32]) {
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = silu1(v);
+        }
+    }
+}
+
 struct Silu;
 
 impl CustomOp1 for Silu {
@@ -228,12 +259,7 @@ impl CustomOp1 for Silu {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = f32_slice(storage, layout, self.name())?;
         let mut dst = vec![0f32; src.len()];
-        let row = src.len().div_ceil(2).max(1);
-        for_rows(&mut dst, row, |i, d| {
-            for (o, &v) in d.iter_mut().zip(&src[i * row..]) {
-                *o = silu1(v);
-            }
-        });
+        split_rows(&mut dst, 1, |first, run| silu_slice(&src[first..first + run.len()], run));
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -285,6 +311,46 @@ impl GroupNormLayer {
     }
 }
 
+struct GnParams<'a> {
+    weight: &'a [f32],
+    bias: &'a [f32],
+    eps: f64,
+    silu: bool,
+    hw: usize,
+    per_group: usize,
+    channels_per_group: usize,
+    groups: usize,
+}
+
+multiversion! {
+    /// GroupNorm (+ SiLU) of whole (image, group) rows of `src` into `dst`, the first being row
+    /// `first` of the tensor.
+    fn group_norm_rows(src: &[f32], dst: &mut [f32], first: usize, p: &GnParams) {
+        let n = p.per_group as f64;
+        for (r, (s, d)) in src.chunks_exact(p.per_group).zip(dst.chunks_exact_mut(p.per_group)).enumerate() {
+            let mean = sum_lanes_f64(s, |v| v) / n;
+            let var = sum_lanes_f64(s, |v| (v - mean) * (v - mean)) / n;
+            let rstd = 1.0 / (var + p.eps).sqrt();
+            let c0 = ((first + r) % p.groups) * p.channels_per_group;
+            for (k, (dc, sc)) in d.chunks_exact_mut(p.hw).zip(s.chunks_exact(p.hw)).enumerate() {
+                // (x - mean) * rstd * w + b as one multiply and one add per value.
+                let w = p.weight[c0 + k] as f64;
+                let a = (rstd * w) as f32;
+                let shift = (p.bias[c0 + k] as f64 - mean * rstd * w) as f32;
+                if p.silu {
+                    for (o, &v) in dc.iter_mut().zip(sc) {
+                        *o = silu1(v * a + shift);
+                    }
+                } else {
+                    for (o, &v) in dc.iter_mut().zip(sc) {
+                        *o = v * a + shift;
+                    }
+                }
+            }
+        }
+    }
+}
+
 struct GroupNormOp<'a> {
     layer: &'a GroupNormLayer,
     silu: bool,
@@ -301,30 +367,21 @@ impl CustomOp1 for GroupNormOp<'_> {
         let (c, g) = (dims[1], self.layer.groups);
         let hw: usize = dims[2..].iter().product();
         let per_group = c / g * hw;
-        let (w, b, eps, silu) = (&self.layer.weight, &self.layer.bias, self.layer.eps, self.silu);
+        let (w, b, eps, silu) = (&self.layer.weight[..], &self.layer.bias[..], self.layer.eps, self.silu);
         let mut dst = vec![0f32; src.len()];
+        let p = GnParams {
+            weight: w,
+            bias: b,
+            eps,
+            silu,
+            hw,
+            per_group,
+            channels_per_group: c / g,
+            groups: g,
+        };
         // One row per (image, group); the group's channels are contiguous in it.
-        for_rows(&mut dst, per_group, |i, d| {
-            let s = &src[i * per_group..(i + 1) * per_group];
-            let n = per_group as f64;
-            let mean = sum_lanes_f64(s, |v| v) / n;
-            let var = sum_lanes_f64(s, |v| (v - mean) * (v - mean)) / n;
-            let rstd = 1.0 / (var + eps).sqrt();
-            let c0 = (i % g) * (c / g);
-            for (k, (dc, sc)) in d.chunks_mut(hw).zip(s.chunks(hw)).enumerate() {
-                // (x - mean) * rstd * w + b as one multiply-add per value.
-                let a = (rstd * w[c0 + k] as f64) as f32;
-                let shift = (b[c0 + k] as f64 - mean * rstd * w[c0 + k] as f64) as f32;
-                if silu {
-                    for (o, &v) in dc.iter_mut().zip(sc) {
-                        *o = silu1(v * a + shift);
-                    }
-                } else {
-                    for (o, &v) in dc.iter_mut().zip(sc) {
-                        *o = v * a + shift;
-                    }
-                }
-            }
+        split_rows(&mut dst, per_group, |first, run| {
+            group_norm_rows(&src[first * per_group..first * per_group + run.len()], run, first, &p)
         });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
@@ -332,6 +389,18 @@ impl CustomOp1 for GroupNormOp<'_> {
 
 // ---------------------------------------------------------------------------------------------
 // GEGLU: the feed-forward's `hidden * gelu(gate)` with [hidden | gate] = the projection.
+
+multiversion! {
+    /// `hidden * gelu(gate)` for each row [hidden | gate] (2 `inner` long) of `src`.
+    fn geglu_rows(src: &[f32], dst: &mut [f32], inner: usize) {
+        for (s, d) in src.chunks_exact(2 * inner).zip(dst.chunks_exact_mut(inner)) {
+            let (hidden, gate) = s.split_at(inner);
+            for ((o, &h), &g) in d.iter_mut().zip(hidden).zip(gate) {
+                *o = h * gelu1(g);
+            }
+        }
+    }
+}
 
 struct Geglu;
 
@@ -347,12 +416,8 @@ impl CustomOp1 for Geglu {
         let inner = two / 2;
         *dims.last_mut().expect("rank >= 1") = inner;
         let mut dst = vec![0f32; src.len() / 2];
-        for_rows(&mut dst, inner.max(1), |i, d| {
-            let s = &src[i * two..(i + 1) * two];
-            let (hidden, gate) = s.split_at(inner);
-            for ((o, &h), &g) in d.iter_mut().zip(hidden).zip(gate) {
-                *o = h * gelu1(g);
-            }
+        split_rows(&mut dst, inner, |first, run| {
+            geglu_rows(&src[first * two..first * two + 2 * run.len()], run, inner)
         });
         Ok((CpuStorage::F32(dst), Shape::from(dims)))
     }
@@ -387,22 +452,30 @@ impl CustomOp1 for Im2Col3x3 {
         let plane = h * w;
         let mut dst = vec![0f32; b * c * 9 * plane];
         // Nine rows per input channel (kh, kw in order), each the channel shifted by
-        // (kh - 1, kw - 1) with zeros where the shift leaves the image.
+        // (kh - 1, kw - 1) with zeros where the shift leaves the image. In the flattened plane a
+        // shift is one offset, so each row is one contiguous copy; then the column that wrapped
+        // around from the neighbouring image row is zeroed.
         let body = |bc: usize, rows: &mut [f32]| {
             let s = &src[bc * plane..(bc + 1) * plane];
             for (k, out) in rows.chunks_mut(plane).enumerate() {
-                let (dy, dx) = (k / 3, k % 3);
-                for y in 0..h {
-                    let sy = y + dy;
-                    if sy < 1 || sy > h {
-                        continue;
-                    }
-                    let srow = &s[(sy - 1) * w..sy * w];
-                    let orow = &mut out[y * w..(y + 1) * w];
-                    match dx {
-                        0 => orow[1..].copy_from_slice(&srow[..w - 1]),
-                        1 => orow.copy_from_slice(srow),
-                        _ => orow[..w - 1].copy_from_slice(&srow[1..]),
+                let (dy, dx) = ((k / 3) as isize - 1, (k % 3) as isize - 1);
+                let off = dy * w as isize + dx;
+                // Output rows whose source row is inside the image.
+                let (y0, y1) = ((-dy).max(0) as usize, (h as isize - dy).min(h as isize) as usize);
+                let lo = ((y0 * w) as isize).max(-off);
+                let hi = ((y1 * w) as isize).min(plane as isize - off);
+                if lo < hi {
+                    let (slo, shi) = ((lo + off) as usize, (hi + off) as usize);
+                    out[lo as usize..hi as usize].copy_from_slice(&s[slo..shi]);
+                }
+                let edge = match dx {
+                    -1 => Some(0),
+                    1 => Some(w - 1),
+                    _ => None,
+                };
+                if let Some(x) = edge {
+                    for y in y0..y1 {
+                        out[y * w + x] = 0.0;
                     }
                 }
             }
@@ -431,6 +504,348 @@ pub fn im2col_3x3(x: &Tensor) -> Result<Tensor> {
         }
     }
     Tensor::stack(&shifted, 2)?.reshape((b, c * 9, h * w))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix products through the gemm crate directly: bias, per-image bias and residual are the
+// accumulator's starting value (no separate broadcast passes), and transposed or per-head
+// operands are read through strides (no copies).
+
+/// A matrix inside a slice: element (r, c) at `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    fn at(self, offset: usize) -> Mat<'a> {
+        Mat {
+            data: &self.data[offset..],
+            ..self
+        }
+    }
+}
+
+/// `dst` (m x n, row stride `dst_rs`) = (dst when `accumulate`, else 0) + beta * lhs (m x k) *
+/// rhs (k x n).
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(dst: &mut [f32], dst_rs: usize, dims: (usize, usize, usize), lhs: Mat, rhs: Mat, accumulate: bool, beta: f32, threads: usize) {
+    let (m, n, _) = dims;
+    assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len());
+    // SAFETY: the assert keeps the output inside `dst`, which is borrowed mutably.
+    unsafe { gemm_ptr(dst.as_mut_ptr(), dst_rs, dims, lhs, rhs, accumulate, beta, threads) }
+}
+
+/// [`gemm_into`] with the output behind a raw pointer.
+///
+/// # Safety
+/// `dst` must be valid for writes of rows `0..m` (stride `dst_rs`), columns `0..n`, and nothing
+/// else may access those elements during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_ptr(
+    dst: *mut f32,
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat,
+    rhs: Mat,
+    accumulate: bool,
+    beta: f32,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |x: Mat, r: usize, c: usize| r.saturating_sub(1) * x.rs + c.saturating_sub(1) * x.cs;
+    assert!(k == 0 || last(lhs, m, k) < lhs.data.len());
+    assert!(k == 0 || last(rhs, k, n) < rhs.data.len());
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts keep every operand element the strides reach inside its slice; the
+    // caller vouches for `dst`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Calls `f` with the f32 data of CPU tensor `t` (made contiguous first).
+fn read<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        candle_core::bail!("kernels: expects an f32 CPU tensor")
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("kernels: expects a contiguous tensor")
+    };
+    f(&data[a..b])
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// True when every tensor may take a fast path (`None`s count as yes).
+pub fn all_fast(ts: &[Option<&Tensor>]) -> bool {
+    ts.iter().all(|t| t.is_none_or(fast))
+}
+
+/// `x · wᵀ + bias (+ residual)` for `x` [..., K], `w` [N, K]: candle's `Linear` with the
+/// residual added, in one product whose accumulator starts at bias + residual.
+pub fn linear(x: &Tensor, lin: &candle_nn::Linear, residual: Option<&Tensor>) -> Result<Tensor> {
+    let w = lin.weight();
+    if !all_fast(&[Some(x), Some(w), lin.bias(), residual]) {
+        let y = candle_core::Module::forward(lin, x)?;
+        return match residual {
+            Some(r) => y + r,
+            None => Ok(y),
+        };
+    }
+    let (n, k) = w.dims2()?;
+    let mut dims = x.dims().to_vec();
+    let m = x.elem_count() / k.max(1);
+    *dims.last_mut().expect("rank >= 1") = n;
+    let mut dst = match residual {
+        Some(r) => read(r, |r| Ok(r.to_vec()))?,
+        None => vec![0f32; m * n],
+    };
+    if dst.len() != m * n {
+        candle_core::bail!("linear: residual has {} values, the output {}", dst.len(), m * n)
+    }
+    if let Some(b) = lin.bias() {
+        read(b, |b| {
+            for row in dst.chunks_exact_mut(n) {
+                for (o, &v) in row.iter_mut().zip(b) {
+                    *o += v;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    read(x, |xs| {
+        read(w, |ws| {
+            let lhs = Mat { data: xs, rs: k, cs: 1 };
+            let rhs = Mat { data: ws, rs: 1, cs: k };
+            gemm_into(&mut dst, n, (m, n, k), lhs, rhs, true, 1.0, threads());
+            Ok(())
+        })
+    })?;
+    Tensor::from_vec(dst, dims, x.device())
+}
+
+/// How a convolution's input is laid out for [`conv_gemm`].
+#[derive(Clone, Copy, PartialEq)]
+pub enum ConvInput {
+    /// [B, C, H, W].
+    Nchw,
+    /// [B, H * W, C] (a transformer's tokens going back to the image); only for 1x1.
+    Tokens { h: usize, w: usize },
+}
+
+/// A 3x3 (stride 1, padding 1) or 1x1 convolution as one product per image: `w_flat`
+/// [C_out, C_in * k * k] against the im2col columns (3x3) or the input itself (1x1), the
+/// accumulator starting at bias + `extra` [B, C_out] (per image and channel) + `residual`
+/// [B, C_out, H, W]. Output [B, C_out, H, W], or [B, H * W, C_out] with `tokens_out`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_gemm(
+    x: &Tensor,
+    input: ConvInput,
+    w_flat: &Tensor,
+    k3: bool,
+    bias: Option<&Tensor>,
+    extra: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    tokens_out: bool,
+) -> Result<Tensor> {
+    let (b, c, h, w) = match input {
+        ConvInput::Nchw => x.dims4()?,
+        ConvInput::Tokens { h, w } => {
+            let (b, _, c) = x.dims3()?;
+            (b, c, h, w)
+        }
+    };
+    let (co, kdim) = w_flat.dims2()?;
+    let plane = h * w;
+    let cols = if k3 { Some(im2col_3x3(x)?) } else { None };
+    // The starting accumulator, [B, C_out, plane] (or [B, plane, C_out] for tokens_out).
+    let mut dst = match residual {
+        Some(r) => read(r, |r| Ok(r.to_vec()))?,
+        None => vec![0f32; b * co * plane],
+    };
+    if dst.len() != b * co * plane {
+        candle_core::bail!("conv: residual has {} values, the output {}", dst.len(), b * co * plane)
+    }
+    let bias = bias.map(|t| read(t, |v| Ok(v.to_vec()))).transpose()?;
+    let extra = extra.map(|t| read(t, |v| Ok(v.to_vec()))).transpose()?;
+    if bias.is_some() || extra.is_some() {
+        for (bi, img) in dst.chunks_exact_mut(co * plane).enumerate() {
+            for ch in 0..co {
+                let add = bias.as_ref().map_or(0.0, |v| v[ch]) + extra.as_ref().map_or(0.0, |v| v[bi * co + ch]);
+                if tokens_out {
+                    img[ch..].iter_mut().step_by(co).for_each(|o| *o += add);
+                } else {
+                    img[ch * plane..(ch + 1) * plane].iter_mut().for_each(|o| *o += add);
+                }
+            }
+        }
+    }
+    let src = cols.as_ref().unwrap_or(x);
+    read(src, |xs| {
+        read(w_flat, |ws| {
+            let per_image = kdim * plane;
+            for (bi, img) in dst.chunks_exact_mut(co * plane).enumerate() {
+                let rhs = match (input, k3) {
+                    // Column matrix [K, plane].
+                    (_, true) | (ConvInput::Nchw, false) => Mat {
+                        data: &xs[bi * per_image..],
+                        rs: plane,
+                        cs: 1,
+                    },
+                    // Tokens [plane, C]: read transposed.
+                    (ConvInput::Tokens { .. }, false) => Mat {
+                        data: &xs[bi * per_image..],
+                        rs: 1,
+                        cs: c,
+                    },
+                };
+                let lhs = Mat { data: ws, rs: kdim, cs: 1 };
+                if tokens_out {
+                    // outᵀ [plane, C_out] = rhsᵀ · wᵀ.
+                    let rhs_t = Mat {
+                        data: rhs.data,
+                        rs: rhs.cs,
+                        cs: rhs.rs,
+                    };
+                    let w_t = Mat { data: ws, rs: 1, cs: kdim };
+                    gemm_into(img, co, (plane, co, kdim), rhs_t, w_t, true, 1.0, threads());
+                } else {
+                    gemm_into(img, plane, (co, plane, kdim), lhs, rhs, true, 1.0, threads());
+                }
+            }
+            Ok(())
+        })
+    })?;
+    let _ = c;
+    if tokens_out {
+        Tensor::from_vec(dst, (b, plane, co), x.device())
+    } else {
+        Tensor::from_vec(dst, (b, co, h, w), x.device())
+    }
+}
+
+/// A raw pointer that rayon's workers may share: each writes a disjoint part.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: used only for disjoint writes from the pairs of [`attention`].
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// (A method, so closures capture the whole wrapper, not its raw field.)
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+multiversion! {
+    fn softmax_rows_in_place(d: &mut [f32], n: usize) {
+        for row in d.chunks_exact_mut(n) {
+            let m = max_lanes(row);
+            let mut acc = [0f32; 16];
+            let mut chunks = row.chunks_exact_mut(16);
+            for c in &mut chunks {
+                for (a, o) in acc.iter_mut().zip(c) {
+                    let e = exp(*o - m);
+                    *o = e;
+                    *a += e;
+                }
+            }
+            for (a, o) in acc.iter_mut().zip(chunks.into_remainder()) {
+                let e = exp(*o - m);
+                *o = e;
+                *a += e;
+            }
+            let inv = 1.0 / acc.iter().sum::<f32>();
+            for o in row.iter_mut() {
+                *o *= inv;
+            }
+        }
+    }
+}
+
+/// Multi-head attention from the projections `q` [B, Lq, H * d], `k`, `v` [B, Lk, H * d]:
+/// per (image, head) softmax(scale · q kᵀ) v, the heads read and written through strides.
+/// Returns the output [B, Lq, H * d] and the probabilities [B * H, Lq, Lk].
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<(Tensor, Tensor)> {
+    let (b, lq, c) = q.dims3()?;
+    let lk = k.dim(1)?;
+    let d = c / heads;
+    let pairs = b * heads;
+    let mut probs = vec![0f32; pairs * lq * lk];
+    let mut out = vec![0f32; b * lq * c];
+    let big = probs.len() >= PAR_MIN && threads() > 1 && pairs > 1;
+    read(q, |qs| {
+        read(k, |ks| {
+            read(v, |vs| {
+                let out_ptr = SharedOut(out.as_mut_ptr());
+                let out_len = out.len();
+                let one = |p: usize, scores: &mut [f32]| {
+                    let (bi, hi) = (p / heads, p % heads);
+                    let qm = Mat { data: qs, rs: c, cs: 1 }.at(bi * lq * c + hi * d);
+                    let kt = Mat { data: ks, rs: 1, cs: c }.at(bi * lk * c + hi * d);
+                    let vm = Mat { data: vs, rs: c, cs: 1 }.at(bi * lk * c + hi * d);
+                    gemm_into(scores, lk, (lq, lk, d), qm, kt, false, scale, 1);
+                    softmax_rows_in_place(scores, lk);
+                    let pm = Mat {
+                        data: scores,
+                        rs: lk,
+                        cs: 1,
+                    };
+                    let start = bi * lq * c + hi * d;
+                    assert!(lq == 0 || start + (lq - 1) * c + d <= out_len);
+                    // SAFETY: inside `out` (the assert); this pair's output is rows
+                    // bi * lq .. (bi + 1) * lq, columns hi * d .. (hi + 1) * d, which no other
+                    // pair touches, and `out` is not otherwise accessed until all are done.
+                    unsafe { gemm_ptr(out_ptr.ptr().add(start), c, (lq, d, lk), pm, vm, false, 1.0, 1) };
+                };
+                if big {
+                    probs.par_chunks_mut(lq * lk).enumerate().for_each(|(p, s)| one(p, s));
+                } else {
+                    probs.chunks_mut(lq * lk).enumerate().for_each(|(p, s)| one(p, s));
+                }
+                Ok(())
+            })
+        })
+    })?;
+    Ok((
+        Tensor::from_vec(out, (b, lq, c), q.device())?,
+        Tensor::from_vec(probs, (pairs, lq, lk), q.device())?,
+    ))
 }
 
 #[cfg(test)]
@@ -519,7 +934,7 @@ mod tests {
         let h = rand(&[2, 5, 24], 3);
         let want = (h.narrow(2, 0, 12).unwrap() * h.narrow(2, 12, 12).unwrap().gelu_erf().unwrap()).unwrap();
         assert!(max_diff(&geglu(&h).unwrap(), &want) < 2e-6);
-        for (shape, seed) in [([2, 3, 5, 7], 4u64), ([1, 64, 40, 40], 5)] {
+        for (shape, seed) in [([2, 3, 5, 7], 4u64), ([1, 2, 1, 2], 9), ([1, 3, 4, 1], 10), ([1, 64, 40, 40], 5)] {
             let x = rand(&shape, seed);
             let padded = x.pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap();
             let mut shifted = vec![];

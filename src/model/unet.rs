@@ -176,31 +176,91 @@ fn conv2d(cin: usize, cout: usize, k: usize, padding: usize, stride: usize, vb: 
         },
         vb,
     )?;
-    let w_flat = if k == 3 && padding == 1 && stride == 1 {
-        Some(inner.weight().reshape((cout, cin * 9))?)
+    let w_flat = if (k == 3 && padding == 1 || k == 1 && padding == 0) && stride == 1 {
+        Some(inner.weight().reshape((cout, cin * k * k))?)
     } else {
         None
     };
-    Ok(Conv { inner, w_flat })
+    Ok(Conv { inner, w_flat, k3: k == 3 })
 }
 
-/// A 2-D convolution with diffusers' weights. The 3x3, stride-1, padding-1 ones (most of a
-/// UNet's) run as one im2col matmul per image in NCHW order: the weight [c_out, c_in * 9] as
-/// stored, against the nine shifted views of the zero-padded input. candle 0.11's CPU conv2d
-/// instead re-lays the input out as NHWC, re-flattens the weight and gathers the patches pixel
-/// by pixel on every call (issue 17's profile). The others, and every convolution on a GPU, go
-/// to candle's conv2d.
+/// A 2-D convolution with diffusers' weights. The 3x3 stride-1 padding-1 ones and the 1x1 ones
+/// (most of a UNet's) run on the CPU as one product per image in NCHW order: the weight
+/// [c_out, c_in * k * k] as stored, against the im2col columns (3x3) or the input (1x1), the
+/// bias and any per-image bias or residual being the accumulator's start
+/// ([`kernels::conv_gemm`]). candle 0.11's CPU conv2d instead re-lays the input out as NHWC,
+/// re-flattens the weight and gathers the patches pixel by pixel on every call (issue 17's
+/// profile). Off the fast path (a GPU, f16/f64, gradients) the 3x3 ones use the same im2col
+/// product through candle's ops on the CPU, and everything else candle's conv2d.
 #[derive(Clone)]
 struct Conv {
     inner: Conv2d,
-    /// The weight as [c_out, c_in * 9] when the im2col path applies.
+    /// The weight as [c_out, c_in * k * k] when the product path applies (3x3 / 1x1, stride 1).
     w_flat: Option<Tensor>,
+    k3: bool,
 }
 
-impl Module for Conv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Conv {
+    /// The convolution of `x` [B, C, H, W], plus `extra` [B, C_out] per image and channel, plus
+    /// `residual` [B, C_out, H, W].
+    fn forward_with(&self, x: &Tensor, extra: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(w) = &self.w_flat
+            && kernels::all_fast(&[Some(x), Some(w), self.inner.bias(), extra, residual])
+        {
+            let input = kernels::ConvInput::Nchw;
+            return kernels::conv_gemm(x, input, w, self.k3, self.inner.bias(), extra, residual, false);
+        }
+        let mut out = self.forward_plain(x)?;
+        if let Some(e) = extra {
+            out = out.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?;
+        }
+        match residual {
+            Some(r) => r + out,
+            None => Ok(out),
+        }
+    }
+
+    /// A 1x1 convolution between token layouts: `x` [B, H * W, C] in, and out [B, H * W, C_out]
+    /// when `tokens_out` (else [B, C_out, H, W]), plus `residual` in the output's layout.
+    fn forward_tokens(
+        &self,
+        x: &Tensor,
+        (h, w): (usize, usize),
+        tokens_in: bool,
+        tokens_out: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if let Some(wf) = &self.w_flat
+            && !self.k3
+            && kernels::all_fast(&[Some(x), Some(wf), self.inner.bias(), residual])
+        {
+            let input = if tokens_in {
+                kernels::ConvInput::Tokens { h, w }
+            } else {
+                kernels::ConvInput::Nchw
+            };
+            return kernels::conv_gemm(x, input, wf, false, self.inner.bias(), None, residual, tokens_out);
+        }
+        let nchw = if tokens_in {
+            let (b, _, c) = x.dims3()?;
+            x.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()?
+        } else {
+            x.clone()
+        };
+        let mut out = self.forward_plain(&nchw)?;
+        if tokens_out {
+            let (b, c, _, _) = out.dims4()?;
+            out = out.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?;
+        }
+        match residual {
+            Some(r) => out + r,
+            None => Ok(out),
+        }
+    }
+
+    fn forward_plain(&self, x: &Tensor) -> Result<Tensor> {
         // On a GPU candle's conv2d (cuDNN / its kernels) is the better path.
-        let Some(w) = self.w_flat.as_ref().filter(|_| x.device().is_cpu()) else {
+        let Some(w) = self.w_flat.as_ref().filter(|_| x.device().is_cpu() && self.k3) else {
             return self.inner.forward(x);
         };
         let (b, _, h, wd) = x.dims4()?;
@@ -213,6 +273,12 @@ impl Module for Conv {
             Some(bias) => out.broadcast_add(&bias.reshape((1, co, 1, 1))?),
             None => Ok(out),
         }
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None, None)
     }
 }
 
@@ -285,15 +351,14 @@ impl ResnetBlock {
 
     /// `temb_act` is silu(temb), shared by all resnets of the UNet.
     fn forward(&self, xs: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(xs, true)?)?;
-        let t = self.time_emb_proj.forward(temb_act)?.unsqueeze(2)?.unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
+        // conv1 + time embedding, and shortcut + conv2, each one product's accumulator start.
+        let t = kernels::linear(temb_act, &self.time_emb_proj, None)?;
+        let h = self.conv1.forward_with(&self.norm1.forward(xs, true)?, Some(&t), None)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(xs)?,
             None => xs.clone(),
         };
-        let out = (shortcut + h)?;
+        let out = self.conv2.forward_with(&self.norm2.forward(&h, true)?, None, Some(&shortcut))?;
         if self.output_scale_factor == 1.0 {
             Ok(out)
         } else {
@@ -333,15 +398,28 @@ impl Attention {
     }
 
     /// `probe` is given for cross-attention only: (probe, layer index, height, width).
+    /// `residual` is added to the output.
     fn forward(
         &self,
         xs: &Tensor,
         context: Option<&Tensor>,
         probe: Option<(&mut AttnProbe, usize, usize, usize)>,
         differentiable: bool,
+        residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
         let context = context.unwrap_or(xs);
+        if !differentiable && kernels::all_fast(&[Some(xs), Some(context), residual]) {
+            // Heads read through strides, softmax fused, residual in the output product.
+            let q = kernels::linear(xs, &self.to_q, None)?;
+            let k = kernels::linear(context, &self.to_k, None)?;
+            let v = kernels::linear(context, &self.to_v, None)?;
+            let (out, probs) = kernels::attention(&q, &k, &v, self.heads, self.scale as f32)?;
+            if let Some((probe, layer, h, w)) = probe {
+                probe.record(layer, self.heads, h, w, &probs)?;
+            }
+            return kernels::linear(&out, &self.to_out, residual);
+        }
         let in_dtype = xs.dtype();
         let internal = internal_dtype(in_dtype);
         let q = self.split_heads(&self.to_q.forward(xs)?)?.to_dtype(internal)?;
@@ -362,7 +440,11 @@ impl Attention {
             .reshape((b, self.heads, l, dh))?
             .transpose(1, 2)?
             .reshape((b, l, self.heads * dh))?;
-        self.to_out.forward(&out)
+        let out = self.to_out.forward(&out)?;
+        match residual {
+            Some(r) => out + r,
+            None => Ok(out),
+        }
     }
 }
 
@@ -382,8 +464,9 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.out.forward(&kernels::geglu(&self.proj.forward(xs)?)?)
+    /// The feed-forward of `xs`, plus `residual`.
+    fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        kernels::linear(&kernels::geglu(&kernels::linear(xs, &self.proj, None)?)?, &self.out, Some(residual))
     }
 }
 
@@ -469,25 +552,24 @@ impl Transformer2D {
         let residual = xs;
         let x = self.norm.forward(xs, false)?;
         let mut x = match &self.proj_in {
-            Proj::Conv(conv) => conv.forward(&x)?.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?,
+            Proj::Conv(conv) => conv.forward_tokens(&x, (h, w), false, true, None)?,
             Proj::Linear(lin) => lin.forward(&x.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)?,
         };
         let diff = probe.differentiable();
         for blk in &self.blocks {
-            x = (blk.attn1.forward(&norm(&blk.norm1, &x, diff)?, None, None, diff)? + &x)?;
+            x = blk.attn1.forward(&norm(&blk.norm1, &x, diff)?, None, None, diff, Some(&x))?;
             let p = if probe.is_on() {
                 Some((&mut *probe, blk.layer, h, w))
             } else {
                 None
             };
-            x = (blk.attn2.forward(&norm(&blk.norm2, &x, diff)?, Some(context), p, diff)? + &x)?;
-            x = (blk.ff.forward(&norm(&blk.norm3, &x, diff)?)? + &x)?;
+            x = blk.attn2.forward(&norm(&blk.norm2, &x, diff)?, Some(context), p, diff, Some(&x))?;
+            x = blk.ff.forward(&norm(&blk.norm3, &x, diff)?, &x)?;
         }
-        let x = match &self.proj_out {
-            Proj::Conv(conv) => conv.forward(&x.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()?)?,
-            Proj::Linear(lin) => lin.forward(&x)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?,
-        };
-        x + residual
+        match &self.proj_out {
+            Proj::Conv(conv) => conv.forward_tokens(&x, (h, w), true, false, Some(residual)),
+            Proj::Linear(lin) => kernels::linear(&x, lin, None)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))? + residual,
+        }
     }
 }
 
