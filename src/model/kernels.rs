@@ -7,9 +7,12 @@
 //! tracked through (`!track_op()`: saliency's taps need candle's differentiable ops); anything
 //! else goes to the candle op it replaces, so GPUs and f16/f64 models are untouched.
 //!
-//! The kernels are plain Rust compiled three times (AVX-512, AVX2 + FMA, baseline) and picked
-//! at run time. They never call `mul_add` and keep reductions in fixed lane order, so all three
-//! give the same bits, whichever the machine has.
+//! The element-wise kernels are plain Rust compiled three times (AVX-512, AVX2 + FMA,
+//! baseline) and picked at run time. They never call `mul_add` and keep reductions in fixed
+//! lane order, so all three give the same bits, whichever the machine has. The matrix products
+//! (`linear`, `conv_gemm`, `attention`) call the gemm crate directly, as candle's matmul does,
+//! with the bias, per-image bias and residual as the accumulator's starting value and per-head
+//! or transposed operands read through strides instead of copied.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
 use candle_nn::GroupNorm;
