@@ -159,28 +159,6 @@ fn sum_lanes_f64(xs: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     acc.iter().sum()
 }
 
-/// Writes exp(x - m) of `src` into `dst` and returns their sum, summed in 16 fixed lanes and
-/// then the lanes in order.
-#[inline(always)]
-fn exp_sum_lanes(src: &[f32], dst: &mut [f32], m: f32) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut s = src.chunks_exact(16);
-    let mut d = dst.chunks_exact_mut(16);
-    for (sc, dc) in (&mut s).zip(&mut d) {
-        for ((a, o), &v) in acc.iter_mut().zip(dc).zip(sc) {
-            let e = exp(v - m);
-            *o = e;
-            *a += e;
-        }
-    }
-    for ((a, o), &v) in acc.iter_mut().zip(d.into_remainder()).zip(s.remainder()) {
-        let e = exp(v - m);
-        *o = e;
-        *a += e;
-    }
-    acc.iter().sum()
-}
-
 #[inline(always)]
 fn max_lanes(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 16];
@@ -199,21 +177,6 @@ fn max_lanes(xs: &[f32]) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // Softmax over the last dimension.
 
-multiversion! {
-    /// Softmax of each `n`-long row of `src` into `dst`: exp(x - max) times 1 / sum (as
-    /// PyTorch's CPU softmax does it).
-    fn softmax_rows(src: &[f32], dst: &mut [f32], n: usize) {
-        for (s, d) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)) {
-            let m = max_lanes(s);
-            let total = exp_sum_lanes(s, d, m);
-            let inv = 1.0 / total;
-            for o in d.iter_mut() {
-                *o *= inv;
-            }
-        }
-    }
-}
-
 struct SoftmaxLastDim;
 
 impl CustomOp1 for SoftmaxLastDim {
@@ -224,10 +187,8 @@ impl CustomOp1 for SoftmaxLastDim {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = f32_slice(storage, layout, self.name())?;
         let n = layout.dims().last().copied().unwrap_or(1).max(1);
-        let mut dst = vec![0f32; src.len()];
-        split_rows(&mut dst, n, |first, run| {
-            softmax_rows(&src[first * n..first * n + run.len()], run, n)
-        });
+        let mut dst = src.to_vec();
+        split_rows(&mut dst, n, |_, run| softmax_rows_in_place(run, n));
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -776,6 +737,8 @@ impl SharedOut {
 }
 
 multiversion! {
+    /// Softmax of each `n`-long row of `d`, in place: exp(x - max) summed in 16 fixed lanes,
+    /// then times 1 / sum (as PyTorch's CPU softmax does it).
     fn softmax_rows_in_place(d: &mut [f32], n: usize) {
         for row in d.chunks_exact_mut(n) {
             let m = max_lanes(row);
