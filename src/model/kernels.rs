@@ -713,7 +713,6 @@ pub fn conv_gemm(
             Ok(())
         })
     })?;
-    let _ = c;
     if tokens_out {
         Tensor::from_vec(dst, (b, plane, co), x.device())
     } else {
