@@ -22,6 +22,36 @@ use rayon::prelude::*;
 /// model's) handing halves to another thread costs more than it saves.
 const PAR_MIN: usize = 1 << 16;
 
+thread_local! {
+    /// Set while this thread runs one share of work already split across the cores
+    /// ([`serial`]): the kernels then stay on it instead of handing parts to other threads.
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the kernels called on this thread kept on it (no rayon hand-offs, gemm
+/// single-threaded): for work that is itself one of several run in parallel, such as one half
+/// of a CFG batch ([`crate::model::unet::UNet::forward_added`]). Bits do not change: no
+/// kernel's result depends on how its rows are split across threads.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _reset = Reset(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// The threads a kernel may use: rayon's, or 1 inside [`serial`].
+fn threads() -> usize {
+    if SERIAL.with(|s| s.get()) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
 /// Defines `fn $name(args)` that runs `$body` compiled for the best instruction set this CPU
 /// has: the body is an `#[inline(always)]` function inlined into one copy per target feature
 /// set, so every helper it calls (`exp`, the lane sums) is vectorised for that set too.
@@ -60,7 +90,7 @@ macro_rules! multiversion {
 fn split_rows(dst: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let row = row.max(1);
     let rows = dst.len() / row;
-    let threads = rayon::current_num_threads();
+    let threads = threads();
     if dst.len() < PAR_MIN || threads < 2 || rows < 2 {
         return f(0, dst);
     }
@@ -444,7 +474,7 @@ impl CustomOp1 for Im2Col3x3 {
                 }
             }
         };
-        if dst.len() >= PAR_MIN {
+        if dst.len() >= PAR_MIN && threads() > 1 {
             dst.par_chunks_mut(9 * plane).enumerate().for_each(|(i, r)| body(i, r));
         } else {
             dst.chunks_mut(9 * plane).enumerate().for_each(|(i, r)| body(i, r));
@@ -567,10 +597,6 @@ fn read<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
         candle_core::bail!("kernels: expects a contiguous tensor")
     };
     f(&data[a..b])
-}
-
-fn threads() -> usize {
-    rayon::current_num_threads()
 }
 
 /// True when every tensor may take a fast path (`None`s count as yes).

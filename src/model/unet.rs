@@ -94,6 +94,14 @@ impl Taps {
     }
 }
 
+/// One share of a batch that [`UNet::forward_added`] runs on its own thread.
+struct Half {
+    sample: Tensor,
+    context: Tensor,
+    text_time: Option<(Tensor, Tensor)>,
+    probe: AttnProbe,
+}
+
 /// Collects cross-attention maps during one UNet forward pass, and block outputs for gradients
 /// when `taps` is set.
 pub struct AttnProbe {
@@ -918,6 +926,12 @@ impl UNet {
     /// [`UNet::forward`] with the added conditioning: SDXL's text_time inputs (required when
     /// the config has `addition_embed_type: "text_time"`) and the guidance value (required with
     /// `time_cond_proj_dim`); parts the UNet does not have are ignored.
+    ///
+    /// On a multi-core CPU a batch of two or more (a CFG pair) is evaluated as two halves at
+    /// once, one per thread, each with its kernels kept on its thread ([`kernels::serial`]):
+    /// every layer works on each image separately, so the halves are the batch's rows, and two
+    /// whole forward passes in parallel leave no core waiting on the small layers of a small
+    /// model (issue 17).
     pub fn forward_added(
         &self,
         sample: &Tensor,
@@ -926,6 +940,67 @@ impl UNet {
         added: AddedCond,
         probe: &mut AttnProbe,
     ) -> Result<Tensor> {
+        if let Some(halves) = self.split_batch(sample, context, &added, probe)? {
+            return self.forward_halves(halves, timestep, added.guidance_w, probe);
+        }
+        self.forward_one(sample, timestep, context, added, probe)
+    }
+
+    /// The two halves of the batch when [`UNet::forward_added`] should run them in parallel:
+    /// fast-path CPU tensors, at least two images, more than one rayon thread, no taps.
+    fn split_batch(&self, sample: &Tensor, context: &Tensor, added: &AddedCond, probe: &AttnProbe) -> Result<Option<[Half; 2]>> {
+        let b = sample.dim(0)?;
+        let text_time = added.text_time;
+        let fits = |t: &Tensor| t.dims().first() == Some(&b);
+        if b < 2
+            || rayon::current_num_threads() < 2
+            || probe.taps.is_some()
+            || !kernels::all_fast(&[Some(sample), Some(context)])
+            || !fits(context)
+            || text_time.is_some_and(|(e, ids)| !fits(e) || !fits(ids))
+        {
+            return Ok(None);
+        }
+        let first = b / 2;
+        let part = |start: usize, len: usize| -> Result<Half> {
+            Ok(Half {
+                sample: sample.narrow(0, start, len)?,
+                context: context.narrow(0, start, len)?,
+                text_time: text_time
+                    .map(|(e, ids)| Ok::<_, candle_core::Error>((e.narrow(0, start, len)?, ids.narrow(0, start, len)?)))
+                    .transpose()?,
+                // The probe records one image: the half holding it records it.
+                probe: match probe.cond_index.checked_sub(start) {
+                    Some(i) if i < len => AttnProbe::new(probe.mode, i),
+                    _ => AttnProbe::off(),
+                },
+            })
+        };
+        Ok(Some([part(0, first)?, part(first, b - first)?]))
+    }
+
+    /// Runs both halves of [`UNet::split_batch`] at once and joins their outputs and maps.
+    fn forward_halves(&self, halves: [Half; 2], timestep: f64, guidance_w: Option<f32>, probe: &mut AttnProbe) -> Result<Tensor> {
+        let run = |mut h: Half| -> Result<(Tensor, AttnProbe)> {
+            kernels::serial(|| {
+                let added = AddedCond {
+                    text_time: h.text_time.as_ref().map(|(e, ids)| (e, ids)),
+                    guidance_w,
+                };
+                let out = self.forward_one(&h.sample, timestep, &h.context, added, &mut h.probe)?;
+                Ok((out, h.probe))
+            })
+        };
+        let [a, b] = halves;
+        let (ra, rb) = rayon::join(|| run(a), || run(b));
+        let ((out_a, probe_a), (out_b, probe_b)) = (ra?, rb?);
+        probe.maps.extend(probe_a.maps);
+        probe.maps.extend(probe_b.maps);
+        Tensor::cat(&[&out_a, &out_b], 0)
+    }
+
+    /// [`UNet::forward_added`] on the whole batch in one pass.
+    fn forward_one(&self, sample: &Tensor, timestep: f64, context: &Tensor, added: AddedCond, probe: &mut AttnProbe) -> Result<Tensor> {
         let (b, _, _, _) = sample.dims4()?;
         let dtype = sample.dtype();
         let mut t_emb = self.timestep_embedding(timestep, b, sample.device(), dtype)?;

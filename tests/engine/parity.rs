@@ -171,6 +171,32 @@ fn capture_does_not_change_the_math() {
     }
 }
 
+/// A CFG pair split into two halves run at once (one per thread, `UNet::forward_added` on
+/// a multi-threaded pool) gives the same bits as the whole batch in one pass (a one-thread
+/// pool, where nothing is split): latents, model outputs, attention maps and image.
+#[test]
+fn split_cfg_batch_matches_one_pass_bit_for_bit() {
+    let sd = load_model("tiny-sd1");
+    let mut cfg = Case::load("tiny-sd1", "ddim_g7.5").run_config();
+    cfg.attention = CaptureMode::Full;
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| generate(&sd, &cfg))
+    };
+    let (split, whole) = (on(2), on(1));
+    assert_eq!(split.steps.len(), whole.steps.len());
+    for (a, b) in split.steps.iter().zip(&whole.steps) {
+        assert_eq!(a.latents, b.latents, "step {}", a.index);
+        assert_eq!(a.model_output, b.model_output, "step {}", a.index);
+        assert_eq!(a.attention.len(), b.attention.len());
+        assert!(!a.attention.is_empty());
+        for (ma, mb) in a.attention.iter().zip(&b.attention) {
+            assert_eq!((&ma.key, &ma.data), (&mb.key, &mb.data), "step {}", a.index);
+        }
+    }
+    assert_eq!(split.image, whole.image);
+}
+
 /// `--init-latents` with the noise diffusers drew gives the same run as the seed.
 #[test]
 fn init_latents_file_reproduces_the_seeded_run() {
