@@ -940,7 +940,7 @@ impl UNet {
         added: AddedCond,
         probe: &mut AttnProbe,
     ) -> Result<Tensor> {
-        if let Some(halves) = self.split_batch(sample, context, &added, probe)? {
+        if let Some(halves) = Self::split_batch(sample, context, &added, probe)? {
             return self.forward_halves(halves, timestep, added.guidance_w, probe);
         }
         self.forward_one(sample, timestep, context, added, probe)
@@ -948,7 +948,7 @@ impl UNet {
 
     /// The two halves of the batch when [`UNet::forward_added`] should run them in parallel:
     /// fast-path CPU tensors, at least two images, more than one rayon thread, no taps.
-    fn split_batch(&self, sample: &Tensor, context: &Tensor, added: &AddedCond, probe: &AttnProbe) -> Result<Option<[Half; 2]>> {
+    fn split_batch(sample: &Tensor, context: &Tensor, added: &AddedCond, probe: &AttnProbe) -> Result<Option<[Half; 2]>> {
         let b = sample.dim(0)?;
         let text_time = added.text_time;
         let fits = |t: &Tensor| t.dims().first() == Some(&b);
