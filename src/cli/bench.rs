@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// With --generate: the prompt.
     #[arg(long, default_value = "a small red circle on the left")]
     prompt: String,
+    /// SD 1.5 only: time our UNet with capture off and nothing else (for a profiler: no
+    /// candle-transformers UNet, no comparison pass).
+    #[arg(long, conflicts_with = "generate")]
+    ours_only: bool,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -95,6 +99,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let device = a.device.device()?;
     print_setup("SD 1.5", &a);
     let setup = bench::setup(a.size, &device, a.dtype.dtype()).context("building the UNets")?;
+    if a.ours_only {
+        let off = Variant::Ours(CaptureMode::None);
+        let med = interleaved_medians(1, a.reps, |_, rep| Ok(setup.time(off, 999.0 - rep as f64)?))?;
+        println!("\n{:<28} {:>12.1} ms median over {} reps", off.label(), med[0] * 1e3, a.reps);
+        return Ok(ExitCode::SUCCESS);
+    }
     let diff = setup.max_abs_diff()?;
     println!("same weights, same input: max |ours - candle-transformers| = {diff:.3e}");
     let variants = [

@@ -789,54 +789,78 @@ multiversion! {
     }
 }
 
+/// Rows of queries per block when attention keeps no probabilities: a block's scores
+/// (`ATTN_ROWS` x Lk) stay in the core's cache between the two products. Above 64, so a block's
+/// products take the same path through gemm as the whole matrix's (its small-matrix path for
+/// m, n <= 64 blocks the sum differently): a block's rows get the same bits either way.
+const ATTN_ROWS: usize = 128;
+
 /// Multi-head attention from the projections `q` [B, Lq, H * d], `k`, `v` [B, Lk, H * d]:
 /// per (image, head) softmax(scale · q kᵀ) v, the heads read and written through strides.
-/// Returns the output [B, Lq, H * d] and the probabilities [B * H, Lq, Lk].
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<(Tensor, Tensor)> {
+/// Returns the output [B, Lq, H * d] and, with `keep_probs`, the probabilities
+/// [B * H, Lq, Lk]. Without, the queries go through in blocks of about [`ATTN_ROWS`] rows
+/// whose scores never leave a small scratch buffer (self-attention at 64x64 latents would
+/// otherwise write and reread 4096 x 4096 floats per head); each row's arithmetic is the same.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32, keep_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
     let (b, lq, c) = q.dims3()?;
     let lk = k.dim(1)?;
     let d = c / heads;
     let pairs = b * heads;
-    let mut probs = vec![0f32; pairs * lq * lk];
+    // Row blocks per (image, head): all rows in one when keeping the probabilities or when
+    // there are few; otherwise blocks of ATTN_ROWS to 2 * ATTN_ROWS - 1 rows.
+    let blocks = if keep_probs { 1 } else { (lq / ATTN_ROWS).max(1) };
+    let block_start = |i: usize| i * lq / blocks;
+    let mut probs = if keep_probs { vec![0f32; pairs * lq * lk] } else { Vec::new() };
     let mut out = vec![0f32; b * lq * c];
-    let big = probs.len() >= PAR_MIN && threads() > 1 && pairs > 1;
+    let jobs = pairs * blocks;
+    let par = pairs * lq * lk >= PAR_MIN && threads() > 1 && jobs > 1;
     read(q, |qs| {
         read(k, |ks| {
             read(v, |vs| {
                 let out_ptr = SharedOut(out.as_mut_ptr());
                 let out_len = out.len();
-                let one = |p: usize, scores: &mut [f32]| {
+                // Block `blk` of pair `p`, its scores in `scores` (rows x lk).
+                let one = |job: usize, scores: &mut [f32]| {
+                    let (p, blk) = (job / blocks, job % blocks);
                     let (bi, hi) = (p / heads, p % heads);
-                    let qm = Mat { data: qs, rs: c, cs: 1 }.at(bi * lq * c + hi * d);
+                    let (r0, r1) = (block_start(blk), block_start(blk + 1));
+                    let rows = r1 - r0;
+                    let scores = &mut scores[..rows * lk];
+                    let qm = Mat { data: qs, rs: c, cs: 1 }.at((bi * lq + r0) * c + hi * d);
                     let kt = Mat { data: ks, rs: 1, cs: c }.at(bi * lk * c + hi * d);
                     let vm = Mat { data: vs, rs: c, cs: 1 }.at(bi * lk * c + hi * d);
-                    gemm_into(scores, lk, (lq, lk, d), qm, kt, false, scale, 1);
+                    gemm_into(scores, lk, (rows, lk, d), qm, kt, false, scale, 1);
                     softmax_rows_in_place(scores, lk);
                     let pm = Mat {
                         data: scores,
                         rs: lk,
                         cs: 1,
                     };
-                    let start = bi * lq * c + hi * d;
-                    assert!(lq == 0 || start + (lq - 1) * c + d <= out_len);
-                    // SAFETY: inside `out` (the assert); this pair's output is rows
-                    // bi * lq .. (bi + 1) * lq, columns hi * d .. (hi + 1) * d, which no other
-                    // pair touches, and `out` is not otherwise accessed until all are done.
-                    unsafe { gemm_ptr(out_ptr.ptr().add(start), c, (lq, d, lk), pm, vm, false, 1.0, 1) };
+                    let start = (bi * lq + r0) * c + hi * d;
+                    assert!(rows == 0 || start + (rows - 1) * c + d <= out_len);
+                    // SAFETY: inside `out` (the assert); this job's output is rows
+                    // bi * lq + r0 .. bi * lq + r1, columns hi * d .. (hi + 1) * d, which no
+                    // other job touches, and `out` is not otherwise accessed until all are done.
+                    unsafe { gemm_ptr(out_ptr.ptr().add(start), c, (rows, d, lk), pm, vm, false, 1.0, 1) };
                 };
-                if big {
-                    probs.par_chunks_mut(lq * lk).enumerate().for_each(|(p, s)| one(p, s));
-                } else {
-                    probs.chunks_mut(lq * lk).enumerate().for_each(|(p, s)| one(p, s));
+                let scratch = || vec![0f32; (lq - block_start(blocks - 1)) * lk];
+                match (keep_probs, par) {
+                    (true, true) => probs.par_chunks_mut(lq * lk).enumerate().for_each(|(p, s)| one(p, s)),
+                    (true, false) => probs.chunks_mut(lq * lk).enumerate().for_each(|(p, s)| one(p, s)),
+                    (false, true) => (0..jobs).into_par_iter().for_each_init(scratch, |s, job| one(job, s)),
+                    (false, false) => {
+                        let mut s = scratch();
+                        (0..jobs).for_each(|job| one(job, &mut s))
+                    }
                 }
                 Ok(())
             })
         })
     })?;
-    Ok((
-        Tensor::from_vec(out, (b, lq, c), q.device())?,
-        Tensor::from_vec(probs, (pairs, lq, lk), q.device())?,
-    ))
+    let probs = keep_probs
+        .then(|| Tensor::from_vec(probs, (pairs, lq, lk), q.device()))
+        .transpose()?;
+    Ok((Tensor::from_vec(out, (b, lq, c), q.device())?, probs))
 }
 
 #[cfg(test)]
@@ -939,6 +963,50 @@ mod tests {
                 .reshape((shape[0], shape[1] * 9, shape[2] * shape[3]))
                 .unwrap();
             assert_eq!(max_diff(&im2col_3x3(&x).unwrap(), &want), 0.0);
+        }
+    }
+
+    /// Attention without the probabilities runs the queries in blocks; every output value must
+    /// keep its bits (capture on / off and parity rely on it), on one thread and on several.
+    #[test]
+    fn attention_in_blocks_gives_the_same_bits_as_whole() {
+        for (b, lq, lk, heads, d) in [
+            (2, 1000, 1000, 2, 40),
+            (1, 300, 77, 8, 8),
+            (2, 100, 100, 1, 16),
+            (1, 256, 64, 4, 32),
+        ] {
+            let q = rand(&[b, lq, heads * d], 11);
+            let k = rand(&[b, lk, heads * d], 12);
+            let v = rand(&[b, lk, heads * d], 13);
+            let scale = (d as f32).powf(-0.5);
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            };
+            let (whole, probs) = attention(&q, &k, &v, heads, scale, true).unwrap();
+            let probs = probs.expect("kept");
+            for serial_run in [false, true] {
+                let run = || attention(&q, &k, &v, heads, scale, false).unwrap();
+                let (blocked, none) = if serial_run { serial(run) } else { run() };
+                assert!(none.is_none());
+                assert!(
+                    bits(&whole) == bits(&blocked),
+                    "({b}, {lq}, {lk}, {heads}, {d}), serial {serial_run}"
+                );
+            }
+            // And it is attention: against candle's ops per head.
+            let heads_of = |t: &Tensor, l: usize| t.reshape((b, l, heads, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+            let (qh, kh, vh) = (heads_of(&q, lq), heads_of(&k, lk), heads_of(&v, lk));
+            let p = candle_nn::ops::softmax_last_dim(&(qh.matmul(&kh.t().unwrap()).unwrap() * scale as f64).unwrap()).unwrap();
+            let want = p.matmul(&vh).unwrap().transpose(1, 2).unwrap().reshape((b, lq, heads * d)).unwrap();
+            assert!(max_diff(&whole, &want) < 1e-4);
+            assert!(max_diff(&probs, &p.reshape((b * heads, lq, lk)).unwrap()) < 1e-5);
         }
     }
 

@@ -422,8 +422,10 @@ impl Attention {
             let q = kernels::linear(xs, &self.to_q, None)?;
             let k = kernels::linear(context, &self.to_k, None)?;
             let v = kernels::linear(context, &self.to_v, None)?;
-            let (out, probs) = kernels::attention(&q, &k, &v, self.heads, self.scale as f32)?;
-            if let Some((probe, layer, h, w)) = probe {
+            // Cross-attention (given a probe) keeps its probabilities whatever the capture
+            // mode, so capture on and off run the same arithmetic; self-attention keeps none.
+            let (out, probs) = kernels::attention(&q, &k, &v, self.heads, self.scale as f32, probe.is_some())?;
+            if let (Some((probe, layer, h, w)), Some(probs)) = (probe, probs) {
                 probe.record(layer, self.heads, h, w, &probs)?;
             }
             return kernels::linear(&out, &self.to_out, residual);
