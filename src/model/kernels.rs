@@ -680,7 +680,8 @@ pub fn conv_gemm(
     };
     let (co, kdim) = w_flat.dims2()?;
     let plane = h * w;
-    let cols = if k3 { Some(im2col_3x3(x)?) } else { None };
+    let winograd = k3 && kdim == c * 9 && input == ConvInput::Nchw && !tokens_out && winograd_fits(h, w);
+    let cols = if k3 && !winograd { Some(im2col_3x3(x)?) } else { None };
     // The starting accumulator, [B, C_out, plane] (or [B, plane, C_out] for tokens_out).
     let mut dst = match residual {
         Some(r) => read(r, |r| Ok(r.to_vec()))?,
@@ -702,6 +703,10 @@ pub fn conv_gemm(
                 }
             }
         }
+    }
+    if winograd {
+        read(x, |xs| read(w_flat, |ws| Ok(winograd_3x3(xs, (b, c, h, w), ws, co, &mut dst))))?;
+        return Tensor::from_vec(dst, (b, co, h, w), x.device());
     }
     let src = cols.as_ref().unwrap_or(x);
     read(src, |xs| {
@@ -746,10 +751,224 @@ pub fn conv_gemm(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// 3x3 convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, 2016): each 2x2
+// block of outputs from a 4x4 input patch with 16 products per channel pair instead of 36. The
+// patch d and the kernel g go to the 4x4 transform domain, V = Bᵀ d B and U = G g Gᵀ; there
+// the sum over input channels is one product per transform position, M = Σ_c U ⊙ V (16 matrix
+// products [C_out, C_in] x [C_in, tiles]), and Aᵀ M A is the 2x2 output block. The transform
+// coefficients are 0, ±1 and ±1/2 (exact in binary), so the rounding stays that of a sum of a
+// few more terms: a few ulps from the direct sum, well inside every parity tolerance.
+
+/// Fewest 2x2 output tiles per image for which a 3x3 convolution goes through Winograd (a
+/// 32x32 plane): on smaller planes the 16 products are too thin to run at speed, and with the
+/// weight transformed on each call the 2.25x fewer multiplications no longer pay (measured: 1.5x
+/// faster at 32x32, none at 16x16). Per image, not per batch, so an image's bits never depend
+/// on what else is in its batch (the CFG halves run together or apart).
+const WINOGRAD_MIN_TILES: usize = 256;
+
+thread_local! {
+    /// The transformed weights, inputs and products of this thread's last Winograd
+    /// convolution, kept for the next: fresh buffers of this size would cost more in page
+    /// faults than the transforms themselves.
+    static WINOGRAD_SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// True when a 3x3 convolution of an H x W plane takes the Winograd path.
+pub fn winograd_fits(h: usize, w: usize) -> bool {
+    h >= 2 && w >= 2 && h.div_ceil(2) * w.div_ceil(2) >= WINOGRAD_MIN_TILES
+}
+
+/// `out[i] = f(a[i], b[i], c[i])` (inlined into the callers' vectorised bodies).
+#[inline(always)]
+fn lanes3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+    for (((o, &x), &y), &z) in out.iter_mut().zip(a).zip(b).zip(c) {
+        *o = f(x, y, z);
+    }
+}
+
+multiversion! {
+    /// The kernels of `ws` [K, C * 9] in the transform domain: `u` [K, 16, C], U = G g Gᵀ with
+    /// G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1], for output channels `k0..` (one 16 * C run each).
+    /// Each kernel row is first transposed to [9, C] so the arithmetic runs along C in lanes.
+    fn winograd_weights(ws: &[f32], c: usize, k0: usize, u: &mut [f32]) {
+        let mut gt = vec![0f32; 9 * c];
+        let mut t = vec![0f32; 3 * c];
+        for (kk, uk) in u.chunks_exact_mut(16 * c).enumerate() {
+            let wk = &ws[(k0 + kk) * c * 9..(k0 + kk + 1) * c * 9];
+            for (ci, g) in wk.chunks_exact(9).enumerate() {
+                for (j, &x) in g.iter().enumerate() {
+                    gt[j * c + ci] = x;
+                }
+            }
+            // Row i of t = G g (4 x 3, each entry a run over C), then row i of U = t Gᵀ.
+            let g = |kh: usize, kw: usize| &gt[(kh * 3 + kw) * c..(kh * 3 + kw + 1) * c];
+            for i in 0..4 {
+                for (kw, tj) in t.chunks_exact_mut(c).enumerate() {
+                    let (g0, g1, g2) = (g(0, kw), g(1, kw), g(2, kw));
+                    match i {
+                        0 => tj.copy_from_slice(g0),
+                        1 => lanes3(tj, g0, g1, g2, |a, b, cc| (a + b + cc) * 0.5),
+                        2 => lanes3(tj, g0, g1, g2, |a, b, cc| (a - b + cc) * 0.5),
+                        _ => tj.copy_from_slice(g2),
+                    }
+                }
+                let (t0, t1, t2) = (&t[..c], &t[c..2 * c], &t[2 * c..]);
+                let ui = &mut uk[i * 4 * c..(i + 1) * 4 * c];
+                let (u0, rest) = ui.split_at_mut(c);
+                let (u1, rest) = rest.split_at_mut(c);
+                let (u2, u3) = rest.split_at_mut(c);
+                u0.copy_from_slice(t0);
+                lanes3(u1, t0, t1, t2, |a, b, cc| (a + b + cc) * 0.5);
+                lanes3(u2, t0, t1, t2, |a, b, cc| (a - b + cc) * 0.5);
+                u3.copy_from_slice(t2);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The input patches of planes `src` (H x W each, consecutive) in the transform domain:
+    /// for each plane a [16, tiles] run of `v`, V = Bᵀ d B with
+    /// Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], d the 4x4 patch whose top-left is
+    /// (2 ty - 1, 2 tx - 1), zero outside the plane. Bᵀ runs down whole padded rows first, then
+    /// B along each of the four rows it gives.
+    fn winograd_inputs(src: &[f32], h: usize, w: usize, v: &mut [f32]) {
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let tiles = th * tw;
+        let pw = 2 * tw + 2;
+        let mut pad = vec![0f32; (2 * th + 2) * pw];
+        let mut t = vec![0f32; 4 * pw];
+        for (plane, vp) in src.chunks_exact(h * w).zip(v.chunks_exact_mut(16 * tiles)) {
+            for y in 0..h {
+                pad[(y + 1) * pw + 1..(y + 1) * pw + 1 + w].copy_from_slice(&plane[y * w..(y + 1) * w]);
+            }
+            for ty in 0..th {
+                let d = |r: usize| &pad[(2 * ty + r) * pw..(2 * ty + r + 1) * pw];
+                let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
+                {
+                    let (t0, rest) = t.split_at_mut(pw);
+                    let (t1, rest) = rest.split_at_mut(pw);
+                    let (t2, t3) = rest.split_at_mut(pw);
+                    lanes3(t0, d0, d2, d2, |a, b, _| a - b);
+                    lanes3(t1, d1, d2, d2, |a, b, _| a + b);
+                    lanes3(t2, d2, d1, d1, |a, b, _| a - b);
+                    lanes3(t3, d1, d3, d3, |a, b, _| a - b);
+                }
+                for (i, ti) in t.chunks_exact(pw).enumerate() {
+                    let at = ty * tw;
+                    let row = |r: usize| (i * 4 + r) * tiles + at;
+                    let (a, b) = (ti[..2 * tw].chunks_exact(2), ti[2..].chunks_exact(2));
+                    for (tx, (p, q)) in a.zip(b).enumerate() {
+                        let (x0, x1, x2, x3) = (p[0], p[1], q[0], q[1]);
+                        vp[row(0) + tx] = x0 - x2;
+                        vp[row(1) + tx] = x1 + x2;
+                        vp[row(2) + tx] = x2 - x1;
+                        vp[row(3) + tx] = x1 - x3;
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Adds the output blocks Aᵀ M A, Aᵀ = [1 1 1 0; 0 1 -1 -1], of each [16, tiles] run of `m`
+    /// into the matching H x W plane of `dst` (dropping the row / column past an odd edge).
+    fn winograd_outputs(m: &[f32], h: usize, w: usize, dst: &mut [f32]) {
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let tiles = th * tw;
+        for (mp, out) in m.chunks_exact(16 * tiles).zip(dst.chunks_exact_mut(h * w)) {
+            for ty in 0..th {
+                for tx in 0..tw {
+                    let at = ty * tw + tx;
+                    let e = |i: usize| mp[i * tiles + at];
+                    // t = Aᵀ M (2 x 4), then Y = t A (2 x 2).
+                    let mut t = [[0f32; 4]; 2];
+                    for j in 0..4 {
+                        let (m0, m1, m2, m3) = (e(j), e(4 + j), e(8 + j), e(12 + j));
+                        t[0][j] = m0 + m1 + m2;
+                        t[1][j] = m1 - m2 - m3;
+                    }
+                    for (i, ti) in t.iter().enumerate() {
+                        let y = 2 * ty + i;
+                        if y >= h {
+                            continue;
+                        }
+                        let x = 2 * tx;
+                        out[y * w + x] += ti[0] + ti[1] + ti[2];
+                        if x + 1 < w {
+                            out[y * w + x + 1] += ti[1] - ti[2] - ti[3];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the 3x3 (stride 1, padding 1) convolution of `xs` [B, C, H, W] by `ws` [K, C * 9]
+/// into `dst` [B, K, H, W] through F(2x2, 3x3). The 16 products per image each run on one
+/// thread (several at once when there are threads to spare), so the bits never depend on the
+/// thread count.
+fn winograd_3x3(xs: &[f32], (b, c, h, w): (usize, usize, usize, usize), ws: &[f32], k: usize, dst: &mut [f32]) {
+    let tiles = h.div_ceil(2) * w.div_ceil(2);
+    let (nu, nv, nm) = (k * 16 * c, b * c * 16 * tiles, b * k * 16 * tiles);
+    // Taken out while in use: a nested call (rayon work stolen meanwhile) starts its own.
+    let mut scratch = WINOGRAD_SCRATCH.take();
+    if scratch.len() < nu + nv + nm {
+        // Every element is written before it is read: no need to clear what was there.
+        scratch.resize(nu + nv + nm, 0.0);
+    }
+    let (u, rest) = scratch.split_at_mut(nu);
+    let (v, rest) = rest.split_at_mut(nv);
+    let m = &mut rest[..nm];
+    split_rows(u, 16 * c, |k0, run| winograd_weights(ws, c, k0, run));
+    split_rows(v, 16 * tiles, |p0, run| {
+        let planes = run.len() / (16 * tiles);
+        winograd_inputs(&xs[p0 * h * w..(p0 + planes) * h * w], h, w, run)
+    });
+    let (u, v) = (&*u, &*v);
+    let m_ptr = SharedOut(m.as_mut_ptr());
+    let m_len = m.len();
+    let product = |job: usize| {
+        let (bi, xi) = (job / 16, job % 16);
+        let lhs = Mat {
+            data: u,
+            rs: 16 * c,
+            cs: 1,
+        }
+        .at(xi * c);
+        let rhs = Mat {
+            data: v,
+            rs: 16 * tiles,
+            cs: 1,
+        }
+        .at(bi * c * 16 * tiles + xi * tiles);
+        let start = bi * k * 16 * tiles + xi * tiles;
+        assert!(start + (k - 1) * 16 * tiles + tiles <= m_len);
+        // SAFETY: inside `m` (the assert); job (bi, xi) writes only columns xi * tiles ..
+        // (xi + 1) * tiles of image bi's K rows, which no other job touches, and `m` is not
+        // otherwise accessed until all are done.
+        unsafe { gemm_ptr(m_ptr.ptr().add(start), 16 * tiles, (k, tiles, c), lhs, rhs, false, 1.0, 1) };
+    };
+    if threads() > 1 {
+        (0..b * 16).into_par_iter().for_each(product);
+    } else {
+        (0..b * 16).for_each(product);
+    }
+    split_rows(dst, h * w, |p0, run| {
+        let planes = run.len() / (h * w);
+        winograd_outputs(&m[p0 * 16 * tiles..(p0 + planes) * 16 * tiles], h, w, run)
+    });
+    WINOGRAD_SCRATCH.set(scratch);
+}
+
 /// A raw pointer that rayon's workers may share: each writes a disjoint part.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: used only for disjoint writes from the pairs of [`attention`].
+// SAFETY: used only for disjoint writes: the pairs of [`attention`], the products of
+// [`winograd_3x3`].
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
@@ -1008,6 +1227,71 @@ mod tests {
             assert!(max_diff(&whole, &want) < 1e-4);
             assert!(max_diff(&probs, &p.reshape((b * heads, lq, lk)).unwrap()) < 1e-5);
         }
+    }
+
+    /// 3x3 convolutions through Winograd's F(2x2, 3x3) against candle's direct conv2d (odd and
+    /// even planes, bias, per-image bias, residual), with the same bits on one thread and on
+    /// several and for an image alone or in a batch.
+    #[test]
+    fn winograd_conv_matches_direct_convolution() {
+        for (b, c, k, h, w) in [(2, 8, 5, 32, 32), (1, 3, 7, 33, 31), (2, 40, 24, 32, 34), (1, 1, 1, 31, 32)] {
+            assert!(winograd_fits(h, w));
+            let x = rand(&[b, c, h, w], 21);
+            let wt = (rand(&[k, c, 3, 3], 22) * 0.1).unwrap();
+            let bias = rand(&[k], 23);
+            let extra = rand(&[b, k], 24);
+            let residual = rand(&[b, k, h, w], 25);
+            let w_flat = wt.reshape((k, c * 9)).unwrap();
+            let want = (x.conv2d(&wt, 1, 1, 1, 1).unwrap()
+                + bias.reshape((1, k, 1, 1)).unwrap().broadcast_as((b, k, h, w)).unwrap()
+                + extra.reshape((b, k, 1, 1)).unwrap().broadcast_as((b, k, h, w)).unwrap()
+                + &residual)
+                .unwrap();
+            let run = || {
+                conv_gemm(
+                    &x,
+                    ConvInput::Nchw,
+                    &w_flat,
+                    true,
+                    Some(&bias),
+                    Some(&extra),
+                    Some(&residual),
+                    false,
+                )
+                .unwrap()
+            };
+            let got = run();
+            // Sums of up to c * 9 terms of size ~0.4 * 4: relative to that scale.
+            let scale = (c * 9) as f32 * 1.6;
+            assert!(
+                max_diff(&got, &want) < 2e-6 * scale,
+                "({b}, {c}, {k}, {h}, {w}): {}",
+                max_diff(&got, &want)
+            );
+            let bits = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert!(bits(&got) == bits(&serial(run)), "thread count changed bits");
+            let first = conv_gemm(
+                &x.narrow(0, 0, 1).unwrap(),
+                ConvInput::Nchw,
+                &w_flat,
+                true,
+                Some(&bias),
+                Some(&extra.narrow(0, 0, 1).unwrap()),
+                Some(&residual.narrow(0, 0, 1).unwrap()),
+                false,
+            )
+            .unwrap();
+            assert!(bits(&first) == bits(&got.narrow(0, 0, 1).unwrap()), "batching changed bits");
+        }
+        assert!(!winograd_fits(16, 16) && !winograd_fits(30, 32) && !winograd_fits(1, 1000));
     }
 
     #[test]
