@@ -1100,6 +1100,17 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    /// The bit patterns of a tensor's values, for bit-for-bit comparisons.
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
@@ -1199,15 +1210,6 @@ mod tests {
             let k = rand(&[b, lk, heads * d], 12);
             let v = rand(&[b, lk, heads * d], 13);
             let scale = (d as f32).powf(-0.5);
-            let bits = |t: &Tensor| -> Vec<u32> {
-                t.flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.to_bits())
-                    .collect()
-            };
             let (whole, probs) = attention(&q, &k, &v, heads, scale, true).unwrap();
             let probs = probs.expect("kept");
             for serial_run in [false, true] {
@@ -1268,15 +1270,6 @@ mod tests {
                 "({b}, {c}, {k}, {h}, {w}): {}",
                 max_diff(&got, &want)
             );
-            let bits = |t: &Tensor| {
-                t.flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect::<Vec<_>>()
-            };
             assert!(bits(&got) == bits(&serial(run)), "thread count changed bits");
             let first = conv_gemm(
                 &x.narrow(0, 0, 1).unwrap(),
